@@ -1,0 +1,39 @@
+//! The kernel contract every operator follows (DESIGN.md §9): a synchronous push/finish kernel on
+//! Arrow record batches, in the manner of arrow-rs's `BatchCoalescer`, that the engine wraps in one
+//! generic timely adapter.
+//!
+//! The engine feeds a kernel the batches of one image (one timestamp) with
+//! [`Kernel::push_batch`], then calls [`Kernel::finish`] once the frontier has passed that image;
+//! a kernel that needs the whole image (K-means masks, per-image thresholds) buffers until
+//! `finish`, a per-spectrum kernel emits from `push_batch` directly. After `finish` the kernel is
+//! ready for the next image. The output schema is declared before any data is seen.
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+use crate::error::OpError;
+
+/// A preprocessing or inference step on spectra batches.
+pub trait Kernel: Send {
+    /// Short name used in logs and reject reasons (e.g. `"emsc"`).
+    fn name(&self) -> &'static str;
+
+    /// The schema of the batches this kernel emits for input batches of `input`.
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef, OpError>;
+
+    /// Consumes one batch of the current image, appending any finished output to `out`.
+    fn push_batch(&mut self, batch: &RecordBatch, out: &mut Vec<RecordBatch>) -> Result<(), OpError>;
+
+    /// Ends the current image, appending what was held back to `out`.
+    fn finish(&mut self, out: &mut Vec<RecordBatch>) -> Result<(), OpError>;
+}
+
+/// Runs `kernel` over the batches of one image (push all, then finish): the engine's adapter does
+/// the same inside timely; tests and the single-threaded `preprocess` path use this directly.
+pub fn run_image<K: Kernel + ?Sized>(kernel: &mut K, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, OpError> {
+    let mut out = Vec::new();
+    for b in batches {
+        kernel.push_batch(b, &mut out)?;
+    }
+    kernel.finish(&mut out)?;
+    Ok(out)
+}

@@ -1,0 +1,24 @@
+//! Pure numerical kernels of ftirflow on Arrow record batches: the spectra schema and, one module
+//! per operator, the preprocessing, model and Grad-CAM kernels. No timely dependency: the engine
+//! wraps these kernels in dataflow operators (DESIGN.md §1, §9).
+#![warn(missing_docs)]
+
+pub mod axis;
+pub mod emsc;
+pub mod error;
+pub mod kernel;
+pub mod kmeans;
+pub mod normalize;
+pub mod outliers;
+pub mod resample;
+pub mod schema;
+pub mod segment;
+
+pub use emsc::{EmscCorrector, EmscFit, EmscKernel, EmscParams, ParaffinMode};
+pub use error::OpError;
+pub use kernel::{run_image, Kernel};
+pub use kmeans::{KMeans, KMeansModel, KMeansParams};
+pub use schema::{SchemaError, SpectraBatchBuilder, SpectraLayout};
+pub use segment::{
+    segment_image, Boundary, Clusters, ImagePart, Masks, PixelClass, SegmentKernel, SegmentParams, SegmentSummary, Segmenter, StepSummary,
+};

@@ -1,0 +1,468 @@
+//! Agilent Resolutions Pro FPA images: single tiles (`.dat` + `.bsp`) and mosaics (`.dmt` header +
+//! `<stem>_XXXX_YYYY.dmd` tiles), read tile by tile, never the whole mosaic at once.
+//!
+//! Layout (checked against the reference Python reader `agilent_format` 0.4.7, whose output on
+//! `../shared/data/agilent/` the tests reproduce exactly): a tile file is little-endian f32, a
+//! 255-float (1020-byte) preamble, then `points × fpa × fpa` values band-sequential, rows top to
+//! bottom; `fpa = sqrt((n_floats − 255) / points)`. The header (`.bsp` for a tile, `.dmt` for a
+//! mosaic) holds the point spacing (f64 at byte 2216), the start point (i32 at 2228) and the number
+//! of points (i32 at 2236); `wavenumber[i] = spacing × (start + i)`. Mosaic tile `XXXX` is the tile
+//! column (left to right) and `YYYY` the tile row counted from the *bottom*: tile (x, y) covers
+//! image rows `(ytiles − 1 − y) × fpa ..` and columns `x × fpa ..`.
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+use super::{Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader};
+use crate::operators::schema::{image_batch, spectra_schema};
+
+/// Floats before the data in every tile file.
+pub const PREAMBLE_FLOATS: u64 = 255;
+const OFFSET_SPACING: u64 = 2216;
+const OFFSET_START: u64 = 2228;
+const OFFSET_POINTS: u64 = 2236;
+const HEADER_MIN_BYTES: u64 = OFFSET_POINTS + 4;
+/// Largest number of points a header may claim (far beyond any instrument).
+const MAX_POINTS: i64 = 1 << 20;
+/// Size of the header that [`write_mosaic`] and [`write_tile`] produce.
+const WRITTEN_HEADER_BYTES: usize = 4096;
+
+/// The sibling of `path` with extension `ext`, matched case-insensitively on stem and extension
+/// (instrument files mix cases, e.g. `5_mosaic_agg1024.dmt` beside `5_Mosaic_agg1024.dat`).
+pub fn companion(path: &Path, ext: &str) -> Option<PathBuf> {
+    let stem = path.file_stem()?.to_str()?.to_lowercase();
+    let want = format!("{stem}.{}", ext.to_lowercase());
+    let exact = path.with_extension(ext);
+    if exact.is_file() {
+        return Some(exact);
+    }
+    let dir = parent_dir(path);
+    std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
+        p.is_file() && p.file_name().and_then(|n| n.to_str()).map(|n| n.to_lowercase() == want).unwrap_or(false)
+    })
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The spectral axis stored in a `.bsp`/`.dmt` header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgilentHeader {
+    /// Point spacing, cm⁻¹.
+    pub spacing: f64,
+    /// Index of the first point.
+    pub start: i32,
+    /// Number of points per spectrum.
+    pub points: u32,
+}
+
+impl AgilentHeader {
+    /// `spacing × (start + i)` for every point.
+    pub fn wavenumbers(&self) -> Vec<f64> {
+        (0..self.points).map(|i| self.spacing * (self.start as f64 + i as f64)).collect()
+    }
+}
+
+/// Reads and validates the axis fields of a `.bsp` or `.dmt` header.
+pub fn read_header(path: &Path) -> Result<AgilentHeader, ReadError> {
+    let file = File::open(path).map_err(|e| ReadError::io(path, e))?;
+    let len = file.metadata().map_err(|e| ReadError::io(path, e))?.len();
+    if len < HEADER_MIN_BYTES {
+        return Err(ReadError::Truncated { path: path.to_path_buf(), expected: HEADER_MIN_BYTES, actual: len });
+    }
+    let mut buf = [0u8; (HEADER_MIN_BYTES - OFFSET_SPACING) as usize];
+    file.read_exact_at(&mut buf, OFFSET_SPACING).map_err(|e| ReadError::io(path, e))?;
+    let at = |off: u64| (off - OFFSET_SPACING) as usize;
+    let spacing = f64::from_le_bytes(buf[at(OFFSET_SPACING)..at(OFFSET_SPACING) + 8].try_into().expect("8 bytes"));
+    let start = i32::from_le_bytes(buf[at(OFFSET_START)..at(OFFSET_START) + 4].try_into().expect("4 bytes"));
+    let points = i32::from_le_bytes(buf[at(OFFSET_POINTS)..at(OFFSET_POINTS) + 4].try_into().expect("4 bytes"));
+    if !(spacing.is_finite() && spacing > 0.0) {
+        return Err(ReadError::header(path, "point spacing", format!("{spacing} is not a positive number")));
+    }
+    if start < 0 {
+        return Err(ReadError::header(path, "start point", format!("{start} is negative")));
+    }
+    if points < 1 || points as i64 > MAX_POINTS {
+        return Err(ReadError::header(path, "number of points", format!("{points} is outside 1..={MAX_POINTS}")));
+    }
+    Ok(AgilentHeader { spacing, start, points: points as u32 })
+}
+
+/// The FPA side of a tile file of `bytes` bytes holding spectra of `points` points.
+fn fpa_size(path: &Path, bytes: u64, points: u32) -> Result<u32, ReadError> {
+    let bad = |reason: String| ReadError::format(path, reason);
+    if bytes % 4 != 0 {
+        return Err(bad(format!("size {bytes} bytes is not a whole number of f32 values")));
+    }
+    let floats = bytes / 4;
+    if floats <= PREAMBLE_FLOATS {
+        return Err(ReadError::Truncated {
+            path: path.to_path_buf(),
+            expected: (PREAMBLE_FLOATS + points as u64) * 4,
+            actual: bytes,
+        });
+    }
+    let data = floats - PREAMBLE_FLOATS;
+    if data % points as u64 != 0 {
+        return Err(bad(format!("{data} data values do not divide into spectra of {points} points")));
+    }
+    let pixels = data / points as u64;
+    let fpa = (pixels as f64).sqrt().round() as u64;
+    if fpa * fpa != pixels || fpa == 0 {
+        return Err(bad(format!("{pixels} pixels per tile is not a square focal-plane array")));
+    }
+    Ok(fpa as u32)
+}
+
+/// One tile file and where it sits in the image.
+#[derive(Debug, Clone)]
+struct Tile {
+    path: PathBuf,
+    /// Image column of the tile's first column.
+    x0: u32,
+    /// Image row of the tile's first row.
+    y0: u32,
+}
+
+/// Streams the spectra of an Agilent tile or mosaic, one tile at a time, a band-sequential block of
+/// rows per read.
+pub struct AgilentReader {
+    schema: SchemaRef,
+    info: ImageInfo,
+    sample: String,
+    tiles: Vec<Tile>,
+    fpa: u32,
+    points: usize,
+    rows_per_batch: u32,
+    tile: usize,
+    row: u32,
+    file: Option<File>,
+    failed: bool,
+    raw: Vec<u8>,
+    batch_rows: usize,
+    /// Slices of the last block still to be yielded (a block is at least one tile row).
+    queue: VecDeque<RecordBatch>,
+}
+
+impl AgilentReader {
+    /// Opens a single tile: `path` is the `.dat` (or any file with the same stem), with its `.bsp`.
+    pub fn open_tile(path: &Path, opts: &ReadOptions) -> Result<Self, ReadError> {
+        let dat = companion(path, "dat").ok_or_else(|| ReadError::format(path, "no .dat data file beside it"))?;
+        let bsp = companion(path, "bsp").ok_or_else(|| ReadError::format(path, "no .bsp header beside it"))?;
+        let header = read_header(&bsp)?;
+        let bytes = file_len(&dat)?;
+        let fpa = fpa_size(&dat, bytes, header.points)?;
+        let tiles = vec![Tile { path: dat, x0: 0, y0: 0 }];
+        Self::new(Format::AgilentTile, header, tiles, fpa, fpa, fpa, opts)
+    }
+
+    /// Opens a mosaic: `path` is the `.dmt` header; the `.dmd` tiles are found beside it.
+    pub fn open_mosaic(path: &Path, opts: &ReadOptions) -> Result<Self, ReadError> {
+        let dmt = if path.extension().map(|e| e.eq_ignore_ascii_case("dmt")).unwrap_or(false) {
+            path.to_path_buf()
+        } else {
+            companion(path, "dmt").ok_or_else(|| ReadError::format(path, "no .dmt mosaic header beside it"))?
+        };
+        let header = read_header(&dmt)?;
+        let stem = dmt.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_lowercase();
+        // Every `<stem>_XXXX_YYYY.dmd` beside the header, matched case-insensitively.
+        let mut found: HashMap<(u32, u32), PathBuf> = HashMap::new();
+        let dir = parent_dir(&dmt);
+        for entry in std::fs::read_dir(dir).map_err(|e| ReadError::io(dir, e))?.flatten() {
+            let p = entry.path();
+            let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_lowercase) else { continue };
+            let Some(rest) = name.strip_prefix(&stem).and_then(|r| r.strip_suffix(".dmd")) else { continue };
+            let parts: Vec<&str> = rest.split('_').collect();
+            if let ["", xs, ys] = parts[..] {
+                if let (Ok(x), Ok(y)) = (xs.parse::<u32>(), ys.parse::<u32>()) {
+                    if xs.len() == 4 && ys.len() == 4 {
+                        found.insert((x, y), p);
+                    }
+                }
+            }
+        }
+        if found.is_empty() {
+            return Err(ReadError::format(&dmt, format!("no {stem}_XXXX_YYYY.dmd tiles beside the mosaic header")));
+        }
+        let xtiles = (0..).take_while(|x| found.contains_key(&(*x, 0))).count() as u32;
+        let ytiles = (0..).take_while(|y| found.contains_key(&(0, *y))).count() as u32;
+        if xtiles == 0 || ytiles == 0 {
+            return Err(ReadError::format(&dmt, "tile _0000_0000.dmd is missing"));
+        }
+        if found.len() as u64 != xtiles as u64 * ytiles as u64 {
+            let missing: Vec<String> = (0..xtiles)
+                .flat_map(|x| (0..ytiles).map(move |y| (x, y)))
+                .filter(|k| !found.contains_key(k))
+                .map(|(x, y)| format!("{x:04}_{y:04}"))
+                .take(5)
+                .collect();
+            let reason = if missing.is_empty() {
+                format!("{} tile files do not form a {xtiles}×{ytiles} grid", found.len())
+            } else {
+                format!("mosaic of {xtiles}×{ytiles} tiles is missing tile(s) {}", missing.join(", "))
+            };
+            return Err(ReadError::format(&dmt, reason));
+        }
+        let first = &found[&(0, 0)];
+        let first_len = file_len(first)?;
+        let fpa = fpa_size(first, first_len, header.points)?;
+        let (width, height) = (
+            xtiles.checked_mul(fpa).ok_or_else(|| ReadError::format(&dmt, "mosaic too wide"))?,
+            ytiles.checked_mul(fpa).ok_or_else(|| ReadError::format(&dmt, "mosaic too tall"))?,
+        );
+        let mut tiles = Vec::with_capacity(found.len());
+        // Image order: top tile row first; tile row y counts from the bottom.
+        for row in 0..ytiles {
+            let y = ytiles - 1 - row;
+            for x in 0..xtiles {
+                let path = found[&(x, y)].clone();
+                let len = file_len(&path)?;
+                if len != first_len {
+                    return Err(ReadError::Truncated { path, expected: first_len, actual: len });
+                }
+                tiles.push(Tile { path, x0: x * fpa, y0: row * fpa });
+            }
+        }
+        Self::new(Format::AgilentMosaic, header, tiles, fpa, width, height, opts)
+    }
+
+    fn new(
+        format: Format,
+        header: AgilentHeader,
+        tiles: Vec<Tile>,
+        fpa: u32,
+        width: u32,
+        height: u32,
+        opts: &ReadOptions,
+    ) -> Result<Self, ReadError> {
+        let wavenumbers = header.wavenumbers();
+        let schema = spectra_schema(&wavenumbers).map_err(|e| ReadError::schema(&tiles[0].path, e))?;
+        let points = header.points as usize;
+        let n_spectra = width as u64 * height as u64;
+        let rows_per_batch = (opts.batch_rows as u64 / fpa as u64).clamp(1, fpa as u64) as u32;
+        let info = ImageInfo {
+            format,
+            width: Some(width),
+            height: Some(height),
+            n_spectra,
+            wavenumbers,
+            data_bytes: n_spectra * points as u64 * 4,
+        };
+        Ok(Self {
+            schema,
+            info,
+            sample: opts.sample.clone(),
+            tiles,
+            fpa,
+            points,
+            rows_per_batch,
+            tile: 0,
+            row: 0,
+            file: None,
+            failed: false,
+            raw: Vec::new(),
+            batch_rows: opts.batch_rows,
+            queue: VecDeque::new(),
+        })
+    }
+
+    fn read_block(&mut self) -> Result<Option<RecordBatch>, ReadError> {
+        if self.tile >= self.tiles.len() {
+            return Ok(None);
+        }
+        let tile = self.tiles[self.tile].clone();
+        if self.file.is_none() {
+            self.file = Some(File::open(&tile.path).map_err(|e| ReadError::io(&tile.path, e))?);
+        }
+        let file = self.file.as_ref().expect("opened above");
+        let fpa = self.fpa as usize;
+        let rows = (self.rows_per_batch).min(self.fpa - self.row) as usize;
+        let plane = fpa * fpa;
+        let segment = rows * fpa;
+        let n = self.points;
+        self.raw.resize(segment * 4, 0);
+        let mut values = vec![0f32; segment * n];
+        for band in 0..n {
+            let offset = (PREAMBLE_FLOATS as usize + band * plane + self.row as usize * fpa) as u64 * 4;
+            file.read_exact_at(&mut self.raw, offset).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    let actual = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    ReadError::Truncated {
+                        path: tile.path.clone(),
+                        expected: (PREAMBLE_FLOATS as usize + n * plane) as u64 * 4,
+                        actual,
+                    }
+                } else {
+                    ReadError::io(&tile.path, e)
+                }
+            })?;
+            for (p, chunk) in self.raw.chunks_exact(4).enumerate() {
+                values[p * n + band] = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            }
+        }
+        let mut xs = Vec::with_capacity(segment);
+        let mut ys = Vec::with_capacity(segment);
+        for r in 0..rows as u32 {
+            for c in 0..self.fpa {
+                xs.push(tile.x0 + c);
+                ys.push(tile.y0 + self.row + r);
+            }
+        }
+        self.row += rows as u32;
+        if self.row >= self.fpa {
+            self.row = 0;
+            self.tile += 1;
+            self.file = None;
+        }
+        image_batch(self.schema.clone(), &self.sample, xs, ys, values)
+            .map(Some)
+            .map_err(|e| ReadError::schema(&tile.path, e))
+    }
+}
+
+impl Iterator for AgilentReader {
+    type Item = Result<RecordBatch, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(b) = self.queue.pop_front() {
+            return Some(Ok(b));
+        }
+        if self.failed {
+            return None;
+        }
+        match self.read_block() {
+            Ok(batch) => {
+                let batch = batch?;
+                let mut start = 0;
+                while start < batch.num_rows() {
+                    let len = self.batch_rows.min(batch.num_rows() - start);
+                    self.queue.push_back(batch.slice(start, len));
+                    start += len;
+                }
+                self.queue.pop_front().map(Ok)
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl SpectraReader for AgilentReader {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn info(&self) -> &ImageInfo {
+        &self.info
+    }
+}
+
+fn file_len(path: &Path) -> Result<u64, ReadError> {
+    std::fs::metadata(path).map(|m| m.len()).map_err(|e| ReadError::io(path, e))
+}
+
+/// The Agilent header fields that reproduce `wavenumbers` (which must be ascending and of the form
+/// `spacing × (start + i)`).
+pub fn header_for_axis(wavenumbers: &[f64]) -> std::io::Result<AgilentHeader> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let n = wavenumbers.len();
+    if n < 2 {
+        return Err(invalid("an Agilent axis needs at least 2 points".into()));
+    }
+    let spacing = (wavenumbers[n - 1] - wavenumbers[0]) / (n - 1) as f64;
+    if !(spacing > 0.0) {
+        return Err(invalid("an Agilent axis must be ascending".into()));
+    }
+    let start = (wavenumbers[0] / spacing).round();
+    let header = AgilentHeader { spacing, start: start as i32, points: n as u32 };
+    for (i, (a, b)) in header.wavenumbers().iter().zip(wavenumbers).enumerate() {
+        if (a - b).abs() > 1e-6 * b.abs().max(1.0) {
+            return Err(invalid(format!(
+                "axis point {i} ({b}) is not spacing × (start + i) = {a}: Agilent files cannot store this axis"
+            )));
+        }
+    }
+    Ok(header)
+}
+
+fn header_bytes(h: &AgilentHeader) -> Vec<u8> {
+    let mut buf = vec![0u8; WRITTEN_HEADER_BYTES];
+    buf[OFFSET_SPACING as usize..][..8].copy_from_slice(&h.spacing.to_le_bytes());
+    buf[OFFSET_START as usize..][..4].copy_from_slice(&h.start.to_le_bytes());
+    buf[OFFSET_POINTS as usize..][..4].copy_from_slice(&(h.points as i32).to_le_bytes());
+    buf
+}
+
+/// Writes `bytes` to `path` through a temporary name, so the file appears only when complete.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.partial",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("tmp")
+    ));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    drop(f);
+    std::fs::rename(tmp, path)
+}
+
+/// The tile file bytes of the `fpa × fpa` block at image column `x0`, row `y0`.
+fn tile_bytes(cube: &ImageCube, x0: u32, y0: u32, fpa: u32) -> Vec<u8> {
+    let n = cube.n_points();
+    let mut out = Vec::with_capacity((PREAMBLE_FLOATS as usize + n * (fpa * fpa) as usize) * 4);
+    out.resize(PREAMBLE_FLOATS as usize * 4, 0);
+    for band in 0..n {
+        for r in 0..fpa {
+            for c in 0..fpa {
+                out.extend_from_slice(&cube.spectrum(x0 + c, y0 + r)[band].to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Writes `cube` as an Agilent mosaic: `<stem>_XXXX_YYYY.dmd` tiles of `fpa × fpa` pixels beside
+/// `dmt_path`, then the `.dmt` header last (so a mosaic is discoverable only when complete).
+/// Width and height must be multiples of `fpa`; the axis must be ascending and evenly spaced.
+pub fn write_mosaic(dmt_path: &Path, cube: &ImageCube, fpa: u32) -> std::io::Result<()> {
+    cube.check()?;
+    if fpa == 0 || cube.width % fpa != 0 || cube.height % fpa != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}×{} image does not split into {fpa}×{fpa} tiles", cube.width, cube.height),
+        ));
+    }
+    let header = header_for_axis(&cube.wavenumbers)?;
+    let stem = dmt_path.file_stem().and_then(|s| s.to_str()).unwrap_or("mosaic");
+    let (xtiles, ytiles) = (cube.width / fpa, cube.height / fpa);
+    for ty in 0..ytiles {
+        for tx in 0..xtiles {
+            let y0 = (ytiles - 1 - ty) * fpa;
+            let tile = dmt_path.with_file_name(format!("{stem}_{tx:04}_{ty:04}.dmd"));
+            write_atomic(&tile, &tile_bytes(cube, tx * fpa, y0, fpa))?;
+        }
+    }
+    write_atomic(dmt_path, &header_bytes(&header))
+}
+
+/// Writes a square `cube` as a single Agilent tile: `dat_path` plus the `.bsp` header beside it.
+pub fn write_tile(dat_path: &Path, cube: &ImageCube) -> std::io::Result<()> {
+    cube.check()?;
+    if cube.width != cube.height {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "an Agilent tile is square"));
+    }
+    let header = header_for_axis(&cube.wavenumbers)?;
+    write_atomic(&dat_path.with_extension("bsp"), &header_bytes(&header))?;
+    write_atomic(dat_path, &tile_bytes(cube, 0, 0, cube.width))
+}

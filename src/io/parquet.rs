@@ -1,0 +1,353 @@
+//! Spectra tables in Parquet (the DESIGN.md §3 layout, also what `ftirflow convert` writes): a
+//! streaming reader that accepts what a user builds with pyarrow alone, and a writer that makes a
+//! file appear only when it is complete.
+//!
+//! The reader is lenient where the meaning is unambiguous: `sample` may be a dictionary or absent
+//! (then the file stem is used), `x`/`y` may be any integer type (negative values are an error) or
+//! absent (then `x` is the row number and `y` is 0), and `spectrum` may be a fixed-size list or a
+//! list of Float32 or Float64 as long as every row has one value per wavenumber. The axis must be in
+//! the schema metadata under `ftirflow:wavenumbers`. Other columns pass through unchanged.
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::{Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader};
+use crate::operators::schema::{self, image_batch, spectra_schema, SchemaError, SAMPLE, SPECTRUM, X, Y};
+
+/// Why a Parquet file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The file system refused.
+    #[error("{}: cannot write: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The Parquet encoder failed (a schema mismatch between batches is our bug).
+    #[error("{}: parquet encoder: {source}", path.display())]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The encoder error.
+        source: parquet::errors::ParquetError,
+    },
+    /// The data do not form a spectra table.
+    #[error("{}: {source}", path.display())]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// The schema problem.
+        source: SchemaError,
+    },
+}
+
+/// Writer properties used for every ftirflow Parquet file: zstd level 3, statistics on.
+pub fn writer_properties(key_values: Vec<(String, String)>) -> WriterProperties {
+    let kv = key_values.into_iter().map(|(k, v)| parquet::file::metadata::KeyValue::new(k, v)).collect::<Vec<_>>();
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_key_value_metadata(if kv.is_empty() { None } else { Some(kv) })
+        .build()
+}
+
+/// A Parquet file being written: batches go to `<path>.partial`, which is renamed to `path` by
+/// [`AtomicParquetWriter::finish`]. Dropped unfinished, the partial file is removed.
+pub struct AtomicParquetWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: Option<ArrowWriter<File>>,
+    rows: u64,
+}
+
+impl AtomicParquetWriter {
+    /// Starts a file for `schema` with extra key-value metadata.
+    pub fn create(path: &Path, schema: SchemaRef, key_values: Vec<(String, String)>) -> Result<Self, WriteError> {
+        let tmp = partial_path(path);
+        let file = File::create(&tmp).map_err(|source| WriteError::Io { path: tmp.clone(), source })?;
+        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties(key_values)))
+            .map_err(|source| WriteError::Parquet { path: path.to_path_buf(), source })?;
+        Ok(Self { path: path.to_path_buf(), tmp, writer: Some(writer), rows: 0 })
+    }
+
+    /// Appends a batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
+        let w = self.writer.as_mut().expect("not finished");
+        w.write(batch).map_err(|source| WriteError::Parquet { path: self.path.clone(), source })?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Closes the file and renames it into place; returns the number of rows.
+    pub fn finish(mut self) -> Result<u64, WriteError> {
+        let w = self.writer.take().expect("not finished");
+        let file = w.into_inner().map_err(|source| WriteError::Parquet { path: self.path.clone(), source })?;
+        file.sync_all().map_err(|source| WriteError::Io { path: self.tmp.clone(), source })?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|source| WriteError::Io { path: self.path.clone(), source })?;
+        Ok(self.rows)
+    }
+}
+
+impl Drop for AtomicParquetWriter {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// `<path>.partial`: where a file is written before it is renamed into place.
+pub fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+/// Writes a whole image as a spectra table (rows in image order) under `sample`.
+pub fn write_cube(path: &Path, cube: &ImageCube, sample: &str) -> Result<(), WriteError> {
+    cube.check().map_err(|source| WriteError::Io { path: path.to_path_buf(), source })?;
+    let schema = spectra_schema(&cube.wavenumbers).map_err(|source| WriteError::Schema { path: path.to_path_buf(), source })?;
+    let mut w = AtomicParquetWriter::create(path, schema.clone(), Vec::new())?;
+    let n = cube.n_points();
+    let rows_per_batch = super::DEFAULT_BATCH_ROWS;
+    let total = cube.width as usize * cube.height as usize;
+    let mut start = 0;
+    while start < total {
+        let end = (start + rows_per_batch).min(total);
+        let xs = (start..end).map(|i| (i % cube.width as usize) as u32).collect();
+        let ys = (start..end).map(|i| (i / cube.width as usize) as u32).collect();
+        let values = cube.values[start * n..end * n].to_vec();
+        let batch = image_batch(schema.clone(), sample, xs, ys, values)
+            .map_err(|source| WriteError::Schema { path: path.to_path_buf(), source })?;
+        w.write(&batch)?;
+        start = end;
+    }
+    w.finish()?;
+    Ok(())
+}
+
+/// Streams a spectra table, converting each batch to the canonical spectra schema.
+pub struct ParquetSpectraReader {
+    path: PathBuf,
+    inner: ParquetRecordBatchReader,
+    schema: SchemaRef,
+    info: ImageInfo,
+    sample: String,
+    rows_seen: u64,
+    failed: bool,
+}
+
+impl ParquetSpectraReader {
+    /// Opens `path` and validates its schema before reading any row.
+    pub fn open(path: &Path, opts: &ReadOptions) -> Result<Self, ReadError> {
+        let file = File::open(path).map_err(|e| ReadError::io(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| ReadError::format(path, format!("not a readable Parquet file: {e}")))?;
+        let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+        let mut input = builder.schema().as_ref().clone();
+        // pyarrow writes user metadata as Parquet key-value pairs; take the axis from there too.
+        if !input.metadata().contains_key(schema::WAVENUMBERS_KEY) {
+            if let Some(kv) = builder.metadata().file_metadata().key_value_metadata() {
+                if let Some(v) = kv.iter().find(|kv| kv.key == schema::WAVENUMBERS_KEY).and_then(|kv| kv.value.clone()) {
+                    let mut md = input.metadata().clone();
+                    md.insert(schema::WAVENUMBERS_KEY.to_string(), v);
+                    input = input.with_metadata(md);
+                }
+            }
+        }
+        let wavenumbers = schema::wavenumbers(&input).map_err(|e| ReadError::schema(path, e))?;
+        let spec = input.field_with_name(SPECTRUM).map_err(|_| ReadError::schema(path, SchemaError::MissingColumn(SPECTRUM)))?;
+        check_spectrum_type(spec.data_type()).map_err(|e| ReadError::schema(path, e))?;
+        if let DataType::FixedSizeList(_, n) = spec.data_type() {
+            if *n as usize != wavenumbers.len() {
+                return Err(ReadError::schema(path, SchemaError::AxisLength { axis: wavenumbers.len(), points: *n as usize }));
+            }
+        }
+        for name in [X, Y] {
+            if let Ok(f) = input.field_with_name(name) {
+                if !f.data_type().is_integer() {
+                    return Err(ReadError::schema(
+                        path,
+                        SchemaError::WrongType { column: if name == X { X } else { Y }, found: f.data_type().to_string(), expected: "an integer type" },
+                    ));
+                }
+            }
+        }
+        if let Ok(f) = input.field_with_name(SAMPLE) {
+            let ok = matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+                || matches!(f.data_type(), DataType::Dictionary(_, v) if matches!(**v, DataType::Utf8 | DataType::LargeUtf8));
+            if !ok {
+                return Err(ReadError::schema(path, SchemaError::WrongType { column: SAMPLE, found: f.data_type().to_string(), expected: "Utf8" }));
+            }
+        }
+        let extra: Vec<Field> = input
+            .fields()
+            .iter()
+            .filter(|f| ![SAMPLE, X, Y, SPECTRUM].contains(&f.name().as_str()))
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let out = spectra_schema_with_extra(&wavenumbers, extra, &input).map_err(|e| ReadError::schema(path, e))?;
+        let inner = builder
+            .with_batch_size(opts.batch_rows)
+            .build()
+            .map_err(|e| ReadError::format(path, format!("cannot read Parquet: {e}")))?;
+        let info = ImageInfo {
+            format: Format::Parquet,
+            width: None,
+            height: None,
+            n_spectra: rows,
+            data_bytes: rows * wavenumbers.len() as u64 * 4,
+            wavenumbers,
+        };
+        let sample = opts.sample.clone();
+        Ok(Self { path: path.to_path_buf(), inner, schema: out, info, sample, rows_seen: 0, failed: false })
+    }
+
+    fn convert(&mut self, batch: RecordBatch) -> Result<RecordBatch, ReadError> {
+        let path = self.path.clone();
+        let rows = batch.num_rows();
+        let n = self.info.wavenumbers.len();
+        let sample: ArrayRef = match batch.column_by_name(SAMPLE) {
+            Some(col) => {
+                if col.null_count() > 0 {
+                    return Err(ReadError::schema(&path, SchemaError::Nulls(SAMPLE)));
+                }
+                arrow::compute::cast(col, &DataType::Utf8).map_err(|e| ReadError::format(&path, e.to_string()))?
+            }
+            None => Arc::new(arrow::array::StringArray::from_iter_values(std::iter::repeat_n(self.sample.as_str(), rows))),
+        };
+        let coord = |name: &'static str, default: &dyn Fn(usize) -> u32| -> Result<ArrayRef, ReadError> {
+            match batch.column_by_name(name) {
+                Some(col) => {
+                    if col.null_count() > 0 {
+                        return Err(ReadError::schema(&path, SchemaError::Nulls(name)));
+                    }
+                    let c = arrow::compute::cast_with_options(
+                        col,
+                        &DataType::UInt32,
+                        &arrow::compute::CastOptions { safe: false, ..Default::default() },
+                    )
+                    .map_err(|e| ReadError::format(&path, format!("column `{name}` is not a valid pixel coordinate: {e}")))?;
+                    Ok(c)
+                }
+                None => Ok(Arc::new(UInt32Array::from_iter_values((0..rows).map(default)))),
+            }
+        };
+        let seen = self.rows_seen as usize;
+        let x = coord(X, &|i| (seen + i) as u32)?;
+        let y = coord(Y, &|_| 0)?;
+        let spec_col = batch.column_by_name(SPECTRUM).expect("checked at open");
+        let values = spectrum_values(spec_col, n).map_err(|e| ReadError::schema(&path, e))?;
+        let spectrum = schema::spectrum_array(values, n).map_err(|e| ReadError::schema(&path, e))?;
+        let mut columns: Vec<ArrayRef> = vec![sample, x, y, Arc::new(spectrum)];
+        for f in self.schema.fields().iter().skip(4) {
+            columns.push(batch.column_by_name(f.name()).expect("extra column present").clone());
+        }
+        self.rows_seen += rows as u64;
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| ReadError::format(&path, e.to_string()))
+    }
+}
+
+fn spectra_schema_with_extra(wavenumbers: &[f64], extra: Vec<Field>, input: &Schema) -> Result<SchemaRef, SchemaError> {
+    let base = schema::spectra_schema_with(wavenumbers, extra)?;
+    // Keep the input's other metadata (e.g. provenance) beside the axis.
+    let mut md = input.metadata().clone();
+    md.extend(base.metadata().clone());
+    Ok(Arc::new(base.as_ref().clone().with_metadata(md)))
+}
+
+fn check_spectrum_type(dt: &DataType) -> Result<(), SchemaError> {
+    let item = match dt {
+        DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => f.data_type(),
+        other => {
+            return Err(SchemaError::WrongType { column: SPECTRUM, found: other.to_string(), expected: "a list of Float32 or Float64" })
+        }
+    };
+    if matches!(item, DataType::Float32 | DataType::Float64) {
+        Ok(())
+    } else {
+        Err(SchemaError::WrongType { column: SPECTRUM, found: dt.to_string(), expected: "a list of Float32 or Float64" })
+    }
+}
+
+/// Flattens a list column of floats into `rows × n` f32 values, checking each row's length.
+fn spectrum_values(col: &ArrayRef, n: usize) -> Result<Vec<f32>, SchemaError> {
+    if col.null_count() > 0 {
+        return Err(SchemaError::Nulls(SPECTRUM));
+    }
+    let rows = col.len();
+    let check = |lengths: &mut dyn Iterator<Item = usize>| -> Result<(), SchemaError> {
+        match lengths.enumerate().find(|(_, len)| *len != n) {
+            Some((i, len)) => Err(SchemaError::Arrow(format!("row {i} has {len} values, the axis has {n}"))),
+            None => Ok(()),
+        }
+    };
+    let values: ArrayRef = match col.data_type() {
+        DataType::FixedSizeList(_, _) => {
+            let l = col.as_fixed_size_list();
+            l.values().slice(l.offset() * n, rows * n)
+        }
+        DataType::List(_) => {
+            let l = col.as_list::<i32>();
+            let o = l.value_offsets();
+            check(&mut o.windows(2).map(|w| (w[1] - w[0]) as usize))?;
+            l.values().slice(o[0] as usize, rows * n)
+        }
+        DataType::LargeList(_) => {
+            let l = col.as_list::<i64>();
+            let o = l.value_offsets();
+            check(&mut o.windows(2).map(|w| (w[1] - w[0]) as usize))?;
+            l.values().slice(o[0] as usize, rows * n)
+        }
+        other => {
+            return Err(SchemaError::WrongType { column: SPECTRUM, found: other.to_string(), expected: "a list of floats" })
+        }
+    };
+    if values.null_count() > 0 {
+        return Err(SchemaError::Nulls(SPECTRUM));
+    }
+    match values.data_type() {
+        DataType::Float32 => Ok(values.as_primitive::<Float32Type>().values().to_vec()),
+        DataType::Float64 => Ok(values.as_primitive::<Float64Type>().values().iter().map(|&v| v as f32).collect()),
+        other => Err(SchemaError::WrongType { column: SPECTRUM, found: other.to_string(), expected: "a list of floats" }),
+    }
+}
+
+impl Iterator for ParquetSpectraReader {
+    type Item = Result<RecordBatch, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let item = match self.inner.next()? {
+            Ok(batch) => self.convert(batch),
+            Err(e) => Err(ReadError::format(&self.path, format!("cannot decode Parquet: {e}"))),
+        };
+        self.failed = item.is_err();
+        Some(item)
+    }
+}
+
+impl SpectraReader for ParquetSpectraReader {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn info(&self) -> &ImageInfo {
+        &self.info
+    }
+}

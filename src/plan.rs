@@ -1,0 +1,231 @@
+//! The preprocessing plan (DESIGN.md §4): the chain of operator kernels that a configuration
+//! calls for — segment → outlier checks → truncate + EMSC → residual outliers → resample →
+//! normalize — and the EMSC state (reference and paraffin interferents) that the chain needs,
+//! fitted on training data or loaded from a saved state file.
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Keep, PreprocessConfig, Step};
+use crate::operators::emsc::{self, EmscCorrector, EmscKernel, ParaffinMode};
+use crate::operators::normalize::NormalizeKernel;
+use crate::operators::outliers::{AmideCheckKernel, ResidualOutlierKernel, OUTLIER};
+use crate::operators::resample::{ResampleKernel, TruncateKernel};
+use crate::operators::segment::{PARAFFIN, TISSUE};
+use crate::operators::{run_image, Kernel, OpError, SpectraLayout};
+
+/// Most paraffin spectra kept for fitting the paraffin components.
+pub const MAX_PARAFFIN_CANDIDATES: usize = 20_000;
+
+/// What EMSC needs besides its parameters: the axis it corrects on, the reference spectrum and
+/// the paraffin interferents (empty in `mask` mode). Saved as JSON (`--save-emsc-state`) and
+/// stored in model bundles, so that nightly runs correct exactly as training did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmscState {
+    /// The axis (cm⁻¹) of the EMSC range.
+    pub wavenumbers: Vec<f64>,
+    /// The reference spectrum (mean tissue spectrum of the fitting data).
+    pub reference: Vec<f64>,
+    /// Paraffin interferents (principal components of pure paraffin spectra).
+    pub interferents: Vec<Vec<f64>>,
+    /// Where the state came from (free text).
+    pub source: String,
+    /// Spectra the reference was averaged over.
+    pub reference_spectra: u64,
+}
+
+impl EmscState {
+    /// Reads a state file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read EMSC state {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not an EMSC state file", path.display()))
+    }
+
+    /// Writes a state file (through a temporary name).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = crate::io::parquet::partial_path(path);
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("state serializes"))?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+/// The kernels of one configuration, built once (EMSC factored once) and cloned per image.
+#[derive(Debug, Clone)]
+pub struct PreprocessPlan {
+    cfg: PreprocessConfig,
+    corrector: Option<Arc<EmscCorrector>>,
+}
+
+impl PreprocessPlan {
+    /// The plan for `cfg`; `state` is required when the chain runs EMSC.
+    pub fn new(cfg: &PreprocessConfig, state: Option<&EmscState>) -> Result<Self, OpError> {
+        let corrector = if cfg.runs(Step::Emsc) {
+            let state = state.ok_or_else(|| OpError::config("emsc", "EMSC needs a reference: fit one or pass an EMSC state"))?;
+            Some(Arc::new(cfg.emsc.check(&state.wavenumbers, &state.reference, &state.interferents)?))
+        } else {
+            None
+        };
+        Ok(Self { cfg: cfg.clone(), corrector })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PreprocessConfig {
+        &self.cfg
+    }
+
+    /// Fresh kernels for the chain, in order.
+    pub fn kernels(&self) -> Result<Vec<Box<dyn Kernel>>, OpError> {
+        let c = &self.cfg;
+        let mut k: Vec<Box<dyn Kernel>> = Vec::new();
+        if c.runs(Step::Segment) {
+            k.push(Box::new(c.segment.check()?.kernel()));
+        }
+        if c.runs(Step::Outliers) {
+            k.push(Box::new(AmideCheckKernel::new(c.outliers.clone())?));
+        }
+        if let Some(corrector) = &self.corrector {
+            k.push(Box::new(TruncateKernel::new(c.emsc_range)?));
+            k.push(Box::new(EmscKernel::new(corrector.clone())));
+            if c.runs(Step::Outliers) {
+                k.push(Box::new(ResidualOutlierKernel::new(&c.outliers)?));
+            }
+        }
+        if c.runs(Step::Resample) {
+            k.push(Box::new(ResampleKernel::new(c.resample.grid()?)?));
+        }
+        if c.runs(Step::Normalize) {
+            k.push(Box::new(NormalizeKernel::new(c.normalize.clone())));
+        }
+        Ok(k)
+    }
+
+    /// Runs the whole chain over the batches of one image and applies `keep`.
+    pub fn run_image(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, OpError> {
+        let mut current = batches;
+        for mut kernel in self.kernels()? {
+            current = run_image(kernel.as_mut(), &current)?;
+        }
+        if self.cfg.keep == Keep::Tissue {
+            current = current.iter().map(|b| filter_bool(b, TISSUE)).collect::<Result<_, _>>()?;
+        }
+        Ok(current)
+    }
+}
+
+/// Rows of `batch` where the Boolean column `name` is true (all rows when there is no such column).
+pub fn filter_bool(batch: &RecordBatch, name: &str) -> Result<RecordBatch, OpError> {
+    match batch.column_by_name(name).and_then(|c| c.as_boolean_opt().cloned()) {
+        Some(mask) => arrow::compute::filter_record_batch(batch, &mask).map_err(|e| OpError::internal("filter", e.to_string())),
+        None => Ok(batch.clone()),
+    }
+}
+
+/// Fits the EMSC state on images (pass one of `preprocess` and `train`): the mean of the tissue
+/// spectra that pass the outlier checks, on the EMSC range, and in `interferents` mode the
+/// components of the pure paraffin spectra among the paraffin-cluster pixels.
+pub struct EmscFitter {
+    cfg: PreprocessConfig,
+    axis: Option<Vec<f64>>,
+    sum: Vec<f64>,
+    count: u64,
+    paraffin: Vec<f32>,
+    paraffin_rows: usize,
+    per_image_paraffin: usize,
+}
+
+impl EmscFitter {
+    /// A fitter for `cfg`, expecting about `images` images (to spread the paraffin sample).
+    pub fn new(cfg: &PreprocessConfig, images: usize) -> Result<Self, OpError> {
+        if cfg.emsc.paraffin == ParaffinMode::Interferents && !cfg.runs(Step::Segment) {
+            return Err(OpError::config(
+                "emsc",
+                "paraffin = \"interferents\" needs the segment step to find paraffin pixels (or an EMSC state)",
+            ));
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            axis: None,
+            sum: Vec::new(),
+            count: 0,
+            paraffin: Vec::new(),
+            paraffin_rows: 0,
+            per_image_paraffin: MAX_PARAFFIN_CANDIDATES.div_ceil(images.max(1)),
+        })
+    }
+
+    /// Adds one image (its raw batches).
+    pub fn add_image(&mut self, batches: Vec<RecordBatch>) -> Result<(), OpError> {
+        let c = &self.cfg;
+        let mut kernels: Vec<Box<dyn Kernel>> = Vec::new();
+        if c.runs(Step::Segment) {
+            kernels.push(Box::new(c.segment.check()?.kernel()));
+        }
+        if c.runs(Step::Outliers) {
+            kernels.push(Box::new(AmideCheckKernel::new(c.outliers.clone())?));
+        }
+        kernels.push(Box::new(TruncateKernel::new(c.emsc_range)?));
+        let mut current = batches;
+        for mut k in kernels {
+            current = run_image(k.as_mut(), &current)?;
+        }
+        let want_paraffin = c.emsc.paraffin == ParaffinMode::Interferents;
+        let mut paraffin_taken = 0;
+        for b in &current {
+            let layout = SpectraLayout::of(&b.schema()).map_err(|e| OpError::schema("emsc", e))?;
+            match &self.axis {
+                None => {
+                    self.sum = vec![0.0; layout.n_points()];
+                    self.axis = Some(layout.wavenumbers.clone());
+                }
+                Some(a) if *a != layout.wavenumbers => {
+                    return Err(OpError::data("emsc", "the image's axis differs from the other images' on the EMSC range"));
+                }
+                Some(_) => {}
+            }
+            let n = layout.n_points();
+            let values = SpectraLayout::values(b).map_err(|e| OpError::schema("emsc", e))?;
+            let col = |name: &str| b.column_by_name(name).and_then(|c| c.as_boolean_opt().cloned());
+            let (tissue, paraffin, outlier) = (col(TISSUE), col(PARAFFIN), col(OUTLIER));
+            for (i, s) in values.chunks_exact(n).enumerate() {
+                let is = |m: &Option<arrow::array::BooleanArray>, default: bool| m.as_ref().map(|m| m.value(i)).unwrap_or(default);
+                if is(&tissue, true) && !is(&outlier, false) && s.iter().all(|v| v.is_finite()) {
+                    for (acc, &v) in self.sum.iter_mut().zip(s) {
+                        *acc += v as f64;
+                    }
+                    self.count += 1;
+                }
+                if want_paraffin && is(&paraffin, false) && paraffin_taken < self.per_image_paraffin && s.iter().all(|v| v.is_finite()) {
+                    self.paraffin.extend_from_slice(s);
+                    self.paraffin_rows += 1;
+                    paraffin_taken += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The fitted state.
+    pub fn finish(self, source: &str) -> Result<EmscState, OpError> {
+        let axis = self.axis.ok_or_else(|| OpError::data("emsc", "no image to fit the EMSC reference on"))?;
+        if self.count == 0 {
+            return Err(OpError::data("emsc", "no tissue spectrum passed the checks: cannot fit an EMSC reference"));
+        }
+        let reference: Vec<f64> = self.sum.iter().map(|s| s / self.count as f64).collect();
+        let interferents = if self.cfg.emsc.paraffin == ParaffinMode::Interferents {
+            emsc::pure_paraffin_components(
+                &self.paraffin,
+                self.paraffin_rows,
+                &axis,
+                self.cfg.emsc.interferent_components as usize,
+                self.cfg.emsc.pure_paraffin_amide_ratio,
+            )?
+        } else {
+            Vec::new()
+        };
+        Ok(EmscState { wavenumbers: axis, reference, interferents, source: source.to_string(), reference_spectra: self.count })
+    }
+}
