@@ -1,8 +1,10 @@
 //! Extended multiplicative signal correction (EMSC; DESIGN.md §4 step 4).
 //!
-//! EMSC (Martens & Stark, *J. Pharm. Biomed. Anal.* 9 (1991) 625–635; in the form of Achim
-//! Kohler's EMSC for infrared spectroscopy of biological tissue) models every measured spectrum
-//! `s` as a scaled reference spectrum plus a smooth baseline plus known interferents:
+//! EMSC (H. Martens & E. Stark, *J. Pharm. Biomed. Anal.* 9 (1991) 625–635; in the form of Achim
+//! Kohler's EMSC for FTIR microscopy of biological tissue, A. Kohler et al., *Appl. Spectrosc.* 59
+//! (2005) 707–716, whose MATLAB implementation the gold-standard test reproduces) models every
+//! measured spectrum `s` as a scaled reference spectrum plus a smooth baseline plus known
+//! interferents:
 //!
 //! ```text
 //! s = b·reference + Σₚ aₚ·x̃ᵖ (p = 0..order) + Σⱼ dⱼ·interferentⱼ + residual
@@ -44,7 +46,9 @@
 //!   ([`pure_paraffin_components`]).
 //!
 //! Zero weights over the paraffin bands together with paraffin interferents is refused: the
-//! interferent coefficients would be fitted where the interferents carry no signal. And the
+//! interferent coefficients would be fitted where the interferents carry no signal (in
+//! `interferents` mode no weight inside the paraffin band may be zero; in either mode an
+//! interferent with more than half of its energy on zero-weight points is refused). And the
 //! interferents must never be fitted on the raw K-means paraffin cluster: that cluster also holds
 //! thin tissue, whose spectra carry protein bands, so its principal components absorb the biology
 //! — on a synthetic archive built from real spectra, cancer-vs-adjacent classification fell from
@@ -142,7 +146,7 @@ pub struct EmscParams {
     /// `interferents` mode (default 1350–1500 cm⁻¹).
     pub paraffin_band: Band,
     /// Number of principal components of pure paraffin used as interferents in `interferents`
-    /// mode (default 3).
+    /// mode (default 3; ignored in `mask` mode).
     pub interferent_components: i64,
     /// A paraffin-cluster pixel is *pure* when its amide I absorbance (largest value in
     /// 1640–1670 cm⁻¹) is below this fraction of its CH₂ band (largest value in 1455–1470 cm⁻¹)
@@ -211,6 +215,29 @@ impl EmscParams {
         Ok(())
     }
 
+    /// The paraffin interferents this configuration needs, fitted on `rows` candidate spectra
+    /// (the paraffin-cluster pixels, row-major `rows × n`): none in `mask` mode; in `interferents`
+    /// mode the first `interferent_components` principal components of the pure ones
+    /// ([`pure_paraffin_components`] with `pure_paraffin_amide_ratio`).
+    pub fn paraffin_interferents(
+        &self,
+        candidates: &[f32],
+        rows: usize,
+        wavenumbers: &[f64],
+    ) -> Result<Vec<Vec<f64>>, OpError> {
+        self.validate()?;
+        match self.paraffin {
+            ParaffinMode::Mask => Ok(Vec::new()),
+            ParaffinMode::Interferents => pure_paraffin_components(
+                candidates,
+                rows,
+                wavenumbers,
+                self.interferent_components as usize,
+                self.pure_paraffin_amide_ratio,
+            ),
+        }
+    }
+
     /// The weights used on `wavenumbers`: the explicit ones, or those of the paraffin mode.
     pub fn effective_weights(&self, wavenumbers: &[f64]) -> Result<Vec<f64>, OpError> {
         if let Some(w) = &self.weights {
@@ -241,7 +268,12 @@ impl EmscParams {
     /// in `mask` mode); fewer points with non-zero weight than model columns; and a singular or
     /// nearly singular model (condition number of the weighted, column-scaled model above
     /// [`MAX_CONDITION`], e.g. an interferent equal to the reference).
-    pub fn check(&self, wavenumbers: &[f64], reference: &[f64], interferents: &[Vec<f64>]) -> Result<EmscCorrector, OpError> {
+    pub fn check(
+        &self,
+        wavenumbers: &[f64],
+        reference: &[f64],
+        interferents: &[Vec<f64>],
+    ) -> Result<EmscCorrector, OpError> {
         self.validate()?;
         check_axis(wavenumbers).map_err(|e| config(format!("wavenumber axis: {e}")))?;
         let n = wavenumbers.len();
@@ -256,7 +288,11 @@ impl EmscParams {
         }
         for (j, v) in interferents.iter().enumerate() {
             if v.len() != n {
-                return Err(config(format!("interferent {} has {} values but the axis has {n} wavenumbers", j + 1, v.len())));
+                return Err(config(format!(
+                    "interferent {} has {} values but the axis has {n} wavenumbers",
+                    j + 1,
+                    v.len()
+                )));
             }
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 return Err(config(format!("interferent {} value {i} is not finite", j + 1)));
@@ -319,7 +355,15 @@ impl EmscParams {
         let mut names = vec!["b".to_string()];
         names.extend((0..=order).map(|p| format!("a{p}")));
         names.extend((1..=interferents.len()).map(|j| format!("d{j}")));
-        EmscCorrector::factor(wavenumbers.to_vec(), model, weights, names, order, interferents.len(), self.output_coefficients)
+        EmscCorrector::factor(
+            wavenumbers.to_vec(),
+            model,
+            weights,
+            names,
+            order,
+            interferents.len(),
+            self.output_coefficients,
+        )
     }
 }
 
@@ -399,7 +443,7 @@ impl EmscCorrector {
         }
         let (sigma, v) = linalg::jacobi_svd(&rd, k, k);
         let condition = if sigma[k - 1] > 0.0 { sigma[0] / sigma[k - 1] } else { f64::INFINITY };
-        if !(condition <= MAX_CONDITION) {
+        if condition.is_nan() || condition > MAX_CONDITION {
             let null = &v[(k - 1) * k..k * k];
             let peak = null.iter().fold(0.0f64, |m, x| m.max(x.abs()));
             let involved: Vec<String> =
@@ -520,9 +564,8 @@ impl EmscCorrector {
                 residual_rms: f64::NAN,
             };
         }
-        let residual: Vec<f64> = (0..n)
-            .map(|i| s[i] - (0..k).map(|j| self.model[j * n + i] * coefficients[j]).sum::<f64>())
-            .collect();
+        let residual: Vec<f64> =
+            (0..n).map(|i| s[i] - (0..k).map(|j| self.model[j * n + i] * coefficients[j]).sum::<f64>()).collect();
         let corrected = residual.iter().zip(self.reference()).map(|(r, re)| re + r / b).collect();
         let sum_w2: f64 = self.weights.iter().map(|w| w * w).sum();
         let ss: f64 = residual.iter().zip(&self.weights).map(|(r, w)| (w * r) * (w * r)).sum();
@@ -642,7 +685,10 @@ impl Kernel for EmscKernel {
         }
         for f in &added {
             if input.index_of(f.name()).is_ok() {
-                return Err(OpError::data(OP, format!("input already has a `{}` column (EMSC applied twice?)", f.name())));
+                return Err(OpError::data(
+                    OP,
+                    format!("input already has a `{}` column (EMSC applied twice?)", f.name()),
+                ));
             }
         }
         fields.extend(added);
@@ -720,7 +766,9 @@ pub fn mean_reference(values: &[f32], rows: usize, n: usize) -> Vec<f64> {
 /// module docs). The components have unit norm, are ordered by decreasing variance, and have
 /// their largest-magnitude entry positive.
 ///
-/// Errors ([`OpError::Data`]): the axis lacks either window; fewer than `m + 1` pure spectra.
+/// Errors ([`OpError::Data`]): the axis lacks either window; fewer than `m + 1` pure spectra; pure
+/// spectra that vary along fewer than `m` directions (a component with less than 1e-6 of the first
+/// one's singular value is f32 rounding, not paraffin, and would be arbitrary).
 /// [`OpError::Config`]: `amide_ratio` not a positive number.
 pub fn pure_paraffin_components(
     values: &[f32],
@@ -737,12 +785,19 @@ pub fn pure_paraffin_components(
         return Err(config(format!("pure_paraffin_amide_ratio must be a positive number, got {amide_ratio}")));
     }
     let amide = AMIDE_I_WINDOW.indices(wavenumbers).ok_or_else(|| {
-        OpError::data(OP, format!("the axis has no point in the amide I window {AMIDE_I_WINDOW}: cannot tell pure paraffin"))
+        OpError::data(
+            OP,
+            format!("the axis has no point in the amide I window {AMIDE_I_WINDOW}: cannot tell pure paraffin"),
+        )
     })?;
     let ch2 = CH2_WINDOW.indices(wavenumbers).ok_or_else(|| {
-        OpError::data(OP, format!("the axis has no point in the paraffin CH₂ window {CH2_WINDOW}: cannot tell pure paraffin"))
+        OpError::data(
+            OP,
+            format!("the axis has no point in the paraffin CH₂ window {CH2_WINDOW}: cannot tell pure paraffin"),
+        )
     })?;
-    let window_max = |s: &[f32], r: &std::ops::Range<usize>| s[r.clone()].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let window_max =
+        |s: &[f32], r: &std::ops::Range<usize>| s[r.clone()].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     let pure: Vec<usize> = (0..rows)
         .filter(|&i| {
             let s = &values[i * n..(i + 1) * n];
@@ -768,6 +823,9 @@ pub fn pure_paraffin_components(
     if m == 0 {
         return Ok(Vec::new());
     }
+    if m > n {
+        return Err(OpError::data(OP, format!("{m} principal components cannot come from {n}-point spectra")));
+    }
     let chosen: Vec<usize> = if pure.len() > MAX_PCA_SPECTRA {
         (0..MAX_PCA_SPECTRA).map(|i| pure[i * pure.len() / MAX_PCA_SPECTRA]).collect()
     } else {
@@ -782,15 +840,27 @@ pub fn pure_paraffin_components(
     }
     let mean = x.mean_axis(ndarray::Axis(0)).expect("r > 0");
     x -= &mean;
-    Ok(top_components(&x, m))
+    let (components, sigma) = top_components(&x, m);
+    if sigma[m - 1] <= 1e-6 * sigma[0] || sigma[0] == 0.0 {
+        let rank = sigma.iter().take_while(|&&s| s > 1e-6 * sigma[0] && s > 0.0).count();
+        return Err(OpError::data(
+            OP,
+            format!(
+                "the {r} pure paraffin spectra vary along only {rank} independent direction(s); {m} principal \
+                 components would be arbitrary (use fewer interferent_components)"
+            ),
+        ));
+    }
+    Ok(components)
 }
 
-/// The top `m` right singular vectors of the centred `r × n` matrix `x` (`m < min(r, n)`), by
-/// subspace iteration from a deterministic start followed by a Rayleigh–Ritz step.
-fn top_components(x: &Array2<f64>, m: usize) -> Vec<Vec<f64>> {
+/// The top `m` right singular vectors of the centred `r × n` matrix `x` (`m ≤ min(r, n)`) and
+/// the singular values of the subspace (descending), by subspace iteration from a deterministic
+/// start followed by a Rayleigh–Ritz step.
+fn top_components(x: &Array2<f64>, m: usize) -> (Vec<Vec<f64>>, Vec<f64>) {
     let (r, n) = x.dim();
     let b = (m + 8).min(r).min(n).max(m);
-    let mut seed = 0x00F7_1EF1_0u64;
+    let mut seed = 0xF71E_F100_u64;
     // vt: b × n (rows are the basis vectors), ut: b × r.
     let mut vt = Array2::from_shape_fn((b, n), |_| linalg::splitmix(&mut seed));
     linalg::orthonormalize(vt.as_slice_mut().expect("standard layout"), n, b, &mut seed);
@@ -801,8 +871,8 @@ fn top_components(x: &Array2<f64>, m: usize) -> Vec<Vec<f64>> {
         vt = ut.dot(x);
         let sigma = linalg::orthonormalize(vt.as_slice_mut().expect("standard layout"), n, b, &mut seed);
         let top = sigma[0].max(f64::MIN_POSITIVE);
-        let converged = previous.len() == b
-            && (0..m).all(|j| (sigma[j] - previous[j]).abs() <= 1e-13 * sigma[j] + 1e-15 * top);
+        let converged =
+            previous.len() == b && (0..m).all(|j| (sigma[j] - previous[j]).abs() <= 1e-13 * sigma[j] + 1e-15 * top);
         previous = sigma;
         if converged && it >= 2 {
             break;
@@ -810,8 +880,8 @@ fn top_components(x: &Array2<f64>, m: usize) -> Vec<Vec<f64>> {
     }
     // Rayleigh–Ritz: SVD of X V (r × b) rotates the basis onto the singular vectors.
     let xv_t = vt.dot(&x.t()); // b × r: column-major r × b
-    let (_sigma, w) = linalg::jacobi_svd(xv_t.as_slice().expect("standard layout"), r, b);
-    (0..m)
+    let (sigma, w) = linalg::jacobi_svd(xv_t.as_slice().expect("standard layout"), r, b);
+    let components = (0..m)
         .map(|j| {
             let mut comp = vec![0.0f64; n];
             for l in 0..b {
@@ -825,7 +895,8 @@ fn top_components(x: &Array2<f64>, m: usize) -> Vec<Vec<f64>> {
             let sign = if peak < 0.0 { -1.0 } else { 1.0 };
             comp.iter().map(|v| sign * v / nrm).collect()
         })
-        .collect()
+        .collect();
+    (components, sigma)
 }
 
 #[cfg(test)]
@@ -835,7 +906,8 @@ mod tests {
     fn toy() -> (Vec<f64>, Vec<f64>, Vec<Vec<f64>>) {
         let axis: Vec<f64> = (0..131).map(|i| 1800.0 - 7.0 * i as f64).collect();
         let g = |w: f64, c: f64, s: f64| (-((w - c) / s).powi(2)).exp();
-        let reference = axis.iter().map(|&w| g(w, 1655.0, 25.0) + 0.6 * g(w, 1545.0, 20.0) + 0.2 * g(w, 1240.0, 30.0)).collect();
+        let reference =
+            axis.iter().map(|&w| g(w, 1655.0, 25.0) + 0.6 * g(w, 1545.0, 20.0) + 0.2 * g(w, 1240.0, 30.0)).collect();
         let interferents = vec![
             axis.iter().map(|&w| g(w, 1462.0, 8.0) + 0.5 * g(w, 1373.0, 6.0)).collect(),
             axis.iter().map(|&w| g(w, 1473.0, 5.0)).collect(),
@@ -859,7 +931,9 @@ mod tests {
         let mut values = Vec::new();
         for r in 0..rows {
             for i in 0..n {
-                let v = (1.0 + 0.3 * r as f64) * reference[i] + 0.1 * x[i] + 0.02 * (r as f64) * interferents[0][i]
+                let v = (1.0 + 0.3 * r as f64) * reference[i]
+                    + 0.1 * x[i]
+                    + 0.02 * (r as f64) * interferents[0][i]
                     + 1e-3 * ((i * 7 + r) as f64).sin();
                 values.push(v as f32);
             }

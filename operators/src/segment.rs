@@ -105,6 +105,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
@@ -478,6 +479,13 @@ impl Rule {
     }
 }
 
+/// True when no value is NaN or infinite (branch-free, vectorizes).
+#[inline]
+fn all_finite(values: &[f32]) -> bool {
+    const EXP: u32 = 0x7f80_0000;
+    values.iter().fold(0u32, |acc, v| acc | u32::from(v.to_bits() & EXP == EXP)) == 0
+}
+
 /// `(row − origin) · w` in `f64`, accumulated in eight lanes.
 #[inline]
 fn project(row: &[f32], origin: &[f64], w: &[f64]) -> f64 {
@@ -560,18 +568,19 @@ impl Segmenter {
         // Valid spectra, with their sampling priority.
         let sample_seed = derive_seed(self.params.seed, SAMPLE_STREAM);
         let mut valid: Vec<(u64, u64, u32, u32)> = Vec::with_capacity(total);
-        let mut invalid = 0;
+        let mut is_valid = Vec::with_capacity(total);
         for (pi, p) in parts.iter().enumerate() {
             for (r, (&x, &y)) in p.xs.iter().zip(p.ys).enumerate() {
                 let s = spectrum(pi, r);
-                if s[rt.clone()].iter().chain(&s[rp.clone()]).all(|v| v.is_finite()) {
+                let ok = all_finite(&s[rt.clone()]) && all_finite(&s[rp.clone()]);
+                is_valid.push(ok);
+                if ok {
                     let key = pixel_key(x, y);
                     valid.push((mix64(sample_seed ^ key), key, pi as u32, r as u32));
-                } else {
-                    invalid += 1;
                 }
             }
         }
+        let invalid = total - valid.len();
 
         // The fit sample: smallest (priority, key), then in (y, x) order.
         let m = valid.len().min(self.params.fit_sample);
@@ -621,11 +630,12 @@ impl Segmenter {
         // Assign every spectrum.
         let mut classes = Vec::with_capacity(total);
         let (mut n_tissue, mut n_paraffin) = (0, 0);
+        let mut ok = is_valid.into_iter();
         for (pi, p) in parts.iter().enumerate() {
             for r in 0..p.xs.len() {
                 let s = spectrum(pi, r);
                 let (st, sp) = (&s[rt.clone()], &s[rp.clone()]);
-                let class = if !st.iter().chain(sp).all(|v| v.is_finite()) {
+                let class = if !ok.next().unwrap_or(false) {
                     PixelClass::Invalid
                 } else if tissue_rule.is_class(st) {
                     n_tissue += 1;
@@ -759,15 +769,27 @@ fn judge(
 #[derive(Debug, Clone)]
 pub struct SegmentKernel {
     segmenter: Segmenter,
-    held: Vec<RecordBatch>,
+    held: Vec<Held>,
     axis: Option<Vec<f64>>,
     last: Option<SegmentSummary>,
+    /// The last input schema seen, its layout and its output schema (parsing the axis JSON of
+    /// every batch again would cost more than the masks of a small batch).
+    cache: Option<(SchemaRef, SpectraLayout, SchemaRef)>,
+}
+
+/// A held batch with what the kernel already knows about it.
+#[derive(Debug, Clone)]
+struct Held {
+    batch: RecordBatch,
+    x: usize,
+    y: usize,
+    out: SchemaRef,
 }
 
 impl SegmentKernel {
     /// A kernel for checked parameters.
     pub fn new(segmenter: Segmenter) -> Self {
-        Self { segmenter, held: Vec::new(), axis: None, last: None }
+        Self { segmenter, held: Vec::new(), axis: None, last: None, cache: None }
     }
 
     /// The summary of the last image finished (for logs).
@@ -775,9 +797,27 @@ impl SegmentKernel {
         self.last.as_ref()
     }
 
+    /// The layout and output schema of `schema`, validated once per distinct schema.
+    fn layout(&mut self, schema: &SchemaRef) -> Result<(SpectraLayout, SchemaRef), OpError> {
+        if let Some((input, layout, out)) = &self.cache {
+            if Arc::ptr_eq(input, schema) || **input == **schema {
+                return Ok((layout.clone(), out.clone()));
+            }
+        }
+        let layout = SpectraLayout::of(schema).map_err(|e| OpError::schema(OP, e))?;
+        let out = self.output_schema(schema)?;
+        self.cache = Some((schema.clone(), layout.clone(), out.clone()));
+        Ok((layout, out))
+    }
+
     fn hold(&mut self, batch: &RecordBatch) -> Result<(), OpError> {
-        let layout = SpectraLayout::validate_batch(batch).map_err(|e| OpError::schema(OP, e))?;
-        self.output_schema(&batch.schema())?;
+        let (layout, out) = self.layout(&batch.schema())?;
+        for (name, idx) in [(crate::schema::SAMPLE, layout.sample), (crate::schema::X, layout.x), (crate::schema::Y, layout.y)] {
+            if batch.column(idx).null_count() > 0 {
+                return Err(OpError::schema(OP, crate::schema::SchemaError::Nulls(name)));
+            }
+        }
+        SpectraLayout::values(batch).map_err(|e| OpError::schema(OP, e))?;
         match &self.axis {
             Some(axis) if *axis != layout.wavenumbers => {
                 return Err(OpError::data(OP, "the wavenumber axis changed between batches of one image"));
@@ -785,38 +825,41 @@ impl SegmentKernel {
             Some(_) => {}
             None => self.axis = Some(layout.wavenumbers),
         }
-        self.held.push(batch.clone());
+        self.held.push(Held { batch: batch.clone(), x: layout.x, y: layout.y, out });
         Ok(())
     }
 
     fn finish_image(&mut self, out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
         let held = std::mem::take(&mut self.held);
         let Some(axis) = self.axis.take() else { return Ok(()) };
-        let rows: usize = held.iter().map(|b| b.num_rows()).sum();
+        let rows: usize = held.iter().map(|h| h.batch.num_rows()).sum();
         if rows == 0 {
             return Ok(());
         }
-        let mut columns = Vec::with_capacity(held.len());
-        for b in &held {
-            let layout = SpectraLayout::of(&b.schema()).map_err(|e| OpError::schema(OP, e))?;
+        let mut parts = Vec::with_capacity(held.len());
+        for h in &held {
             let u32s = |i: usize| {
-                b.column(i)
+                h.batch
+                    .column(i)
                     .as_any()
                     .downcast_ref::<arrow::array::UInt32Array>()
                     .map(|a| a.values().as_ref())
                     .ok_or_else(|| OpError::internal(OP, "x/y not UInt32 after validation"))
             };
-            columns.push((SpectraLayout::values(b).map_err(|e| OpError::schema(OP, e))?, u32s(layout.x)?, u32s(layout.y)?));
+            let values = SpectraLayout::values(&h.batch).map_err(|e| OpError::schema(OP, e))?;
+            parts.push(ImagePart { values, xs: u32s(h.x)?, ys: u32s(h.y)? });
         }
-        let parts: Vec<ImagePart<'_>> = columns.iter().map(|&(values, xs, ys)| ImagePart { values, xs, ys }).collect();
         let masks = self.segmenter.segment_parts(&axis, &parts)?;
         let mut start = 0;
-        for b in &held {
+        for h in &held {
+            let b = &h.batch;
             let end = start + b.num_rows();
             let classes = &masks.classes[start..end];
             start = end;
-            let schema = self.output_schema(&b.schema())?;
-            let flag = |c: PixelClass| -> ArrayRef { Arc::new(classes.iter().map(|&k| Some(k == c)).collect::<BooleanArray>()) };
+            let schema = h.out.clone();
+            let flag = |c: PixelClass| -> ArrayRef {
+                Arc::new(BooleanArray::new(BooleanBuffer::collect_bool(classes.len(), |i| classes[i] == c), None))
+            };
             let mut cols = b.columns().to_vec();
             cols.push(flag(PixelClass::Tissue));
             cols.push(flag(PixelClass::Paraffin));

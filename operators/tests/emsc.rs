@@ -95,7 +95,8 @@ fn realistic_spectra(axis: &[f64], rows: usize, rng: &mut Rng) -> Vec<f32> {
         let p = rng.range(0.0, 0.6);
         let (sh, psh, pwd) = (rng.range(-2.0, 2.0), rng.range(-1.0, 1.0), rng.range(0.9, 1.1));
         for (i, &w) in axis.iter().enumerate() {
-            let v = b * tissue(w, sh) + a0 + a1 * x[i] + a2 * x[i] * x[i] + p * paraffin(w, psh, pwd) + 1e-3 * rng.normal();
+            let v =
+                b * tissue(w, sh) + a0 + a1 * x[i] + a2 * x[i] * x[i] + p * paraffin(w, psh, pwd) + 1e-3 * rng.normal();
             out.push(v as f32);
         }
     }
@@ -106,7 +107,8 @@ fn realistic_spectra(axis: &[f64], rows: usize, rng: &mut Rng) -> Vec<f32> {
 /// (built once per test binary).
 fn realistic_corrector(output_coefficients: bool) -> (Vec<f64>, EmscCorrector) {
     static CACHE: std::sync::OnceLock<[(Vec<f64>, EmscCorrector); 2]> = std::sync::OnceLock::new();
-    CACHE.get_or_init(|| [build_realistic_corrector(false), build_realistic_corrector(true)])[output_coefficients as usize]
+    CACHE.get_or_init(|| [build_realistic_corrector(false), build_realistic_corrector(true)])
+        [output_coefficients as usize]
         .clone()
 }
 
@@ -116,13 +118,15 @@ fn build_realistic_corrector(output_coefficients: bool) -> (Vec<f64>, EmscCorrec
     let training = realistic_spectra(&axis, 400, &mut rng);
     let reference = mean_reference(&training, 400, axis.len());
     let candidates = pure_paraffin_spectra(&axis, 300, &mut rng);
-    let interferents = pure_paraffin_components(&candidates, 300, &axis, 3, 0.1).unwrap();
     let params = EmscParams {
         paraffin: ParaffinMode::Interferents,
         weights: Some(axis.iter().map(|&w| if w < 1000.0 { 0.3 } else { 1.0 }).collect()),
         output_coefficients,
         ..Default::default()
     };
+    let interferents = params.paraffin_interferents(&candidates, 300, &axis).unwrap();
+    assert_eq!(interferents, pure_paraffin_components(&candidates, 300, &axis, 3, 0.1).unwrap());
+    assert!(EmscParams::default().paraffin_interferents(&candidates, 300, &axis).unwrap().is_empty());
     let corrector = params.check(&axis, &reference, &interferents).unwrap();
     (axis, corrector)
 }
@@ -150,11 +154,12 @@ fn naive_emsc(model: &[Vec<f64>], w: &[f64], s: &[f64]) -> (Vec<f64>, Vec<f64>) 
     for col in 0..k {
         let piv = (col..k).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs())).unwrap();
         a.swap(col, piv);
-        for r in 0..k {
+        let pivot = a[col].clone();
+        for (r, row) in a.iter_mut().enumerate() {
             if r != col {
-                let f = a[r][col] / a[col][col];
-                for c in col..=k {
-                    a[r][c] -= f * a[col][c];
+                let f = row[col] / pivot[col];
+                for (x, p) in row[col..].iter_mut().zip(&pivot[col..]) {
+                    *x -= f * p;
                 }
             }
         }
@@ -257,7 +262,12 @@ fn f32_batch_matches_f64_on_realistic_spectra() {
         let e = rel_err(&o, &fit.corrected);
         worst = worst.max(e);
         assert!(e <= 1e-5, "row {r}: {e:e}");
-        assert!((rms[r] as f64 - fit.residual_rms).abs() <= 1e-3 * fit.residual_rms, "rms {} vs {}", rms[r], fit.residual_rms);
+        assert!(
+            (rms[r] as f64 - fit.residual_rms).abs() <= 1e-3 * fit.residual_rms,
+            "rms {} vs {}",
+            rms[r],
+            fit.residual_rms
+        );
         let cf: Vec<f64> = coef[r * k..(r + 1) * k].iter().map(|&v| v as f64).collect();
         assert!(rel_err(&cf, &fit.coefficients) <= 1e-5);
         // What is left is noise and the band shifts the model cannot express (absorbance ~1).
@@ -280,8 +290,11 @@ fn realistic_f64_matches_naive_normal_equations() {
     }
 }
 
-/// A random well-posed model: axis, reference, interferents, weights.
-fn random_model() -> impl Strategy<Value = (Vec<f64>, Vec<f64>, Vec<Vec<f64>>, Vec<f64>, i64)> {
+/// Axis, reference, interferents, weights, order.
+type Model = (Vec<f64>, Vec<f64>, Vec<Vec<f64>>, Vec<f64>, i64);
+
+/// A random well-posed model.
+fn random_model() -> impl Strategy<Value = Model> {
     (12usize..90, 0i64..4, 0usize..4, any::<u64>(), prop::bool::ANY).prop_map(|(n, order, m, seed, descending)| {
         let mut rng = Rng(seed);
         let (lo, hi) = (rng.range(800.0, 1200.0), rng.range(1500.0, 4000.0));
@@ -301,8 +314,7 @@ fn random_model() -> impl Strategy<Value = (Vec<f64>, Vec<f64>, Vec<Vec<f64>>, V
                 axis.iter().map(|&w| b(w)).collect()
             })
             .collect();
-        let weights: Vec<f64> =
-            (0..n).map(|_| if rng.next() < 0.15 { 0.0 } else { rng.range(0.1, 2.0) }).collect();
+        let weights: Vec<f64> = (0..n).map(|_| if rng.next() < 0.15 { 0.0 } else { rng.range(0.1, 2.0) }).collect();
         (axis, reference, interferents, weights, order)
     })
 }
@@ -312,7 +324,8 @@ fn random_spectra(c: &EmscCorrector, rows: usize, seed: u64) -> Vec<f32> {
     let n = c.n_points();
     let mut out = Vec::with_capacity(rows * n);
     for _ in 0..rows {
-        let coef: Vec<f64> = (0..c.n_coefficients()).map(|j| if j == 0 { rng.range(0.3, 2.0) } else { rng.range(-0.3, 0.3) }).collect();
+        let coef: Vec<f64> =
+            (0..c.n_coefficients()).map(|j| if j == 0 { rng.range(0.3, 2.0) } else { rng.range(-0.3, 0.3) }).collect();
         for i in 0..n {
             let v: f64 = (0..coef.len()).map(|j| coef[j] * c.model_column(j)[i]).sum::<f64>() + 0.01 * rng.normal();
             out.push(v as f32);
@@ -424,17 +437,26 @@ fn bad_configurations_are_config_errors() {
 
     expect_config(EmscParams { order: -1, ..ok.clone() }.check(&axis, &reference, &[]), "order must be ≥ 0");
     expect_config(EmscParams { order: 1000, ..ok.clone() }.check(&axis, &reference, &[]), "too high");
-    expect_config(EmscParams { interferent_components: -2, ..ok.clone() }.check(&axis, &reference, &[]), "interferent_components");
+    expect_config(
+        EmscParams { interferent_components: -2, ..ok.clone() }.check(&axis, &reference, &[]),
+        "interferent_components",
+    );
     expect_config(
         EmscParams { pure_paraffin_amide_ratio: 0.0, ..ok.clone() }.check(&axis, &reference, &[]),
         "pure_paraffin_amide_ratio",
     );
     // Lengths.
-    expect_config(EmscParams { weights: Some(vec![1.0; n - 1]), ..ok.clone() }.check(&axis, &reference, &[]), "weights have 466 values");
+    expect_config(
+        EmscParams { weights: Some(vec![1.0; n - 1]), ..ok.clone() }.check(&axis, &reference, &[]),
+        "weights have 466 values",
+    );
     expect_config(ok.check(&axis, &reference[1..], &[]), "reference has 466 values");
     expect_config(ok.check(&axis, &reference, &[vec![0.1; n + 1]]), "interferent 1 has 468 values");
     // Weights.
-    expect_config(EmscParams { weights: Some(vec![0.0; n]), ..ok.clone() }.check(&axis, &reference, &[]), "all weights are zero");
+    expect_config(
+        EmscParams { weights: Some(vec![0.0; n]), ..ok.clone() }.check(&axis, &reference, &[]),
+        "all weights are zero",
+    );
     let mut neg = vec![1.0; n];
     neg[3] = -1.0;
     expect_config(EmscParams { weights: Some(neg), ..ok.clone() }.check(&axis, &reference, &[]), "weights[3]");
@@ -443,7 +465,10 @@ fn bad_configurations_are_config_errors() {
     expect_config(EmscParams { weights: Some(nan), ..ok.clone() }.check(&axis, &reference, &[]), "weights[4]");
     let mut few = vec![0.0; n];
     few[..3].fill(1.0);
-    expect_config(EmscParams { weights: Some(few), ..ok.clone() }.check(&axis, &reference, &[]), "only 3 wavenumbers have non-zero weight");
+    expect_config(
+        EmscParams { weights: Some(few), ..ok.clone() }.check(&axis, &reference, &[]),
+        "only 3 wavenumbers have non-zero weight",
+    );
     // Reference.
     let mut bad_ref = reference.clone();
     bad_ref[10] = f64::INFINITY;
@@ -451,7 +476,7 @@ fn bad_configurations_are_config_errors() {
     expect_config(ok.check(&axis, &vec![0.0; n], &[]), "all zeros");
     expect_config(ok.check(&[1.0, 1.0, 2.0], &[1.0, 2.0, 3.0], &[]), "wavenumber axis");
     // Singular models.
-    expect_config(ok.check(&axis, &reference, &[reference.clone()]), "singular model");
+    expect_config(ok.check(&axis, &reference, std::slice::from_ref(&reference)), "singular model");
     let scaled_ref: Vec<f64> = reference.iter().map(|r| 3.0 * r).collect();
     let err = ok.check(&axis, &reference, &[scaled_ref]).unwrap_err().to_string();
     assert!(err.contains("the reference") && err.contains("interferent 1"), "{err}");
@@ -467,7 +492,10 @@ fn bad_configurations_are_config_errors() {
     let interf = EmscParams { paraffin: ParaffinMode::Interferents, ..ok.clone() };
     assert!(interf.check(&axis, &reference, &par).is_ok());
     expect_config(interf.check(&axis, &reference, &par[..2]), "expects 3 paraffin interferents");
-    expect_config(EmscParams { interferent_components: 0, ..interf.clone() }.check(&axis, &reference, &[]), "interferent_components ≥ 1");
+    expect_config(
+        EmscParams { interferent_components: 0, ..interf.clone() }.check(&axis, &reference, &[]),
+        "interferent_components ≥ 1",
+    );
     let masked: Vec<f64> = axis.iter().map(|&w| if (1350.0..=1500.0).contains(&w) { 0.0 } else { 1.0 }).collect();
     expect_config(
         EmscParams { weights: Some(masked.clone()), ..interf.clone() }.check(&axis, &reference, &par),
@@ -475,7 +503,10 @@ fn bad_configurations_are_config_errors() {
     );
     // Mask mode with paraffin components: they would be fitted where their weights are zero.
     expect_config(ok.check(&axis, &reference, &par), "where the weights are zero");
-    expect_config(EmscParams { weights: Some(masked), ..ok.clone() }.check(&axis, &reference, &par), "where the weights are zero");
+    expect_config(
+        EmscParams { weights: Some(masked), ..ok.clone() }.check(&axis, &reference, &par),
+        "where the weights are zero",
+    );
     // A non-paraffin interferent (e.g. a broad water-vapour-like band) is fine in mask mode.
     let broad: Vec<f64> = axis.iter().map(|&w| gauss(w, 1600.0, 60.0)).collect();
     assert!(ok.check(&axis, &reference, &[broad]).is_ok());
@@ -611,7 +642,10 @@ fn kernel_without_coefficients_and_axis_mismatch() {
     let (axis, c) = realistic_corrector(false);
     let mut kernel = EmscKernel::new(Arc::new(c));
     let batch = spectra_batch(&axis, realistic_spectra(&axis, 3, &mut Rng(2)));
-    let out = run_image(&mut kernel, &[batch]).unwrap();
+    let out = run_image(&mut kernel, &[batch.slice(0, 0), batch]).unwrap();
+    assert_eq!(out[0].num_rows(), 0);
+    assert_eq!(out[0].schema(), out[1].schema());
+    let out = &out[1..];
     assert_eq!(out[0].num_columns(), 5);
     assert!(out[0].column_by_name(RESIDUAL_RMS).is_some() && out[0].column_by_name(B).is_none());
     let other: Vec<f64> = axis.iter().map(|w| w + 1.0).collect();
@@ -628,7 +662,8 @@ fn kernel_without_coefficients_and_axis_mismatch() {
 
 /// Naive PCA: covariance matrix, power iteration with deflation.
 fn naive_pca(values: &[f32], rows: usize, n: usize, m: usize) -> Vec<Vec<f64>> {
-    let mean: Vec<f64> = (0..n).map(|i| (0..rows).map(|r| values[r * n + i] as f64).sum::<f64>() / rows as f64).collect();
+    let mean: Vec<f64> =
+        (0..n).map(|i| (0..rows).map(|r| values[r * n + i] as f64).sum::<f64>() / rows as f64).collect();
     let mut cov = vec![vec![0.0; n]; n];
     for r in 0..rows {
         let d: Vec<f64> = (0..n).map(|i| values[r * n + i] as f64 - mean[i]).collect();
@@ -715,6 +750,13 @@ fn paraffin_components_come_from_pure_spectra_only() {
     let err = pure_paraffin_components(&vec![0.1; short.len()], 1, &short, 1, 0.1).unwrap_err();
     assert!(err.to_string().contains("amide I window"), "{err}");
     assert!(pure_paraffin_components(&pure, 200, &axis, 3, -1.0).unwrap_err().is_config());
+    // Noise-free spectra of one varying thickness span one direction: 3 components are refused.
+    let one_dir: Vec<f32> = (0..20)
+        .flat_map(|r| axis.iter().map(move |&w| ((0.1 + 0.03 * r as f64) * paraffin(w, 0.0, 1.0)) as f32))
+        .collect();
+    let Err(err) = pure_paraffin_components(&one_dir, 20, &axis, 3, 0.1) else { panic!("rank-1 data refused") };
+    assert!(err.to_string().contains("only 1 independent direction"), "{err}");
+    assert_eq!(pure_paraffin_components(&one_dir, 20, &axis, 1, 0.1).unwrap().len(), 1);
     assert!(pure_paraffin_components(&pure, 200, &axis, 0, 0.1).unwrap().is_empty());
 }
 

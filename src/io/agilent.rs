@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
+use super::layout::{transpose_append, ROW_PAD};
 use super::{Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader};
 use crate::operators::schema::{image_batch, spectra_schema};
 
@@ -148,6 +149,8 @@ pub struct AgilentReader {
     file: Option<File>,
     failed: bool,
     raw: Vec<u8>,
+    /// Decoded band-major block awaiting the transpose.
+    planes: Vec<f32>,
     batch_rows: usize,
     /// Slices of the last block still to be yielded (a block is at least one tile row).
     queue: VecDeque<RecordBatch>,
@@ -270,6 +273,7 @@ impl AgilentReader {
             file: None,
             failed: false,
             raw: Vec::new(),
+            planes: Vec::new(),
             batch_rows: opts.batch_rows,
             queue: VecDeque::new(),
         })
@@ -290,7 +294,10 @@ impl AgilentReader {
         let segment = rows * fpa;
         let n = self.points;
         self.raw.resize(segment * 4, 0);
-        let mut values = vec![0f32; segment * n];
+        // Band-major block (one padded row per band), then one tiled transpose to pixel-major.
+        let stride = segment + ROW_PAD;
+        self.planes.clear();
+        self.planes.reserve(n * stride);
         for band in 0..n {
             let offset = (PREAMBLE_FLOATS as usize + band * plane + self.row as usize * fpa) as u64 * 4;
             file.read_exact_at(&mut self.raw, offset).map_err(|e| {
@@ -305,10 +312,12 @@ impl AgilentReader {
                     ReadError::io(&tile.path, e)
                 }
             })?;
-            for (p, chunk) in self.raw.chunks_exact(4).enumerate() {
-                values[p * n + band] = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-            }
+            let (chunks, _) = self.raw.as_chunks::<4>();
+            self.planes.extend(chunks.iter().map(|c| f32::from_le_bytes(*c)));
+            self.planes.resize(self.planes.len() + ROW_PAD, 0.0);
         }
+        let mut values = Vec::with_capacity(segment * n);
+        transpose_append(&self.planes, 0, stride, segment, n, &mut values);
         let mut xs = Vec::with_capacity(segment);
         let mut ys = Vec::with_capacity(segment);
         for r in 0..rows as u32 {

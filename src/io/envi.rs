@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
+use super::layout::{transpose_append, ROW_PAD};
 use super::{Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader};
 use crate::operators::schema::{check_axis, image_batch, spectra_schema, SchemaError};
 
@@ -66,7 +67,8 @@ pub enum DataType {
 
 impl DataType {
     /// Every supported data type.
-    pub const ALL: [DataType; 6] = [DataType::U8, DataType::I16, DataType::I32, DataType::F32, DataType::F64, DataType::U16];
+    pub const ALL: [DataType; 6] =
+        [DataType::U8, DataType::I16, DataType::I32, DataType::F32, DataType::F64, DataType::U16];
 
     /// The ENVI `data type` code.
     pub fn code(self) -> u32 {
@@ -148,6 +150,9 @@ pub enum ByteOrder {
 }
 
 impl ByteOrder {
+    /// The byte order of this machine.
+    pub const NATIVE: ByteOrder = if cfg!(target_endian = "little") { ByteOrder::Little } else { ByteOrder::Big };
+
     /// Both byte orders.
     pub const ALL: [ByteOrder; 2] = [ByteOrder::Little, ByteOrder::Big];
 
@@ -188,7 +193,9 @@ impl WavelengthUnits {
             "" | "unknown" | "wavenumber" | "wavenumbers" | "cm-1" | "cm^-1" | "1/cm" | "cm⁻¹" => {
                 Some(WavelengthUnits::Wavenumber)
             }
-            "micrometers" | "micrometer" | "microns" | "micron" | "um" | "µm" | "μm" => Some(WavelengthUnits::Micrometers),
+            "micrometers" | "micrometer" | "microns" | "micron" | "um" | "µm" | "μm" => {
+                Some(WavelengthUnits::Micrometers)
+            }
             "nanometers" | "nanometer" | "nm" => Some(WavelengthUnits::Nanometers),
             _ => None,
         }
@@ -328,15 +335,24 @@ pub fn parse_header_str(hdr_path: &Path, text: &str) -> Result<EnviHeader, ReadE
 
     let raw_interleave = required("interleave")?;
     let interleave = Interleave::from_name(raw_interleave).ok_or_else(|| {
-        ReadError::header(path, "interleave", format!("unknown interleave `{}` (expected bsq, bil or bip)", clip(raw_interleave)))
+        ReadError::header(
+            path,
+            "interleave",
+            format!("unknown interleave `{}` (expected bsq, bil or bip)", clip(raw_interleave)),
+        )
     })?;
 
     let byte_order = match get("byte order") {
         None => ByteOrder::Little,
         Some(raw) => {
             let code = integer(path, "byte order", raw)?;
-            ByteOrder::from_code(code)
-                .ok_or_else(|| ReadError::header(path, "byte order", format!("must be 0 (little endian) or 1 (big endian), not {code}")))?
+            ByteOrder::from_code(code).ok_or_else(|| {
+                ReadError::header(
+                    path,
+                    "byte order",
+                    format!("must be 0 (little endian) or 1 (big endian), not {code}"),
+                )
+            })?
         }
     };
 
@@ -357,7 +373,11 @@ pub fn parse_header_str(hdr_path: &Path, text: &str) -> Result<EnviHeader, ReadE
     };
 
     let raw_list = get("wavelength").ok_or_else(|| {
-        ReadError::header(path, "wavelength", "missing: ftirflow needs the wavenumber axis (one `wavelength` value per band)")
+        ReadError::header(
+            path,
+            "wavelength",
+            "missing: ftirflow needs the wavenumber axis (one `wavelength` value per band)",
+        )
     })?;
     let listed = number_list(path, "wavelength", raw_list)?;
     if listed.len() != bands as usize {
@@ -534,11 +554,8 @@ fn find_file(candidates: &[PathBuf]) -> Option<PathBuf> {
     let first = candidates.first()?;
     let parent = first.parent().unwrap_or(Path::new(""));
     let dir = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
     names.sort();
     for cand in candidates {
         let Some(want) = cand.file_name().and_then(|n| n.to_str()) else { continue };
@@ -657,65 +674,7 @@ fn decode(raw: &[u8], dt: DataType, order: ByteOrder, out: &mut Vec<f32>) {
     }
 }
 
-/// Values of padding after each decoded band row (bsq, bil), so that rows whose length is a power
-/// of two do not all fall into the same cache sets during [`transpose_append`].
-const ROW_PAD: usize = 16;
 
-/// Appends `count` pixels of a band-major block to the pixel-major `out`:
-/// `out[i * bands + b] = src[b * stride + first + i]` for `i < count`, `b < bands`.
-///
-/// Works on 16 bands at a time, walking the pixels in order in tiles of 16 × 16 values: the 16
-/// source rows are read sequentially and each pixel's 16 values are written together, so both
-/// sides stream through memory the way the prefetcher likes (a plain strided scatter is several
-/// times slower).
-fn transpose_append(src: &[f32], first: usize, stride: usize, count: usize, bands: usize, out: &mut Vec<f32>) {
-    const T: usize = 16;
-    if count == 0 || bands == 0 {
-        return;
-    }
-    let start = out.len();
-    out.resize(start + count * bands, 0.0);
-    let Some(dst) = out.get_mut(start..) else { return };
-    let mut b0 = 0;
-    while b0 < bands {
-        let nb = T.min(bands - b0);
-        let mut rows: [&[f32]; T] = [&[]; T];
-        for (k, row) in rows.iter_mut().enumerate().take(nb) {
-            let at = (b0 + k) * stride + first;
-            *row = src.get(at..at + count).unwrap_or(&[]);
-        }
-        let mut i0 = 0;
-        if nb == T {
-            // Whole 16 × 16 tiles through a local array (fixed sizes: no bounds checks inside).
-            let mut tile = [[0f32; T]; T];
-            while i0 + T <= count {
-                for (t, row) in tile.iter_mut().zip(&rows) {
-                    if let Some(seg) = row.get(i0..i0 + T) {
-                        t.copy_from_slice(seg);
-                    }
-                }
-                for (j, px) in dst.chunks_exact_mut(bands).skip(i0).take(T).enumerate() {
-                    let Some(slots) = px.get_mut(b0..b0 + T) else { break };
-                    for (slot, t) in slots.iter_mut().zip(&tile) {
-                        *slot = t.get(j).copied().unwrap_or_default();
-                    }
-                }
-                i0 += T;
-            }
-        }
-        // The rest: the last pixels, or a pass of fewer than 16 bands.
-        for i in i0..count {
-            let at = i * bands + b0;
-            let Some(slots) = dst.get_mut(at..at + nb) else { break };
-            for (slot, row) in slots.iter_mut().zip(&rows) {
-                if let Some(v) = row.get(i) {
-                    *slot = *v;
-                }
-            }
-        }
-        b0 += nb;
-    }
-}
 
 /// Streams the spectra of an ENVI image (see the [module docs](self)).
 #[derive(Debug)]
@@ -755,7 +714,10 @@ impl EnviReader {
                     .filter_map(|c| c.file_name())
                     .map(|n| n.to_string_lossy().into_owned())
                     .collect();
-                ReadError::format(path, format!("no ENVI header found for this data file; tried {} (ignoring case)", tried.join(", ")))
+                ReadError::format(
+                    path,
+                    format!("no ENVI header found for this data file; tried {} (ignoring case)", tried.join(", ")),
+                )
             })?;
             (hdr, path.to_path_buf())
         };
@@ -829,6 +791,12 @@ impl EnviReader {
         let n_vals = count * bands;
         let mut values: Vec<f32> = Vec::with_capacity(n_vals);
         match h.interleave {
+            Interleave::Bip if dt == DataType::F32 && order == ByteOrder::NATIVE => {
+                // The common instrument layout: read straight into the output values, no copy.
+                values.resize(n_vals, 0.0);
+                let at = offset + p0 * (bands * size) as u64;
+                self.src.read_at(bytemuck::cast_slice_mut(&mut values), at)?;
+            }
             Interleave::Bip => {
                 let bytes = n_vals * size;
                 self.raw.resize(bytes, 0);
@@ -1041,9 +1009,13 @@ pub fn write_cube(hdr_path: &Path, cube: &ImageCube, opts: &EnviWriteOptions) ->
     check_axis(&cube.wavenumbers).map_err(|e| Error::new(ErrorKind::InvalidInput, format!("image cube axis: {e}")))?;
     let data_path = hdr_path.with_extension("img");
     if data_path == hdr_path {
-        return Err(Error::new(ErrorKind::InvalidInput, "the ENVI header path must not end in .img (the data file takes that name)"));
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "the ENVI header path must not end in .img (the data file takes that name)",
+        ));
     }
-    let bands = u32::try_from(cube.n_points()).map_err(|_| Error::new(ErrorKind::InvalidInput, "too many bands for ENVI"))?;
+    let bands =
+        u32::try_from(cube.n_points()).map_err(|_| Error::new(ErrorKind::InvalidInput, "too many bands for ENVI"))?;
     let header = EnviHeader {
         samples: cube.width,
         lines: cube.height,

@@ -3,6 +3,7 @@
 //! against the file size before it allocates and streams record batches of a bounded size in the
 //! spectra schema of [`crate::operators::schema`].
 mod error;
+mod layout;
 
 pub mod agilent;
 pub mod archive;
@@ -20,7 +21,7 @@ pub use archive::{discover, ImageEntry};
 pub use error::ReadError;
 
 /// Default number of spectra per record batch.
-pub const DEFAULT_BATCH_ROWS: usize = 4096;
+pub const DEFAULT_BATCH_ROWS: usize = 1024;
 
 /// Image file formats ftirflow reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

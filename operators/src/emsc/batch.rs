@@ -126,7 +126,14 @@ impl BatchPlan {
     }
 
     /// Corrects `rows` spectra (lengths are checked by the caller).
-    pub(crate) fn run(&self, values: &[f32], rows: usize, out: &mut [f32], coefficients: Option<&mut [f32]>, rms: &mut [f32]) {
+    pub(crate) fn run(
+        &self,
+        values: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        coefficients: Option<&mut [f32]>,
+        rms: &mut [f32],
+    ) {
         let (n, k) = (self.n, self.k);
         assert!(values.len() == rows * n && out.len() == rows * n && rms.len() == rows);
         if let Some(c) = coefficients.as_deref() {
@@ -160,13 +167,8 @@ impl BatchPlan {
     #[inline(always)]
     fn coefficients(&self, z: &[f32], c: &mut [f64]) -> f64 {
         let k = self.k;
-        for i in 0..k {
-            let row = &self.rinv[i * k..(i + 1) * k];
-            let mut acc = 0.0f64;
-            for j in i..k {
-                acc += row[j] * z[j] as f64;
-            }
-            c[i] = acc;
+        for (i, (ci, row)) in c.iter_mut().zip(self.rinv.chunks_exact(k)).enumerate() {
+            *ci = row[i..].iter().zip(&z[i..]).map(|(r, zj)| r * *zj as f64).fold(0.0f64, |acc, x| acc + x);
         }
         c[0]
     }
@@ -204,7 +206,14 @@ impl BatchPlan {
     }
 
     /// The portable loop: the same formulas with 8-lane arrays and separate multiply and add.
-    fn run_portable(&self, values: &[f32], rows: usize, out: &mut [f32], mut coefficients: Option<&mut [f32]>, rms: &mut [f32]) {
+    fn run_portable(
+        &self,
+        values: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        mut coefficients: Option<&mut [f32]>,
+        rms: &mut [f32],
+    ) {
         let (n, k) = (self.n, self.k);
         let chunks = n.div_ceil(8);
         let mut acc = vec![[0.0f32; 8]; k];
