@@ -14,7 +14,7 @@ use crate::operators::normalize::NormalizeKernel;
 use crate::operators::outliers::{AmideCheckKernel, ResidualOutlierKernel, OUTLIER};
 use crate::operators::resample::{ResampleKernel, TruncateKernel};
 use crate::operators::segment::{PARAFFIN, TISSUE};
-use crate::operators::{run_image, Kernel, OpError, SpectraLayout};
+use crate::operators::{run_chain, Kernel, OpError, SpectraLayout};
 
 /// Most paraffin spectra kept for fitting the paraffin components.
 pub const MAX_PARAFFIN_CANDIDATES: usize = 20_000;
@@ -105,10 +105,7 @@ impl PreprocessPlan {
 
     /// Runs the whole chain over the batches of one image and applies `keep`.
     pub fn run_image(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, OpError> {
-        let mut current = batches;
-        for mut kernel in self.kernels()? {
-            current = run_image(kernel.as_mut(), &current)?;
-        }
+        let mut current = run_chain(&mut self.kernels()?, batches)?;
         if self.cfg.keep == Keep::Tissue {
             current = current.iter().map(|b| filter_bool(b, TISSUE)).collect::<Result<_, _>>()?;
         }
@@ -168,10 +165,7 @@ impl EmscFitter {
             kernels.push(Box::new(AmideCheckKernel::new(c.outliers.clone())?));
         }
         kernels.push(Box::new(TruncateKernel::new(c.emsc_range)?));
-        let mut current = batches;
-        for mut k in kernels {
-            current = run_image(k.as_mut(), &current)?;
-        }
+        let current = run_chain(&mut kernels, batches)?;
         let want_paraffin = c.emsc.paraffin == ParaffinMode::Interferents;
         let mut paraffin_taken = 0;
         for b in &current {

@@ -37,3 +37,34 @@ pub fn run_image<K: Kernel + ?Sized>(kernel: &mut K, batches: &[RecordBatch]) ->
     kernel.finish(&mut out)?;
     Ok(out)
 }
+
+/// Runs a chain of kernels over the batches of one image, streaming: each batch goes through as
+/// many kernels as it can before the next batch is read (a batch stays in cache across the
+/// per-spectrum kernels), then each kernel is finished in order and what it held back flows on.
+/// The output equals running the kernels one after another with [`run_image`].
+pub fn run_chain(kernels: &mut [Box<dyn Kernel>], batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, OpError> {
+    fn push_from(kernels: &mut [Box<dyn Kernel>], stage: usize, batch: &RecordBatch, sink: &mut Vec<RecordBatch>) -> Result<(), OpError> {
+        if stage == kernels.len() {
+            sink.push(batch.clone());
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        kernels[stage].push_batch(batch, &mut out)?;
+        for b in &out {
+            push_from(kernels, stage + 1, b, sink)?;
+        }
+        Ok(())
+    }
+    let mut sink = Vec::new();
+    for b in &batches {
+        push_from(kernels, 0, b, &mut sink)?;
+    }
+    for stage in 0..kernels.len() {
+        let mut out = Vec::new();
+        kernels[stage].finish(&mut out)?;
+        for b in &out {
+            push_from(kernels, stage + 1, b, &mut sink)?;
+        }
+    }
+    Ok(sink)
+}

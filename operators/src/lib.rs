@@ -16,7 +16,7 @@ pub mod segment;
 
 pub use emsc::{EmscCorrector, EmscFit, EmscKernel, EmscParams, ParaffinMode};
 pub use error::OpError;
-pub use kernel::{run_image, Kernel};
+pub use kernel::{run_chain, run_image, Kernel};
 pub use kmeans::{KMeans, KMeansModel, KMeansParams};
 pub use schema::{SchemaError, SpectraBatchBuilder, SpectraLayout};
 pub use segment::{

@@ -98,35 +98,51 @@ impl Normalizer {
         &self.axis
     }
 
-    /// Normalizes one spectrum in place.
+    /// Normalizes one spectrum in place (sums in f64 over f32 lanes; the scaling in f32).
     pub fn apply(&self, s: &mut [f32]) {
-        let finite = s.iter().all(|v| v.is_finite());
-        if !finite {
+        if !s.iter().all(|v| v.is_finite()) {
             return;
         }
         let n = s.len() as f64;
         let (shift, scale) = match self.method {
-            Method::Vector => (0.0, s.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt()),
+            Method::Vector => (0.0, lane_sum(s, |v| v * v).sqrt()),
             Method::Snv => {
-                let mean = s.iter().map(|&v| v as f64).sum::<f64>() / n;
-                let var = s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-                (mean, var.sqrt())
+                let mean = lane_sum(s, |v| v) / n;
+                let m = mean as f32;
+                (mean, (lane_sum(s, |v| (v - m) * (v - m)) / n).sqrt())
             }
             Method::Minmax => {
-                let (lo, hi) = s.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v as f64), hi.max(v as f64)));
-                (lo, hi - lo)
+                let (lo, hi) = s.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                (lo as f64, hi as f64 - lo as f64)
             }
-            Method::Amide => (0.0, s[self.amide.clone()].iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64))),
+            Method::Amide => (0.0, s[self.amide.clone()].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64),
         };
         if !(scale.is_finite() && scale > 0.0) {
             s.fill(0.0);
             return;
         }
-        let inv = 1.0 / scale;
+        let (shift, inv) = (shift as f32, (1.0 / scale) as f32);
         for v in s.iter_mut() {
-            *v = ((*v as f64 - shift) * inv) as f32;
+            *v = (*v - shift) * inv;
         }
     }
+}
+
+/// Σ f(v) with eight f32 lanes of 32 values each folded into an f64 total, so the loop
+/// vectorizes and the rounding stays that of short f32 sums.
+fn lane_sum(s: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut total = 0f64;
+    for block in s.chunks(256) {
+        let mut lanes = [0f32; 8];
+        let (whole, rest) = block.as_chunks::<8>();
+        for c in whole {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += f(v);
+            }
+        }
+        total += lanes.iter().map(|&l| l as f64).sum::<f64>() + rest.iter().map(|&v| f(v) as f64).sum::<f64>();
+    }
+    total
 }
 
 /// The normalization kernel (per spectrum; `finish` emits nothing).

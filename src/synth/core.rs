@@ -550,30 +550,3 @@ mod tests {
         assert_eq!(upper_threshold(v, 1.0), f64::NEG_INFINITY);
     }
 }
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-
-    /// Synthesis throughput of one core, without I/O (`cargo test --release -- --ignored synth_speed --nocapture`).
-    #[test]
-    #[ignore]
-    fn synth_speed() {
-        let cfg = SynthConfig { size: 160, ..SynthConfig::default() };
-        let model = Model::new(&cfg);
-        let mut cube = ImageCube { width: 0, height: 0, wavenumbers: vec![], values: vec![] };
-        let spec = CoreSpec { index: 0, sample: "P01_CA".into(), cancer: Some(Subtype::LA), patient_offset: [0.0; N_TISSUE] };
-        synth_core(&model, &spec, &mut cube);
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            synth_core(&model, &spec, &mut cube);
-            let s = t.elapsed().as_secs_f64();
-            let mb = cube.values.len() as f64 * 4.0 / 1e6;
-            let t = std::time::Instant::now();
-            let copy = cube.values.clone();
-            let c = t.elapsed().as_secs_f64();
-            eprintln!("synth {mb:.0} MB in {s:.3} s = {:.0} MB/s (memcpy of the same bytes {:.0} MB/s)", mb / s, mb / c);
-            drop(copy);
-        }
-    }
-}
