@@ -121,12 +121,13 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> (Vec<ImageEntry>, Vec<Reject>) {
 }
 
 /// Reads one image completely (one image is the unit that is either converted whole or rejected).
-fn read_image(entry: &ImageEntry, batch_rows: usize) -> Result<(SchemaRef, Vec<RecordBatch>, u64), (&'static str, ReadError)> {
+/// Returns the image's schema, batches and bytes of spectral data, or the reject naming the stage.
+pub(super) fn read_image(entry: &ImageEntry, batch_rows: usize) -> Result<(SchemaRef, Vec<RecordBatch>, u64), Reject> {
     let opts = ReadOptions { batch_rows, sample: entry.sample.clone() };
-    let reader = io::open_as(&entry.path, entry.format, &opts).map_err(|e| ("open", e))?;
+    let reader = io::open_as(&entry.path, entry.format, &opts).map_err(|e| Reject::from_error(&entry.path, "open", &e))?;
     let schema = reader.schema();
     let bytes = reader.info().data_bytes;
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| ("read", e))?;
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| Reject::from_error(&entry.path, "read", &e))?;
     Ok((schema, batches, bytes))
 }
 
@@ -154,8 +155,8 @@ pub fn convert(inputs: &[PathBuf], out: &Path, batch_rows: usize) -> anyhow::Res
         }
         let (schema, batches, bytes) = match read_image(entry, batch_rows) {
             Ok(v) => v,
-            Err((stage, e)) => {
-                rejects.push(Reject::from_error(&entry.path, stage, &e));
+            Err(r) => {
+                rejects.push(r);
                 continue;
             }
         };

@@ -15,7 +15,7 @@ use super::progress::Progress;
 use super::Outcome;
 use crate::config::{Config, Keep, Step};
 use crate::io::table::{SpectraTableWriter, TableError};
-use crate::io::{self, ImageEntry, ReadOptions};
+use crate::io::ImageEntry;
 use crate::plan::{EmscFitter, EmscState, PreprocessPlan};
 
 #[derive(Debug, Args)]
@@ -123,9 +123,7 @@ pub(super) fn run(args: PreprocessArgs) -> anyhow::Result<Outcome> {
 }
 
 fn read_image(entry: &ImageEntry, batch_rows: usize) -> Result<Vec<RecordBatch>, Reject> {
-    let opts = ReadOptions { batch_rows, sample: entry.sample.clone() };
-    let reader = io::open_as(&entry.path, entry.format, &opts).map_err(|e| Reject::from_error(&entry.path, "open", &e))?;
-    reader.collect::<Result<Vec<_>, _>>().map_err(|e| Reject::from_error(&entry.path, "read", &e))
+    super::convert::read_image(entry, batch_rows).map(|(_, batches, _)| batches)
 }
 
 fn count_true(batches: &[RecordBatch], name: &str) -> u64 {
