@@ -80,13 +80,7 @@ impl PreprocessPlan {
     /// Fresh kernels for the chain, in order.
     pub fn kernels(&self) -> Result<Vec<Box<dyn Kernel>>, OpError> {
         let c = &self.cfg;
-        let mut k: Vec<Box<dyn Kernel>> = Vec::new();
-        if c.runs(Step::Segment) {
-            k.push(Box::new(c.segment.check()?.kernel()));
-        }
-        if c.runs(Step::Outliers) {
-            k.push(Box::new(AmideCheckKernel::new(c.outliers.clone())?));
-        }
+        let mut k = mask_kernels(c)?;
         if let Some(corrector) = &self.corrector {
             k.push(Box::new(TruncateKernel::new(c.emsc_range)?));
             k.push(Box::new(EmscKernel::new(corrector.clone())));
@@ -111,6 +105,19 @@ impl PreprocessPlan {
         }
         Ok(current)
     }
+}
+
+/// The kernels that run on raw spectra before EMSC (masks and amide/non-finite checks), shared by
+/// the chain and the EMSC fitter so both see the same tissue.
+fn mask_kernels(c: &PreprocessConfig) -> Result<Vec<Box<dyn Kernel>>, OpError> {
+    let mut k: Vec<Box<dyn Kernel>> = Vec::new();
+    if c.runs(Step::Segment) {
+        k.push(Box::new(c.segment.check()?.kernel()));
+    }
+    if c.runs(Step::Outliers) {
+        k.push(Box::new(AmideCheckKernel::new(c.outliers.clone())?));
+    }
+    Ok(k)
 }
 
 /// Rows of `batch` where the Boolean column `name` is true (all rows when there is no such column).
@@ -157,13 +164,7 @@ impl EmscFitter {
     /// Adds one image (its raw batches).
     pub fn add_image(&mut self, batches: Vec<RecordBatch>) -> Result<(), OpError> {
         let c = &self.cfg;
-        let mut kernels: Vec<Box<dyn Kernel>> = Vec::new();
-        if c.runs(Step::Segment) {
-            kernels.push(Box::new(c.segment.check()?.kernel()));
-        }
-        if c.runs(Step::Outliers) {
-            kernels.push(Box::new(AmideCheckKernel::new(c.outliers.clone())?));
-        }
+        let mut kernels = mask_kernels(c)?;
         kernels.push(Box::new(TruncateKernel::new(c.emsc_range)?));
         let current = run_chain(&mut kernels, batches)?;
         let want_paraffin = c.emsc.paraffin == ParaffinMode::Interferents;

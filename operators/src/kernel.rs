@@ -68,3 +68,38 @@ pub fn run_chain(kernels: &mut [Box<dyn Kernel>], batches: Vec<RecordBatch>) -> 
     }
     Ok(sink)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::{Method, NormalizeKernel, NormalizeParams};
+    use crate::outliers::{AmideCheckKernel, OutlierParams};
+    use crate::resample::TruncateKernel;
+    use crate::schema::{spectra_schema, SpectraBatchBuilder};
+
+    #[test]
+    fn chain_equals_kernels_one_after_another() {
+        let axis: Vec<f64> = (0..40).map(|i| 1590.0 + 5.0 * i as f64).collect();
+        let mut b = SpectraBatchBuilder::new(spectra_schema(&axis).unwrap(), 30);
+        for p in 0..30u32 {
+            let s: Vec<f32> = (0..40).map(|i| ((p * 7 + i) % 13) as f32 * 0.1 + 0.05).collect();
+            b.push("img", p % 6, p / 6, &s);
+        }
+        let all = b.finish().unwrap();
+        let batches = vec![all.slice(0, 7), all.slice(7, 16), all.slice(23, 7)];
+        let make = || -> Vec<Box<dyn Kernel>> {
+            vec![
+                Box::new(AmideCheckKernel::new(OutlierParams::default()).unwrap()),
+                Box::new(TruncateKernel::new(crate::axis::Band::new(1600.0, 1700.0)).unwrap()),
+                Box::new(NormalizeKernel::new(NormalizeParams { method: Method::Snv, ..Default::default() })),
+            ]
+        };
+        let mut sequential = batches.clone();
+        for mut k in make() {
+            sequential = run_image(k.as_mut(), &sequential).unwrap();
+        }
+        let chained = run_chain(&mut make(), batches).unwrap();
+        assert_eq!(chained, sequential);
+        assert_eq!(chained.iter().map(|b| b.num_rows()).sum::<usize>(), 30);
+    }
+}
