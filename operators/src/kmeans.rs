@@ -133,6 +133,27 @@ impl KMeans {
     /// callers exclude such rows first). Fewer distinct rows than `k` is not an error: the surplus
     /// centroids duplicate chosen ones and end with no members ([`KMeansModel::counts`] 0).
     pub fn fit(&self, rows: &[f32], dim: usize) -> Result<KMeansModel, OpError> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present (checked above).
+            return unsafe { self.fit_avx2(rows, dim) };
+        }
+        self.fit_inline(rows, dim)
+    }
+
+    /// [`KMeans::fit`] compiled for AVX2: the same lane-by-lane arithmetic as the portable build
+    /// (no fused multiply–add), so the bytes are identical, on twice as wide vectors.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn fit_avx2(&self, rows: &[f32], dim: usize) -> Result<KMeansModel, OpError> {
+        self.fit_inline(rows, dim)
+    }
+
+    #[inline(always)]
+    fn fit_inline(&self, rows: &[f32], dim: usize) -> Result<KMeansModel, OpError> {
         if dim == 0 || !rows.len().is_multiple_of(dim) {
             return Err(OpError::internal(OPERATOR, format!("{} values do not split into rows of {dim}", rows.len())));
         }
@@ -320,7 +341,7 @@ fn set_centroid(c: &mut [f64], row: &[f32]) {
 }
 
 /// The nearest of `k` centroids (ties to the lower index) and its squared distance.
-#[inline]
+#[inline(always)]
 fn nearest(row: &[f32], centroids: &[f64], k: usize, dim: usize) -> (usize, f64) {
     let mut best = (0, sq_dist(row, &centroids[..dim]));
     for j in 1..k {
@@ -333,7 +354,7 @@ fn nearest(row: &[f32], centroids: &[f64], k: usize, dim: usize) -> (usize, f64)
 }
 
 /// Squared Euclidean distance in `f64`, accumulated in eight lanes (vectorizes).
-#[inline]
+#[inline(always)]
 pub(crate) fn sq_dist(row: &[f32], c: &[f64]) -> f64 {
     const L: usize = 8;
     let mut acc = [0.0f64; L];

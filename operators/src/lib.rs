@@ -6,6 +6,8 @@
 pub mod axis;
 pub mod emsc;
 pub mod error;
+pub mod finite;
+pub mod fused;
 pub mod kernel;
 pub mod kmeans;
 pub mod normalize;

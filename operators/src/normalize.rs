@@ -100,7 +100,7 @@ impl Normalizer {
 
     /// Normalizes one spectrum in place (sums in f64 over f32 lanes; the scaling in f32).
     pub fn apply(&self, s: &mut [f32]) {
-        if !s.iter().all(|v| v.is_finite()) {
+        if !crate::finite::all_finite(s) {
             return;
         }
         let n = s.len() as f64;

@@ -80,14 +80,11 @@ impl OutlierParams {
 
 /// Largest value in `range` of a spectrum (NaN when any value there is not finite).
 pub fn peak(spectrum: &[f32], range: std::ops::Range<usize>) -> f32 {
-    let mut m = f32::NEG_INFINITY;
-    for &v in &spectrum[range] {
-        if !v.is_finite() {
-            return f32::NAN;
-        }
-        m = m.max(v);
+    let s = &spectrum[range];
+    if !crate::finite::all_finite(s) {
+        return f32::NAN;
     }
-    m
+    s.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
 /// `median + k × MAD` of `values` (non-finite values ignored), or `None` for fewer than
@@ -109,21 +106,63 @@ fn median(v: &mut [f64]) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
-fn bool_column(batch: &RecordBatch, name: &str) -> Option<BooleanArray> {
+pub(crate) fn bool_column(batch: &RecordBatch, name: &str) -> Option<BooleanArray> {
     batch.column_by_name(name).and_then(|c| c.as_boolean_opt().cloned())
 }
 
 /// Appends `amide_i` and `outlier` (per spectrum).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AmideCheckKernel {
     params: OutlierParams,
+    checked: Option<Band>,
 }
 
 impl AmideCheckKernel {
-    /// A kernel for checked `params`.
+    /// A kernel for checked `params` that looks for non-finite values over the whole spectrum.
     pub fn new(params: OutlierParams) -> Result<Self, OpError> {
         params.check()?;
-        Ok(Self { params })
+        Ok(Self { params, checked: None })
+    }
+
+    /// Looks for non-finite values only inside `band` (the part of the spectrum the chain
+    /// analyses, e.g. the EMSC range): a NaN at 3500 cm⁻¹ does not spoil a fingerprint spectrum.
+    /// The amide I window is always checked (its peak is NaN when it holds a non-finite value).
+    pub fn checking(mut self, band: Band) -> Self {
+        self.checked = Some(band);
+        self
+    }
+
+    /// The per-spectrum check for `axis`: where to look for non-finite values and the peak.
+    pub fn check_for(&self, axis: &[f64]) -> Result<AmideCheck, OpError> {
+        let amide = self.params.amide_band.indices(axis).ok_or_else(|| {
+            OpError::data(OP, format!("the axis holds no point of the amide I window {}", self.params.amide_band))
+        })?;
+        let finite = match self.checked {
+            None => 0..axis.len(),
+            Some(band) => band.indices(axis).unwrap_or(0..0),
+        };
+        Ok(AmideCheck { amide, finite, min: self.params.min, max: self.params.max })
+    }
+}
+
+/// The amide I and non-finite check of one axis (see [`AmideCheckKernel::check_for`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmideCheck {
+    amide: std::ops::Range<usize>,
+    finite: std::ops::Range<usize>,
+    min: f64,
+    max: f64,
+}
+
+impl AmideCheck {
+    /// The amide I peak of `spectrum` and whether it is an outlier (`is_tissue`: whether the
+    /// amide range applies).
+    #[inline]
+    pub fn apply(&self, spectrum: &[f32], is_tissue: bool) -> (f32, bool) {
+        let finite = crate::finite::all_finite(&spectrum[self.finite.clone()]);
+        let p = peak(spectrum, self.amide.clone());
+        let out_of_range = is_tissue && !(p as f64 >= self.min && p as f64 <= self.max);
+        (p, !finite || out_of_range)
     }
 }
 
@@ -146,21 +185,16 @@ impl Kernel for AmideCheckKernel {
     fn push_batch(&mut self, batch: &RecordBatch, out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
         let schema = self.output_schema(&batch.schema())?;
         let layout = SpectraLayout::of(&batch.schema()).map_err(|e| OpError::schema(OP, e))?;
-        let range = self.params.amide_band.indices(&layout.wavenumbers).ok_or_else(|| {
-            OpError::data(OP, format!("the axis holds no point of the amide I window {}", self.params.amide_band))
-        })?;
+        let check = self.check_for(&layout.wavenumbers)?;
         let values = SpectraLayout::values(batch).map_err(|e| OpError::schema(OP, e))?;
         let tissue = bool_column(batch, TISSUE);
         let n = layout.n_points();
         let mut peaks = Vec::with_capacity(batch.num_rows());
         let mut flags = Vec::with_capacity(batch.num_rows());
         for (i, s) in values.chunks_exact(n).enumerate() {
-            let finite = s.iter().all(|v| v.is_finite());
-            let p = peak(s, range.clone());
-            let is_tissue = tissue.as_ref().map(|t| t.value(i)).unwrap_or(true);
-            let out_of_range = is_tissue && !(p as f64 >= self.params.min && p as f64 <= self.params.max);
+            let (p, flag) = check.apply(s, tissue.as_ref().map(|t| t.value(i)).unwrap_or(true));
             peaks.push(p);
-            flags.push(!finite || out_of_range);
+            flags.push(flag);
         }
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns.push(Arc::new(Float32Array::from(peaks)));

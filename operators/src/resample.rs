@@ -60,10 +60,24 @@ impl ResampleParams {
 }
 
 /// Precomputed interpolation from one input axis onto one target grid.
+///
+/// Each target point `j` is `a + w (b − a)` with `a = s[left[j]]`, `b = s[left[j] + 1]`. The
+/// target points go in blocks of eight; when a block's left indices are consecutive (the usual
+/// case: the model grid and instrument axes have nearly the same step) it reads two contiguous
+/// slices and the loop vectorizes, otherwise it reads point by point. Target points that fall
+/// exactly on an input point (`w` = 0 or 1, including the clamped edges) are then copied exactly,
+/// so a non-finite neighbour never leaks into them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resampler {
-    /// For each target point: the left input index and the weight of the right neighbour.
-    taps: Vec<(usize, f32)>,
+    /// For each target point: the left input index (`left + 1 < n` whenever `n ≥ 2`).
+    left: Vec<u32>,
+    /// For each target point: the weight of the right neighbour.
+    weight: Vec<f32>,
+    /// Target points copied exactly from one input point: (target index, input index).
+    exact: Vec<(u32, u32)>,
+    /// For each whole block of eight target points: its first left index when the block's left
+    /// indices are consecutive.
+    runs: Vec<Option<u32>>,
     input: Vec<f64>,
     target: Vec<f64>,
 }
@@ -74,6 +88,9 @@ impl Resampler {
     pub fn new(input: &[f64], target: &[f64]) -> Result<Self, OpError> {
         schema::check_axis(input).map_err(|e| OpError::schema(OP, e))?;
         schema::check_axis(target).map_err(|e| OpError::config(OP, format!("target grid: {e}")))?;
+        if input.len() > i32::MAX as usize / 2 {
+            return Err(OpError::data(OP, format!("an axis of {} points is too long", input.len())));
+        }
         let (lo, hi) = min_max(input).expect("checked non-empty");
         let (tlo, thi) = min_max(target).expect("checked non-empty");
         let half_step = if input.len() > 1 { (hi - lo) / (input.len() - 1) as f64 / 2.0 } else { 0.0 };
@@ -88,13 +105,15 @@ impl Resampler {
         let n = input.len();
         let asc = |i: usize| if ascending { i } else { n - 1 - i };
         let value = |i: usize| input[asc(i)];
-        let mut taps = Vec::with_capacity(target.len());
-        for &t in target {
+        let (mut left, mut weight, mut exact) = (Vec::with_capacity(target.len()), Vec::with_capacity(target.len()), Vec::new());
+        for (j, &t) in target.iter().enumerate() {
             if n == 1 {
-                taps.push((0, 0.0));
+                left.push(0);
+                weight.push(0.0);
+                exact.push((j as u32, 0));
                 continue;
             }
-            // Largest ascending index j with value(j) <= t, clamped to [0, n-2].
+            // Largest ascending index a with value(a) <= t, clamped to [0, n-2].
             let (mut a, mut b) = (0usize, n - 1);
             while b - a > 1 {
                 let mid = (a + b) / 2;
@@ -102,11 +121,22 @@ impl Resampler {
             }
             let (x0, x1) = (value(a), value(a + 1));
             let w = ((t - x0) / (x1 - x0)).clamp(0.0, 1.0) as f32;
-            // Map back to input order: tap = (left index in input order, weight of the other).
+            // In input order: the left index and the weight of its right neighbour.
             let (i0, i1) = (asc(a), asc(a + 1));
-            taps.push(if i0 < i1 { (i0, w) } else { (i1, 1.0 - w) });
+            let (l, w) = if i0 < i1 { (i0, w) } else { (i1, 1.0 - w) };
+            left.push(l as u32);
+            weight.push(w);
+            if w == 0.0 {
+                exact.push((j as u32, l as u32));
+            } else if w == 1.0 {
+                exact.push((j as u32, l as u32 + 1));
+            }
         }
-        Ok(Self { taps, input: input.to_vec(), target: target.to_vec() })
+        let runs = left
+            .chunks_exact(BLOCK)
+            .map(|b| b.iter().enumerate().all(|(k, &l)| l == b[0] + k as u32).then_some(b[0]))
+            .collect();
+        Ok(Self { left, weight, exact, runs, input: input.to_vec(), target: target.to_vec() })
     }
 
     /// The target grid.
@@ -119,14 +149,44 @@ impl Resampler {
         &self.input
     }
 
-    /// Resamples one spectrum (`spectrum.len()` = input length, `out.len()` = target length).
+    /// Resamples one spectrum.
+    ///
+    /// # Panics
+    /// When `spectrum.len()` is not the input length or `out.len()` not the target length.
     pub fn apply(&self, spectrum: &[f32], out: &mut [f32]) {
-        debug_assert_eq!(spectrum.len(), self.input.len());
-        for (o, &(i, w)) in out.iter_mut().zip(&self.taps) {
-            let a = spectrum[i];
-            let b = if i + 1 < spectrum.len() { spectrum[i + 1] } else { a };
-            // Exact endpoints (w = 0 or 1) do not mix in the neighbour, so NaN stays local.
-            *o = if w == 0.0 { a } else if w == 1.0 { b } else { a + w * (b - a) };
+        assert_eq!(spectrum.len(), self.input.len(), "spectrum length must match the input axis");
+        assert_eq!(out.len(), self.target.len(), "output length must match the target grid");
+        if spectrum.len() >= 2 {
+            let blocks = out.chunks_exact_mut(BLOCK).zip(self.weight.chunks_exact(BLOCK)).zip(&self.runs);
+            for (j, ((o, w), run)) in blocks.enumerate() {
+                match *run {
+                    Some(l0) => {
+                        let l0 = l0 as usize;
+                        let (a, b) = (&spectrum[l0..l0 + BLOCK], &spectrum[l0 + 1..l0 + BLOCK + 1]);
+                        for k in 0..BLOCK {
+                            o[k] = a[k] + w[k] * (b[k] - a[k]);
+                        }
+                    }
+                    None => self.interpolate(spectrum, j * BLOCK..(j + 1) * BLOCK, o),
+                }
+            }
+            let tail = self.runs.len() * BLOCK..out.len();
+            self.interpolate(spectrum, tail.clone(), &mut out[tail]);
+        }
+        self.copy_exact(spectrum, out);
+    }
+
+    /// Target points `targets` one by one into `out` (`targets.len()` values).
+    fn interpolate(&self, spectrum: &[f32], targets: std::ops::Range<usize>, out: &mut [f32]) {
+        for ((o, &l), &w) in out.iter_mut().zip(&self.left[targets.clone()]).zip(&self.weight[targets]) {
+            let (a, b) = (spectrum[l as usize], spectrum[l as usize + 1]);
+            *o = a + w * (b - a);
+        }
+    }
+
+    fn copy_exact(&self, spectrum: &[f32], out: &mut [f32]) {
+        for &(j, i) in &self.exact {
+            out[j as usize] = spectrum[i as usize];
         }
     }
 
@@ -138,6 +198,9 @@ impl Resampler {
         }
     }
 }
+
+/// Target points per block of the interpolation loop.
+const BLOCK: usize = 8;
 
 /// The resampling kernel: replaces `spectrum` by its values on the target grid and rewrites the
 /// axis metadata. Per spectrum; `finish` emits nothing.
@@ -215,7 +278,8 @@ impl TruncateKernel {
         Ok(Self { band })
     }
 
-    fn range(&self, axis: &[f64]) -> Result<std::ops::Range<usize>, OpError> {
+    /// The indices of `axis` inside the band; an error when the axis does not cover it.
+    pub fn range(&self, axis: &[f64]) -> Result<std::ops::Range<usize>, OpError> {
         self.band.covered_indices(axis).filter(|r| r.len() >= 2).ok_or_else(|| {
             let (lo, hi) = min_max(axis).unwrap_or((f64::NAN, f64::NAN));
             OpError::data("truncate", format!("the data's axis {lo:.2}–{hi:.2} cm⁻¹ does not cover {}", self.band))
@@ -301,6 +365,48 @@ mod tests {
                 prop_assert!((*o as f64 - e).abs() <= 1e-5 * (1.0 + e.abs()), "{} vs {} at {}", o, e, t);
             }
         }
+    }
+
+    proptest! {
+        #[test]
+        fn blocked_and_point_by_point_loops_give_the_same_bytes(
+            values in prop::collection::vec(-3.0f32..3.0, 2..200),
+            m in 1usize..120,
+            descending in any::<bool>(),
+            step in 0.5f64..3.0,
+        ) {
+            let n = values.len();
+            let mut axis: Vec<f64> = (0..n).map(|i| 900.0 + 1.93 * i as f64).collect();
+            if descending { axis.reverse(); }
+            let span = (1.93 * (n - 1) as f64).min(step * m as f64);
+            let grid: Vec<f64> = (0..m).map(|i| 900.0 + span * i as f64 / (m.max(2) - 1) as f64).collect();
+            let r = Resampler::new(&axis, &grid).unwrap();
+            let mut a = vec![0f32; m];
+            r.apply(&values, &mut a);
+            let mut b = vec![0f32; m];
+            r.interpolate(&values, 0..m, &mut b);
+            r.copy_exact(&values, &mut b);
+            prop_assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn a_nan_reaches_only_the_target_points_next_to_it() {
+        let axis: Vec<f64> = (0..10).map(|i| 1000.0 + i as f64).collect();
+        // Target points on input points 2 and 3 (exact), and halfway between 5 and 6.
+        let r = Resampler::new(&axis, &[1002.0, 1003.0, 1005.5]).unwrap();
+        let mut s = [1.0f32; 10];
+        s[3] = f32::NAN;
+        let mut out = [0f32; 3];
+        r.apply(&s, &mut out);
+        assert_eq!(out[0], 1.0);
+        assert!(out[1].is_nan());
+        assert_eq!(out[2], 1.0);
+        s[3] = 1.0;
+        s[6] = f32::INFINITY;
+        r.apply(&s, &mut out);
+        assert_eq!(&out[..2], &[1.0, 1.0]);
+        assert!(!out[2].is_finite());
     }
 
     #[test]

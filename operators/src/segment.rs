@@ -111,6 +111,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::axis::{min_max, Band};
 use crate::error::OpError;
+use crate::finite::all_finite;
 use crate::kernel::Kernel;
 use crate::kmeans::{KMeans, KMeansModel};
 use crate::schema::{check_axis, SpectraLayout};
@@ -468,7 +469,7 @@ enum Rule {
 
 impl Rule {
     /// Whether the spectrum whose band values are `row` is the class.
-    #[inline]
+    #[inline(always)]
     fn is_class(&self, row: &[f32]) -> bool {
         match self {
             Rule::Never => false,
@@ -479,15 +480,8 @@ impl Rule {
     }
 }
 
-/// True when no value is NaN or infinite (branch-free, vectorizes).
-#[inline]
-fn all_finite(values: &[f32]) -> bool {
-    const EXP: u32 = 0x7f80_0000;
-    values.iter().fold(0u32, |acc, v| acc | u32::from(v.to_bits() & EXP == EXP)) == 0
-}
-
 /// `(row − origin) · w` in `f64`, accumulated in eight lanes.
-#[inline]
+#[inline(always)]
 fn project(row: &[f32], origin: &[f64], w: &[f64]) -> f64 {
     const L: usize = 8;
     let mut acc = [0.0f64; L];
@@ -536,6 +530,26 @@ impl Segmenter {
     /// classes come in the order of the parts. The result is the same for any split of the image
     /// into parts and any order of the parts (up to the order of the classes).
     pub fn segment_parts(&self, wavenumbers: &[f64], parts: &[ImagePart<'_>]) -> Result<Masks, OpError> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present (checked above).
+            return unsafe { self.segment_parts_avx2(wavenumbers, parts) };
+        }
+        self.segment_parts_inline(wavenumbers, parts)
+    }
+
+    /// [`Segmenter::segment_parts`] compiled for AVX2 (identical arithmetic, wider vectors).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn segment_parts_avx2(&self, wavenumbers: &[f64], parts: &[ImagePart<'_>]) -> Result<Masks, OpError> {
+        self.segment_parts_inline(wavenumbers, parts)
+    }
+
+    #[inline(always)]
+    fn segment_parts_inline(&self, wavenumbers: &[f64], parts: &[ImagePart<'_>]) -> Result<Masks, OpError> {
         check_axis(wavenumbers).map_err(|e| OpError::schema(OP, e))?;
         let (rt, rp) = self.band_ranges(wavenumbers)?;
         let n = wavenumbers.len();
