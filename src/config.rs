@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::operators::axis::Band;
 use crate::operators::emsc::EmscParams;
+use crate::operators::model::DeviceChoice;
 use crate::operators::normalize::NormalizeParams;
 use crate::operators::outliers::OutlierParams;
 use crate::operators::resample::ResampleParams;
@@ -19,6 +20,140 @@ use crate::operators::OpError;
 pub struct Config {
     /// `[preprocess]`: the preprocessing chain.
     pub preprocess: PreprocessConfig,
+    /// `[train]`: model training (`ftirflow train`).
+    pub train: TrainConfig,
+    /// `[run]`: the nightly pipeline (`ftirflow run`).
+    pub run: RunConfig,
+}
+
+/// `[run]`: how `ftirflow run` classifies (the preprocessing comes from the model bundle, so a
+/// run corrects spectra exactly as training did).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Worker threads per process (default 1; `--workers` overrides).
+    pub workers: usize,
+    /// Spectra per inference batch (default 1024). Outputs do not depend on the worker layout or
+    /// the reading batch size; this value can change the last bits of the probabilities (libtorch
+    /// picks its kernels by batch shape), so keep it fixed between runs you compare.
+    pub batch: usize,
+    /// Compute Grad-CAM maps and their summaries (default true).
+    pub gradcam: bool,
+    /// Inference device: `auto` (CUDA when available, default), `cpu` or `cuda`.
+    pub device: DeviceChoice,
+    /// libtorch intra-op threads per process (default 1: the workers are the parallelism).
+    pub threads: usize,
+    /// Spectra per record batch when reading images (default 1024).
+    pub batch_rows: usize,
+    /// Where the networks run: `auto` (default: one shared inference thread per process when the
+    /// device is CUDA, fed by the workers through a channel; each worker's own copy on the CPU),
+    /// `local` or `shared`.
+    pub inference: Inference,
+}
+
+/// `[run] inference`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Inference {
+    /// `shared` on CUDA, `local` on the CPU.
+    #[default]
+    Auto,
+    /// Every worker runs its own copy of the networks.
+    Local,
+    /// One inference thread per process owns the networks; workers send it batches.
+    Shared,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            batch: 1024,
+            gradcam: true,
+            device: DeviceChoice::Auto,
+            threads: 1,
+            batch_rows: 1024,
+            inference: Inference::Auto,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), OpError> {
+        for (name, v) in [("workers", self.workers), ("batch", self.batch), ("threads", self.threads), ("batch_rows", self.batch_rows)] {
+            if v == 0 {
+                return Err(OpError::config("run", format!("[run] {name} must be at least 1")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[train]`: CaReNet-V1 training and cross-validation (DESIGN.md §5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Training epochs (default 50, as the paper).
+    pub epochs: usize,
+    /// Spectra per optimizer step (default 250, as the paper).
+    pub batch_size: usize,
+    /// Adam learning rate (default 1e-3, as the paper).
+    pub learning_rate: f64,
+    /// Cross-validation folds, split by patient and stratified by class (default 4); 0 or 1
+    /// skips cross-validation and trains the final model only.
+    pub folds: usize,
+    /// Seed of the initialization, dropout, fold split and sampling (default 42).
+    pub seed: u64,
+    /// Spectra drawn per epoch, the same number from every class (default 2500; sampling with
+    /// replacement from classes with fewer spectra). Caps the CPU time of an epoch.
+    pub spectra_per_epoch: usize,
+    /// At most this many tissue spectra are kept per core of an archive (default 1000; a seeded
+    /// selection of pixels, the same in every fold).
+    pub spectra_per_core: usize,
+    /// Train a final model on all the data and save it (default true).
+    pub final_model: bool,
+    /// Where to train: `auto` (CUDA when available, default), `cpu` or `cuda`.
+    pub device: DeviceChoice,
+    /// libtorch intra-op threads; 0 = libtorch's default, one per core (default 0).
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 50,
+            batch_size: 250,
+            learning_rate: 1e-3,
+            folds: 4,
+            seed: 42,
+            spectra_per_epoch: 2500,
+            spectra_per_core: 1000,
+            final_model: true,
+            device: DeviceChoice::Auto,
+            threads: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Validates the section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |r: String| Err(ConfigError::Invalid(OpError::config("train", r)));
+        if self.epochs == 0 || self.batch_size == 0 || self.spectra_per_epoch == 0 || self.spectra_per_core == 0 {
+            return bad("epochs, batch_size, spectra_per_epoch and spectra_per_core must be at least 1".into());
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return bad(format!("learning_rate must be positive, got {}", self.learning_rate));
+        }
+        if self.folds == 1 || self.folds > 100 {
+            return bad(format!("folds must be 0 (no cross-validation) or between 2 and 100, got {}", self.folds));
+        }
+        if self.folds == 0 && !self.final_model {
+            return bad("with folds = 0 and final_model = false there is nothing to train".into());
+        }
+        Ok(())
+    }
 }
 
 /// A preprocessing step, in chain order.
@@ -138,7 +273,9 @@ impl Config {
 
     /// Validates everything that needs no data.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.preprocess.validate()
+        self.preprocess.validate()?;
+        self.run.validate()?;
+        self.train.validate()
     }
 }
 
@@ -209,5 +346,9 @@ mod tests {
         assert!(e.to_string().contains("reaches outside emsc_range"), "{e}");
         let e = Config::parse("[preprocess.emsc]\nparaffin = \"interferents\"\ninterferent_components = 0\n", "t").unwrap_err();
         assert!(e.to_string().contains("interferent_components"), "{e}");
+        let e = Config::parse("[train]\nfolds = 1\n", "t").unwrap_err();
+        assert!(e.to_string().contains("folds"), "{e}");
+        let e = Config::parse("[train]\ndevice = \"tpu\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("tpu"), "{e}");
     }
 }

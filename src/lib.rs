@@ -6,11 +6,15 @@
 //! `ftirflow-operators` crate, re-exported here as [`operators`].
 #![warn(missing_docs)]
 
+pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod dataflow;
 pub mod io;
 pub mod plan;
+pub mod run;
 pub mod synth;
 pub mod torch_check;
+pub mod train;
 
 pub use ftirflow_operators as operators;

@@ -10,3 +10,5 @@ mod cli;
 mod interop;
 mod preprocess;
 mod segment;
+mod run;
+mod model;

@@ -6,10 +6,12 @@
 pub mod axis;
 pub mod emsc;
 pub mod error;
+pub mod grad_cam;
 pub mod finite;
 pub mod fused;
 pub mod kernel;
 pub mod kmeans;
+pub mod model;
 pub mod normalize;
 pub mod outliers;
 pub mod resample;
@@ -19,6 +21,8 @@ pub mod segment;
 pub use emsc::{EmscCorrector, EmscFit, EmscKernel, EmscParams, ParaffinMode};
 pub use error::OpError;
 pub use kernel::{run_chain, run_image, Kernel};
+pub use grad_cam::{CamAggregator, CamSummary, TopBand};
+pub use model::{ArchConfig, CareNet, Classifier, DeviceChoice};
 pub use kmeans::{KMeans, KMeansModel, KMeansParams};
 pub use schema::{SchemaError, SpectraBatchBuilder, SpectraLayout};
 pub use segment::{

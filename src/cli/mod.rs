@@ -5,6 +5,8 @@ mod demo;
 mod preprocess;
 pub mod progress;
 mod synth;
+mod run;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,7 +47,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Make a small synthetic TMA archive and convert it to a spectra table, printing a summary.
+    /// The whole story on a built-in synthetic archive: synthesize, train briefly, run the nightly pipeline.
     Demo(demo::DemoArgs),
     /// Generate a synthetic TMA archive (images, labels.csv, ground-truth masks, planted bands).
     Synth(synth::SynthArgs),
@@ -53,6 +55,11 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Run the preprocessing chain (segment, outliers, EMSC, resample, normalize) into a spectra Parquet file.
     Preprocess(preprocess::PreprocessArgs),
+    /// Train CaReNet-V1 (patient-grouped cross-validation + final model) into a model bundle.
+    Train(train::TrainArgs),
+    /// The nightly pipeline: preprocess, classify (type, then subtype) with Grad-CAM, write
+    /// predictions, per-core and per-class tables; reruns process only new or changed images.
+    Run(run::RunArgs),
 }
 
 /// Entry point of the binary.
@@ -64,6 +71,8 @@ pub fn main() -> ExitCode {
         Command::Synth(a) => synth::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Preprocess(a) => preprocess::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Run(a) => run::run(a),
     };
     match result {
         Ok(Outcome::Complete) => ExitCode::SUCCESS,

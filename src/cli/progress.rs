@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Progress over a known number of units (images, cores, files).
 pub struct Progress {
     bar: Option<ProgressBar>,
-    what: &'static str,
+    what: String,
     total: u64,
     start: Instant,
     last_log: Mutex<Instant>,
@@ -16,7 +16,8 @@ pub struct Progress {
 
 impl Progress {
     /// Starts reporting `total` units named `what` (e.g. "images").
-    pub fn new(what: &'static str, total: u64) -> Self {
+    pub fn new(what: impl Into<String>, total: u64) -> Self {
+        let what = what.into();
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total);
             bar.set_style(
@@ -24,7 +25,7 @@ impl Progress {
                     .expect("valid template")
                     .progress_chars("=> "),
             );
-            bar.set_prefix(what);
+            bar.set_prefix(what.clone());
             bar
         });
         Self { bar, what, total, start: Instant::now(), last_log: Mutex::new(Instant::now()) }
@@ -50,4 +51,31 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// Reports a run's counters (images done, spectra/s, ETA) until `done` is set: a bar on a
+/// terminal, a log line every 10 s otherwise.
+pub fn spawn_reporter(
+    what: &'static str,
+    total: u64,
+    counters: std::sync::Arc<crate::run::Counters>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let progress = Progress::new(what, total);
+        let start = Instant::now();
+        loop {
+            let finished = done.load(Ordering::Relaxed);
+            let images = counters.images.load(Ordering::Relaxed);
+            let spectra = counters.spectra.load(Ordering::Relaxed);
+            let rate = spectra as f64 / start.elapsed().as_secs_f64().max(1e-3);
+            progress.set(images.min(total), &format!("{spectra} spectra, {rate:.0} spectra/s"));
+            if finished {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        progress.finish();
+    })
 }

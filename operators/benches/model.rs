@@ -1,0 +1,162 @@
+//! CaReNet-V1 inference throughput (spectra/s), prediction alone and prediction + Grad-CAM, beside
+//! the same model in PyTorch eager (`benches/python/carenet_baseline.py`: same weights, spectra,
+//! batch and threads; Grad-CAM the usual way, hooks and a full backward) measured in the same run.
+//!
+//! `FTIRFLOW_BENCH_THREADS` (default 1) sets the intra-op threads of both; `FTIRFLOW_BENCH_BATCH`
+//! (default 250) the batch. The Python side needs `python3` with numpy and torch importable
+//! (`TORCH_PYTHONPATH` / `TORCH_LD_LIBRARY_PATH` are added to its environment when set); otherwise
+//! it prints one `skipped` line. `MODEL_BENCH_NO_PYTHON=1` skips it too.
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ftirflow_operators::model::{self, ArchConfig, Classifier};
+use rand::{Rng, SeedableRng};
+
+const ROWS: usize = 4000;
+const POINTS: usize = 467;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Seeded spectra of a realistic shape: a few bands on a baseline, vector-normalized.
+fn spectra() -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+    let axis: Vec<f64> = (0..POINTS).map(|i| 900.0 + 900.0 * i as f64 / (POINTS - 1) as f64).collect();
+    let mut out = Vec::with_capacity(ROWS * POINTS);
+    for _ in 0..ROWS {
+        let bands: Vec<(f64, f64, f64)> = [1650.0, 1545.0, 1450.0, 1240.0, 1080.0, 1030.0, 1740.0]
+            .iter()
+            .map(|&c| (c + rng.random_range(-5.0..5.0), rng.random_range(8.0..25.0), rng.random_range(0.1..1.0)))
+            .collect();
+        let s: Vec<f64> = axis
+            .iter()
+            .map(|&w| {
+                0.05 + bands.iter().map(|&(c, wd, h)| if (w - c).abs() < 6.0 * wd { h * (-((w - c) / wd).powi(2)).exp() } else { 0.0 }).sum::<f64>()
+                    + rng.random_range(-0.01..0.01)
+            })
+            .collect();
+        let norm = s.iter().map(|v| v * v).sum::<f64>().sqrt();
+        out.extend(s.iter().map(|v| (v / norm) as f32));
+    }
+    out
+}
+
+fn classifier() -> Classifier {
+    let grid: Vec<f64> = (0..POINTS).map(|i| 900.0 + 900.0 * i as f64 / (POINTS - 1) as f64).collect();
+    let mut clf = Classifier::init(&ArchConfig::carenet_v1(2), vec!["AT".into(), "CA".into()], grid, tch::Device::Cpu, 7).unwrap();
+    // Non-trivial batch-norm statistics, as after training.
+    let x = tch::Tensor::from_slice(&spectra()[..1000 * POINTS]).view([1000, POINTS as i64]);
+    clf.net().precise_bn((0..4).map(|b| x.narrow(0, b * 250, 250)));
+    clf.freeze();
+    clf
+}
+
+fn best_of(repeat: usize, mut f: impl FnMut()) -> f64 {
+    (0..repeat)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn bench(c: &mut Criterion) {
+    let threads = env_usize("FTIRFLOW_BENCH_THREADS", 1);
+    let batch = env_usize("FTIRFLOW_BENCH_BATCH", 250);
+    model::set_threads(threads);
+    let clf = classifier();
+    let x = spectra();
+    let mut g = c.benchmark_group("carenet");
+    g.throughput(Throughput::Elements(ROWS as u64));
+    g.sample_size(10);
+    g.bench_function(format!("predict batch {batch}, {threads} thread(s)"), |b| {
+        b.iter(|| {
+            for chunk in x.chunks(batch * POINTS) {
+                std::hint::black_box(clf.predict_values(chunk, chunk.len() / POINTS).unwrap());
+            }
+        })
+    });
+    g.bench_function(format!("predict + Grad-CAM batch {batch}, {threads} thread(s)"), |b| {
+        b.iter(|| {
+            for chunk in x.chunks(batch * POINTS) {
+                std::hint::black_box(clf.predict_values_with_gradcam(chunk, chunk.len() / POINTS).unwrap());
+            }
+        })
+    });
+    g.finish();
+
+    // The comparison, measured in this run: ours (best of 3 passes), then PyTorch eager.
+    let ours_predict = ROWS as f64
+        / best_of(3, || {
+            for chunk in x.chunks(batch * POINTS) {
+                std::hint::black_box(clf.predict_values(chunk, chunk.len() / POINTS).unwrap());
+            }
+        });
+    let ours_cam = ROWS as f64
+        / best_of(3, || {
+            for chunk in x.chunks(batch * POINTS) {
+                std::hint::black_box(clf.predict_values_with_gradcam(chunk, chunk.len() / POINTS).unwrap());
+            }
+        });
+    println!("\nCaReNet-V1 on CPU, {ROWS} spectra × {POINTS} points, batch {batch}, {threads} thread(s):");
+    println!("ftirflow predict            : {ours_predict:>9.0} spectra/s");
+    println!("ftirflow predict + Grad-CAM : {ours_cam:>9.0} spectra/s");
+    if std::env::var_os("MODEL_BENCH_NO_PYTHON").is_some() {
+        println!("PyTorch baseline           : skipped (MODEL_BENCH_NO_PYTHON)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ftirflow-model-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let weights = dir.join("weights.safetensors");
+    clf.var_store().save(&weights).unwrap();
+    let write_f32 = |name: &str, v: &[f32]| {
+        let p = dir.join(name);
+        std::fs::write(&p, v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        p
+    };
+    let input = write_f32("spectra.f32", &x);
+    let first = x[..batch.min(ROWS) * POINTS].to_vec();
+    let (p, cams) = clf.predict_values_with_gradcam(&first, first.len() / POINTS).unwrap();
+    let ours_probs = write_f32("probs.f32", &p.probs);
+    let ours_cam_file = write_f32("cam.f32", &cams.maps);
+    let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/python/carenet_baseline.py"));
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script)
+        .args(["--weights", &weights.display().to_string(), "--spectra", &input.display().to_string()])
+        .args(["--rows", &ROWS.to_string(), "--points", &POINTS.to_string(), "--classes", "2"])
+        .args(["--batch", &batch.to_string(), "--threads", &threads.to_string()])
+        .args(["--ours-probs", &ours_probs.display().to_string(), "--ours-cam", &ours_cam_file.display().to_string()]);
+    for (var, target) in [("TORCH_PYTHONPATH", "PYTHONPATH"), ("TORCH_LD_LIBRARY_PATH", "LD_LIBRARY_PATH")] {
+        if let Ok(v) = std::env::var(var) {
+            cmd.env(target, v);
+        }
+    }
+    let result = cmd.output();
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+            let value = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<f64>().ok());
+            match (value("predict_spectra_per_s="), value("gradcam_spectra_per_s=")) {
+                (Some(py_p), Some(py_c)) => {
+                    println!("PyTorch eager predict       : {py_p:>9.0} spectra/s (ftirflow {:.2}×)", ours_predict / py_p);
+                    println!("PyTorch eager + Grad-CAM    : {py_c:>9.0} spectra/s (ftirflow {:.2}×)", ours_cam / py_c);
+                    for key in ["max_prob_diff=", "max_cam_diff="] {
+                        if let Some(v) = value(key) {
+                            println!("{:<28}: {v:.3e} (ftirflow vs PyTorch, first batch)", key.trim_end_matches('='));
+                        }
+                    }
+                }
+                _ => println!("PyTorch baseline           : {}", text.lines().last().unwrap_or("no output")),
+            }
+        }
+        Err(e) => println!("PyTorch baseline           : skipped (cannot run python3: {e})"),
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,442 @@
+//! 1D Grad-CAM post-processing and aggregation (DESIGN.md §6): the map of one spectrum (ReLU,
+//! linear interpolation onto the input points, division by the maximum), the exact per-key
+//! accumulators behind the per-class and per-core summaries (mean, standard deviation and count per
+//! wavenumber), and the top bands of a class mean with their biochemical assignments.
+//!
+//! Aggregation is exact: every map value (in `[0, 1]`) is rounded once to a multiple of 2⁻⁴⁰ and
+//! summed as an integer (with its square), so the sums — and the means and standard deviations
+//! derived from them — are bit-identical for any batch size, order or split across workers.
+//!
+//! ```
+//! use ftirflow_operators::grad_cam::{postprocess, CamAggregator};
+//! let mut map = [0.0f32; 8];
+//! postprocess(&[-1.0, 2.0, 4.0, 0.0], &mut map);
+//! assert_eq!(map.iter().cloned().fold(0.0, f32::max), 1.0);
+//! let mut by_class = CamAggregator::new(8);
+//! by_class.push("CA", &map).unwrap();
+//! by_class.push("CA", &map).unwrap();
+//! let s = &by_class.summaries()[0];
+//! assert_eq!((s.key.as_str(), s.count), ("CA", 2));
+//! assert_eq!(s.std[3], 0.0);
+//! ```
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::OpError;
+
+const OP: &str = "grad_cam";
+
+/// Map values are summed as integers in units of 2⁻⁴⁰.
+const SCALE: f64 = (1u64 << 40) as f64;
+
+/// The usual biochemical assignments of mid-infrared tissue bands (cm⁻¹, name), as DESIGN.md §6
+/// lists them.
+pub const ASSIGNMENTS: [(f64, &str); 7] = [
+    (1740.0, "lipid ester C=O"),
+    (1650.0, "amide I"),
+    (1545.0, "amide II"),
+    (1450.0, "CH₂/CH₃ bending"),
+    (1240.0, "phosphate (asymmetric PO₂⁻)"),
+    (1080.0, "phosphate (symmetric PO₂⁻)"),
+    (1030.0, "carbohydrate C–O"),
+];
+
+/// How far outside a top band an assignment's centre may lie and still name it, cm⁻¹.
+pub const ASSIGNMENT_TOLERANCE: f64 = 15.0;
+
+/// Turns the raw class-activation map `Σ_k α_k A_k` of one spectrum (on the feature length) into
+/// its Grad-CAM map on the `out.len()` input points: ReLU, linear interpolation (cell centres
+/// aligned, as `torch.nn.functional.interpolate(mode="linear", align_corners=False)`), division by
+/// the maximum; an all-zero (or non-finite) map stays zero.
+pub fn postprocess(raw: &[f32], out: &mut [f32]) {
+    let (l, n) = (raw.len(), out.len());
+    if l == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let relu = |v: f32| if v > 0.0 { v } else { 0.0 };
+    let scale = l as f64 / n as f64;
+    for (i, o) in out.iter_mut().enumerate() {
+        let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+        let left = (src.floor() as usize).min(l - 1);
+        let right = (left + 1).min(l - 1);
+        let w = (src - left as f64) as f32;
+        *o = relu(raw[left]) * (1.0 - w) + relu(raw[right]) * w;
+    }
+    let max = out.iter().cloned().fold(0.0f32, f32::max);
+    if max > 0.0 && max.is_finite() {
+        for o in out.iter_mut() {
+            *o /= max;
+        }
+    } else {
+        out.fill(0.0);
+    }
+}
+
+/// [`postprocess`] for `rows` raw maps of `length` values each, onto `points` points.
+pub fn postprocess_batch(raw: &[f32], rows: usize, length: usize, points: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows * points];
+    for (r, o) in raw.chunks_exact(length.max(1)).zip(out.chunks_exact_mut(points.max(1))) {
+        postprocess(r, o);
+    }
+    out
+}
+
+/// Exact running sums of maps: count, Σ v and Σ v² per point (integers in units of 2⁻⁴⁰).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CamStats {
+    count: u64,
+    sum: Vec<i128>,
+    sum_sq: Vec<i128>,
+}
+
+impl CamStats {
+    /// Empty sums for maps of `points` values.
+    pub fn new(points: usize) -> Self {
+        Self { count: 0, sum: vec![0; points], sum_sq: vec![0; points] }
+    }
+
+    /// Adds one map (values in `[0, 1]`, as [`postprocess`] makes them).
+    pub fn push(&mut self, map: &[f32]) -> Result<(), OpError> {
+        if map.len() != self.sum.len() {
+            return Err(OpError::data(OP, format!("a map of {} values where {} are expected", map.len(), self.sum.len())));
+        }
+        if let Some(v) = map.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+            return Err(OpError::data(OP, format!("map value {v} is outside [0, 1]")));
+        }
+        for ((s, q), &v) in self.sum.iter_mut().zip(self.sum_sq.iter_mut()).zip(map) {
+            let i = (v as f64 * SCALE).round() as i128;
+            *s += i;
+            *q += i * i;
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Adds another accumulator's sums (order does not matter: the sums are integers).
+    pub fn merge(&mut self, other: &CamStats) -> Result<(), OpError> {
+        if other.sum.len() != self.sum.len() {
+            return Err(OpError::internal(OP, "merging map sums of different lengths"));
+        }
+        self.count += other.count;
+        for (a, b) in self.sum.iter_mut().zip(&other.sum) {
+            *a += b;
+        }
+        for (a, b) in self.sum_sq.iter_mut().zip(&other.sum_sq) {
+            *a += b;
+        }
+        Ok(())
+    }
+
+    /// Maps added.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The exact sums per point: Σ v and Σ v², in units of 2⁻⁴⁰ (what engines add up across
+    /// workers).
+    pub fn sums(&self) -> (&[i128], &[i128]) {
+        (&self.sum, &self.sum_sq)
+    }
+
+    /// An accumulator from exact sums (as [`CamStats::sums`] gives them).
+    pub fn from_sums(count: u64, sum: Vec<i128>, sum_sq: Vec<i128>) -> Result<Self, OpError> {
+        if sum.len() != sum_sq.len() {
+            return Err(OpError::internal(OP, "map sums of different lengths"));
+        }
+        Ok(Self { count, sum, sum_sq })
+    }
+
+    /// Mean per point (zeros when empty).
+    pub fn mean(&self) -> Vec<f64> {
+        let n = self.count.max(1) as f64;
+        self.sum.iter().map(|&s| s as f64 / SCALE / n).collect()
+    }
+
+    /// Sample standard deviation per point (`n − 1` in the denominator; zeros below two maps).
+    pub fn std(&self) -> Vec<f64> {
+        if self.count < 2 {
+            return vec![0.0; self.sum.len()];
+        }
+        let n = self.count as f64;
+        self.sum
+            .iter()
+            .zip(&self.sum_sq)
+            .map(|(&s, &q)| {
+                // n·Σv² − (Σv)² ≥ 0 exactly; in f64 from exact integers.
+                let s = s as f64;
+                let var = (q as f64 - s * s / n) / (n - 1.0) / (SCALE * SCALE);
+                var.max(0.0).sqrt()
+            })
+            .collect()
+    }
+}
+
+/// The aggregated maps of one key (a class or a core).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CamSummary {
+    /// The class name or core id.
+    pub key: String,
+    /// Maps aggregated.
+    pub count: u64,
+    /// Mean map per input point.
+    pub mean: Vec<f64>,
+    /// Standard deviation per input point.
+    pub std: Vec<f64>,
+}
+
+/// Exact per-key map aggregation (per predicted class, per true class or per core): push maps
+/// with their key in any batches and order, merge partial aggregators from several workers, and
+/// read identical summaries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CamAggregator {
+    points: usize,
+    groups: BTreeMap<String, CamStats>,
+}
+
+impl CamAggregator {
+    /// An empty aggregator for maps of `points` values.
+    pub fn new(points: usize) -> Self {
+        Self { points, groups: BTreeMap::new() }
+    }
+
+    /// Adds one map under `key`.
+    pub fn push(&mut self, key: &str, map: &[f32]) -> Result<(), OpError> {
+        if !self.groups.contains_key(key) {
+            self.groups.insert(key.to_string(), CamStats::new(self.points));
+        }
+        self.groups.get_mut(key).expect("inserted above").push(map)
+    }
+
+    /// Adds the maps of a batch (`maps` is `keys.len() × points`, row-major).
+    pub fn push_batch<S: AsRef<str>>(&mut self, keys: &[S], maps: &[f32]) -> Result<(), OpError> {
+        if maps.len() != keys.len() * self.points {
+            return Err(OpError::data(OP, format!("{} map values for {} keys of {} points", maps.len(), keys.len(), self.points)));
+        }
+        for (k, m) in keys.iter().zip(maps.chunks_exact(self.points.max(1))) {
+            self.push(k.as_ref(), m)?;
+        }
+        Ok(())
+    }
+
+    /// Adds another aggregator's maps.
+    pub fn merge(&mut self, other: &CamAggregator) -> Result<(), OpError> {
+        for (k, s) in &other.groups {
+            match self.groups.get_mut(k) {
+                Some(mine) => mine.merge(s)?,
+                None => {
+                    self.groups.insert(k.clone(), s.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The exact sums of one key.
+    pub fn stats(&self, key: &str) -> Option<&CamStats> {
+        self.groups.get(key)
+    }
+
+    /// Mean, standard deviation and count per key, keys in order.
+    pub fn summaries(&self) -> Vec<CamSummary> {
+        self.groups
+            .iter()
+            .map(|(k, s)| CamSummary { key: k.clone(), count: s.count(), mean: s.mean(), std: s.std() })
+            .collect()
+    }
+}
+
+/// A contiguous wavenumber range where a class's mean map lies above its 90th percentile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopBand {
+    /// Lower end, cm⁻¹.
+    pub lo: f64,
+    /// Upper end, cm⁻¹.
+    pub hi: f64,
+    /// Wavenumber of the largest mean map value in the range.
+    pub peak: f64,
+    /// Mean of the map over the range.
+    pub mean_map: f64,
+    /// Usual assignment(s) of the range (nearest to the peak first), or `unassigned`.
+    pub assignment: String,
+}
+
+impl TopBand {
+    /// True when `center` lies in the band widened by `tolerance` cm⁻¹ on both sides.
+    pub fn contains(&self, center: f64, tolerance: f64) -> bool {
+        center >= self.lo - tolerance && center <= self.hi + tolerance
+    }
+}
+
+/// The `q` quantile (0–1) of `values` with linear interpolation between order statistics (numpy's
+/// default); `None` when empty or when a value is not finite.
+pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() || values.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
+}
+
+/// The assignments of [`ASSIGNMENTS`] whose centre lies within the range `[lo, hi]` widened by
+/// [`ASSIGNMENT_TOLERANCE`], nearest to `peak` first, joined by `"; "` (`unassigned` if none).
+pub fn assignment(lo: f64, hi: f64, peak: f64) -> String {
+    let mut hits: Vec<(f64, &str)> = ASSIGNMENTS
+        .iter()
+        .filter(|(c, _)| *c >= lo - ASSIGNMENT_TOLERANCE && *c <= hi + ASSIGNMENT_TOLERANCE)
+        .map(|&(c, name)| ((c - peak).abs(), name))
+        .collect();
+    hits.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if hits.is_empty() {
+        "unassigned".to_string()
+    } else {
+        hits.iter().map(|h| h.1).collect::<Vec<_>>().join("; ")
+    }
+}
+
+/// The top bands of a mean map over `wavenumbers`: the contiguous runs of points strictly above
+/// the `q` quantile (DESIGN.md §6: 0.9) of the map, strongest (highest mean map) first, each with
+/// its assignment. An all-equal map has none.
+pub fn top_bands(wavenumbers: &[f64], mean: &[f64], q: f64) -> Result<Vec<TopBand>, OpError> {
+    if wavenumbers.len() != mean.len() {
+        return Err(OpError::data(OP, format!("{} wavenumbers for a map of {} values", wavenumbers.len(), mean.len())));
+    }
+    let Some(threshold) = quantile(mean, q) else {
+        return Ok(Vec::new());
+    };
+    let mut bands = Vec::new();
+    let mut i = 0;
+    while i < mean.len() {
+        if mean[i] <= threshold {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < mean.len() && mean[i] > threshold {
+            i += 1;
+        }
+        let run = start..i;
+        let (a, b) = (wavenumbers[run.start], wavenumbers[run.end - 1]);
+        let (lo, hi) = (a.min(b), a.max(b));
+        let peak_i = run.clone().max_by(|&x, &y| mean[x].total_cmp(&mean[y])).unwrap_or(start);
+        let peak = wavenumbers[peak_i];
+        let mean_map = mean[run.clone()].iter().sum::<f64>() / run.len() as f64;
+        bands.push(TopBand { lo, hi, peak, mean_map, assignment: assignment(lo, hi, peak) });
+    }
+    bands.sort_by(|a, b| b.mean_map.total_cmp(&a.mean_map));
+    Ok(bands)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random_maps(rows: usize, points: usize, seed: u64) -> (Vec<String>, Vec<f32>) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let keys = (0..rows).map(|_| ["LA", "LB", "HER2", "TNBC"][rng.random_range(0..4)].to_string()).collect();
+        let mut maps = Vec::with_capacity(rows * points);
+        for _ in 0..rows {
+            let raw: Vec<f32> = (0..points / 4).map(|_| rng.random_range(-1.0..3.0)).collect();
+            let mut m = vec![0.0; points];
+            postprocess(&raw, &mut m);
+            maps.extend(m);
+        }
+        (keys, maps)
+    }
+
+    #[test]
+    fn postprocess_is_relu_interpolate_normalize() {
+        let mut out = [0.0f32; 8];
+        postprocess(&[-1.0, 2.0, 4.0, 0.0], &mut out);
+        // ReLU → [0, 2, 4, 0]; point i samples cell (i + 0.5)/2 − 0.5 (clamped), e.g. point 3 is
+        // cell 1.25 = 0.75·2 + 0.25·4 = 2.5; the largest value (3.5, point 4) becomes 1.
+        let expected = [0.0, 0.5, 1.5, 2.5, 3.5, 3.0, 1.0, 0.0];
+        for (o, e) in out.iter().zip(expected) {
+            assert!((o - e / 3.5).abs() < 1e-6, "{out:?}");
+        }
+        let mut zero = [5.0f32; 6];
+        postprocess(&[-1.0, -2.0, 0.0], &mut zero);
+        assert_eq!(zero, [0.0; 6]);
+        let mut nan = [5.0f32; 6];
+        postprocess(&[f32::NAN, 1.0, 0.0], &mut nan);
+        assert!(nan.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn aggregation_is_identical_for_any_batching_and_order() {
+        let points = 467;
+        let (keys, maps) = random_maps(523, points, 3);
+        let one_go = {
+            let mut a = CamAggregator::new(points);
+            a.push_batch(&keys, &maps).unwrap();
+            a.summaries()
+        };
+        for batch in [1usize, 7, 64, 250, 523] {
+            // Reversed order, in batches, split over three "workers" merged in a different order.
+            let mut workers = vec![CamAggregator::new(points), CamAggregator::new(points), CamAggregator::new(points)];
+            let order: Vec<usize> = (0..keys.len()).rev().collect();
+            for (b, chunk) in order.chunks(batch).enumerate() {
+                let ks: Vec<&str> = chunk.iter().map(|&i| keys[i].as_str()).collect();
+                let ms: Vec<f32> = chunk.iter().flat_map(|&i| maps[i * points..(i + 1) * points].iter().copied()).collect();
+                workers[b % 3].push_batch(&ks, &ms).unwrap();
+            }
+            let mut total = workers.pop().unwrap();
+            total.merge(&workers[1]).unwrap();
+            total.merge(&workers[0]).unwrap();
+            assert_eq!(total.summaries(), one_go, "batch {batch}");
+        }
+        // Against a naive f64 reference.
+        for s in &one_go {
+            let rows: Vec<&[f32]> = keys.iter().zip(maps.chunks(points)).filter(|(k, _)| **k == s.key).map(|(_, m)| m).collect();
+            assert_eq!(s.count as usize, rows.len());
+            for p in [0, 100, 466] {
+                let n = rows.len() as f64;
+                let mean = rows.iter().map(|m| m[p] as f64).sum::<f64>() / n;
+                let var = rows.iter().map(|m| (m[p] as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0);
+                assert!((s.mean[p] - mean).abs() < 1e-9, "{} {p}", s.key);
+                assert!((s.std[p] - var.sqrt()).abs() < 1e-6, "{} {p}", s.key);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_maps_are_refused() {
+        let mut a = CamAggregator::new(3);
+        assert!(a.push("x", &[0.0, 1.0]).is_err());
+        assert!(a.push("x", &[0.0, 1.5, 0.0]).is_err());
+        assert!(a.push("x", &[0.0, f32::NAN, 0.0]).is_err());
+        assert!(a.push_batch(&["x"], &[0.0; 4]).is_err());
+    }
+
+    #[test]
+    fn top_bands_are_runs_above_the_90th_percentile() {
+        let axis: Vec<f64> = (0..467).map(|i| 900.0 + 900.0 * i as f64 / 466.0).collect();
+        let bump = |c: f64, w: f64| axis.iter().map(move |&x| (-((x - c) / w).powi(2)).exp());
+        let mean: Vec<f64> = bump(1740.0, 12.0).zip(bump(1240.0, 15.0)).map(|(a, b)| a + 0.8 * b).collect();
+        let bands = top_bands(&axis, &mean, 0.9).unwrap();
+        assert_eq!(bands.len(), 2, "{bands:#?}");
+        assert!(bands[0].contains(1740.0, 0.0) && bands[0].assignment.starts_with("lipid ester"), "{bands:#?}");
+        assert!(bands[1].contains(1240.0, 0.0) && bands[1].assignment.starts_with("phosphate (asym"), "{bands:#?}");
+        let points_in: usize = axis.iter().filter(|&&w| bands.iter().any(|b| b.contains(w, 0.0))).count();
+        assert!((40..=48).contains(&points_in), "about 10 % of the points: {points_in}");
+        assert!(top_bands(&axis, &vec![0.3; 467], 0.9).unwrap().is_empty());
+        assert_eq!(assignment(1300.0, 1320.0, 1310.0), "unassigned");
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.5), Some(2.5));
+    }
+
+    #[test]
+    fn std_is_zero_for_identical_maps() {
+        let mut s = CamStats::new(2);
+        for _ in 0..5 {
+            s.push(&[0.3, 1.0]).unwrap();
+        }
+        assert_eq!(s.std(), vec![0.0, 0.0]);
+        assert!((s.mean()[0] - 0.3).abs() < 1e-7);
+    }
+}

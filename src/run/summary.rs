@@ -1,0 +1,379 @@
+//! The run's keyed summaries (DESIGN.md §8): what each image contributes — its core row, its
+//! exact Grad-CAM sums per (scope, class, wavenumber), or its reject — as records with integer
+//! differences, which the dataflow adds up as a differential collection; and the tables
+//! (`cores.parquet`, `gradcam.parquet`, `bands.parquet`, `rejects.parquet`) written from the
+//! totals.
+//!
+//! Every difference is an integer (counts, and Grad-CAM and probability sums in fixed point), so
+//! the totals — and every number in the tables — are the same for any number of workers or
+//! processes and any order in which images finish. An image's records are also saved beside its
+//! prediction part (`parts/<part>.json`), so that a nightly run that reuses the image feeds the
+//! same records again instead of recomputing them.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::classify::ImageSummary;
+use crate::io::parquet::AtomicParquetWriter;
+use crate::operators::grad_cam::{top_bands, CamStats};
+
+/// The difference carried by a record: (count, Σ, Σ²) — integers.
+pub type Diff = (i64, i128, i128);
+
+/// A per-core row (counts and exact probability sums; fractions and means are derived).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CoreRow {
+    /// Sample id.
+    pub sample: String,
+    /// The image's entry file, relative to the archive.
+    pub path: String,
+    /// Spectra.
+    pub spectra: u64,
+    /// Tissue spectra.
+    pub tissue: u64,
+    /// Paraffin spectra.
+    pub paraffin: u64,
+    /// Outliers.
+    pub outliers: u64,
+    /// Spectra per type class.
+    pub type_counts: Vec<u64>,
+    /// Σ probability per type class (2⁻³² units).
+    pub type_prob_sums: Vec<i64>,
+    /// Majority type class.
+    pub majority: Option<String>,
+    /// Spectra per subtype class (empty when the subtype model did not run).
+    pub subtype_counts: Vec<u64>,
+    /// Σ probability per subtype class (2⁻³² units).
+    pub subtype_prob_sums: Vec<i64>,
+    /// Majority subtype class.
+    pub subtype_majority: Option<String>,
+    /// Truth type label.
+    pub truth_type: Option<String>,
+    /// Truth subtype label.
+    pub truth_subtype: Option<String>,
+}
+
+/// A keyed summary record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Record {
+    /// One core (difference `(1, 0, 0)`).
+    Core(CoreRow),
+    /// Grad-CAM sums at one point of the model grid: difference (maps, Σ v, Σ v²) with v in units
+    /// of 2⁻⁴⁰. `scope` is `predicted` or `true` (per class over all cores) or `core:<sample>`.
+    Cam {
+        /// `predicted`, `true` or `core:<sample>`.
+        scope: String,
+        /// Class name.
+        class: String,
+        /// Index on the model grid.
+        point: u32,
+    },
+    /// A rejected input (difference `(1, 0, 0)`).
+    Reject {
+        /// The file.
+        path: String,
+        /// The stage that failed.
+        stage: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Record {
+    /// Whether the record is added up across images (per-class Grad-CAM, core rows, rejects);
+    /// per-core Grad-CAM records are not: they stay in the image's part.
+    pub fn is_shared(&self) -> bool {
+        !matches!(self, Record::Cam { scope, .. } if scope.starts_with("core:"))
+    }
+}
+
+/// The records of one classified image.
+pub fn image_records(sample: &str, path: &str, s: &ImageSummary) -> Vec<(Record, Diff)> {
+    let mut out = vec![(
+        Record::Core(CoreRow {
+            sample: sample.to_string(),
+            path: path.to_string(),
+            spectra: s.spectra,
+            tissue: s.tissue,
+            paraffin: s.paraffin,
+            outliers: s.outliers,
+            type_counts: s.type_counts.clone(),
+            type_prob_sums: s.type_prob_sums.clone(),
+            majority: s.majority.clone(),
+            subtype_counts: s.subtype_counts.clone(),
+            subtype_prob_sums: s.subtype_prob_sums.clone(),
+            subtype_majority: s.subtype_majority.clone(),
+            truth_type: s.truth.kind.clone(),
+            truth_subtype: s.truth.subtype.clone(),
+        }),
+        (1, 0, 0),
+    )];
+    let mut keys: Vec<_> = s.cams.stats.keys().collect();
+    keys.sort();
+    for key in keys {
+        let st = &s.cams.stats[key];
+        let scope = if key.0 == "core" { format!("core:{sample}") } else { key.0.to_string() };
+        let (sum, sq) = st.sums();
+        for (p, (&a, &b)) in sum.iter().zip(sq).enumerate() {
+            out.push((Record::Cam { scope: scope.clone(), class: key.1.clone(), point: p as u32 }, (st.count() as i64, a, b)));
+        }
+    }
+    out
+}
+
+/// Grad-CAM sums by (scope, class): (maps, Σ per point, Σ² per point).
+pub type CamSums = BTreeMap<(String, String), (i64, Vec<i128>, Vec<i128>)>;
+
+/// The totals of a run, keyed.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Core rows by sample.
+    pub cores: BTreeMap<String, CoreRow>,
+    /// (scope, class) → (count, Σ per point, Σ² per point).
+    pub cams: CamSums,
+    /// Rejects, sorted.
+    pub rejects: Vec<(String, String, String)>,
+}
+
+impl Totals {
+    /// Adds up `(record, diff)` pairs (any order gives the same totals).
+    pub fn add(&mut self, record: Record, diff: Diff, points: usize) {
+        match record {
+            Record::Core(row) => {
+                if diff.0 > 0 {
+                    self.cores.insert(row.sample.clone(), row);
+                }
+            }
+            Record::Cam { scope, class, point } => {
+                let e = self.cams.entry((scope, class)).or_insert_with(|| (0, vec![0; points], vec![0; points]));
+                let p = point as usize;
+                if p < points {
+                    e.1[p] += diff.1;
+                    e.2[p] += diff.2;
+                }
+                // Every point of a map carries the same count; take it from point 0.
+                if p == 0 {
+                    e.0 += diff.0;
+                }
+            }
+            Record::Reject { path, stage, reason } => {
+                if diff.0 > 0 {
+                    self.rejects.push((path, stage, reason));
+                }
+            }
+        }
+    }
+
+    /// Spectra over all cores.
+    pub fn spectra(&self) -> u64 {
+        self.cores.values().map(|c| c.spectra).sum()
+    }
+}
+
+fn write(path: &Path, batch: RecordBatch, kv: &[(String, String)]) -> anyhow::Result<()> {
+    let mut w = AtomicParquetWriter::create(path, batch.schema(), kv.to_vec())?;
+    w.write(&batch)?;
+    w.finish()?;
+    Ok(())
+}
+
+fn strings<'a>(v: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(v.collect::<StringArray>())
+}
+
+/// Writes `cores.parquet`, `gradcam.parquet`, `bands.parquet` and `rejects.parquet` into `out`.
+/// The per-core Grad-CAM rows are read from `parts` (each image's stored records), one part at a
+/// time, so memory does not grow with the archive.
+pub fn write_tables(
+    out: &Path,
+    totals: &Totals,
+    parts: &[PathBuf],
+    types: &[String],
+    subtypes: Option<&[String]>,
+    grid: &[f64],
+    kv: &[(String, String)],
+) -> anyhow::Result<()> {
+    const PROB: f64 = 4_294_967_296.0;
+    // cores.parquet
+    let cores: Vec<&CoreRow> = totals.cores.values().collect();
+    let u64s = |f: &dyn Fn(&CoreRow) -> u64| -> ArrayRef { Arc::new(cores.iter().map(|c| f(c)).collect::<UInt64Array>()) };
+    let mut fields = vec![
+        Field::new("sample", DataType::Utf8, false),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("spectra", DataType::UInt64, false),
+        Field::new("tissue", DataType::UInt64, false),
+        Field::new("paraffin", DataType::UInt64, false),
+        Field::new("outliers", DataType::UInt64, false),
+        Field::new("classified", DataType::UInt64, false),
+    ];
+    let mut cols: Vec<ArrayRef> = vec![
+        strings(cores.iter().map(|c| Some(c.sample.as_str()))),
+        strings(cores.iter().map(|c| Some(c.path.as_str()))),
+        u64s(&|c| c.spectra),
+        u64s(&|c| c.tissue),
+        u64s(&|c| c.paraffin),
+        u64s(&|c| c.outliers),
+        u64s(&|c| c.type_counts.iter().sum()),
+    ];
+    type ClassCounts<'a> = dyn Fn(&CoreRow) -> (&[u64], &[i64]) + 'a;
+    let class_columns = |classes: &[String], counts: &ClassCounts, fields: &mut Vec<Field>, cols: &mut Vec<ArrayRef>| {
+        for (k, c) in classes.iter().enumerate() {
+            fields.push(Field::new(format!("fraction_{c}"), DataType::Float64, true));
+            cols.push(Arc::new(
+                cores
+                    .iter()
+                    .map(|r| {
+                        let (n, _) = counts(r);
+                        let total: u64 = n.iter().sum();
+                        (total > 0).then(|| n[k] as f64 / total as f64)
+                    })
+                    .collect::<Float64Array>(),
+            ));
+            fields.push(Field::new(format!("mean_p_{c}"), DataType::Float64, true));
+            cols.push(Arc::new(
+                cores
+                    .iter()
+                    .map(|r| {
+                        let (n, s) = counts(r);
+                        let total: u64 = n.iter().sum();
+                        (total > 0).then(|| s[k] as f64 / PROB / total as f64)
+                    })
+                    .collect::<Float64Array>(),
+            ));
+        }
+    };
+    class_columns(types, &|r| (&r.type_counts, &r.type_prob_sums), &mut fields, &mut cols);
+    fields.push(Field::new("majority", DataType::Utf8, true));
+    cols.push(strings(cores.iter().map(|c| c.majority.as_deref())));
+    if let Some(subs) = subtypes {
+        class_columns(subs, &|r| (&r.subtype_counts, &r.subtype_prob_sums), &mut fields, &mut cols);
+        fields.push(Field::new("subtype_majority", DataType::Utf8, true));
+        cols.push(strings(cores.iter().map(|c| c.subtype_majority.as_deref())));
+    }
+    fields.push(Field::new("truth_type", DataType::Utf8, true));
+    cols.push(strings(cores.iter().map(|c| c.truth_type.as_deref())));
+    fields.push(Field::new("truth_subtype", DataType::Utf8, true));
+    cols.push(strings(cores.iter().map(|c| c.truth_subtype.as_deref())));
+    write(&out.join("cores.parquet"), RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?, kv)?;
+
+    // gradcam.parquet (per class from the totals, then per core from the parts) and bands.parquet
+    let gradcam_schema = Arc::new(Schema::new(vec![
+        Field::new("scope", DataType::Utf8, false),
+        Field::new("core", DataType::Utf8, true),
+        Field::new("class", DataType::Utf8, false),
+        Field::new("wavenumber", DataType::Float64, false),
+        Field::new("mean", DataType::Float64, false),
+        Field::new("std", DataType::Float64, false),
+        Field::new("count", DataType::UInt64, false),
+    ]));
+    let mut gradcam = AtomicParquetWriter::create(&out.join("gradcam.parquet"), gradcam_schema.clone(), kv.to_vec())?;
+    let write_cams = |w: &mut AtomicParquetWriter, cams: &CamSums| -> anyhow::Result<()> {
+        let (mut scope, mut core, mut class, mut wn, mut mean, mut std, mut count) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((sc, cl), (n, sum, sq)) in cams {
+            let st = CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?;
+            let (m, s) = (st.mean(), st.std());
+            let (scope_name, core_name) = match sc.strip_prefix("core:") {
+                Some(sample) => ("core", Some(sample.to_string())),
+                None => (sc.as_str(), None),
+            };
+            for (i, &w) in grid.iter().enumerate().take(m.len()) {
+                scope.push(scope_name.to_string());
+                core.push(core_name.clone());
+                class.push(cl.clone());
+                wn.push(w);
+                mean.push(m[i]);
+                std.push(s[i]);
+                count.push(*n as u64);
+            }
+        }
+        if scope.is_empty() {
+            return Ok(());
+        }
+        w.write(&RecordBatch::try_new(
+            gradcam_schema.clone(),
+            vec![
+                Arc::new(StringArray::from(scope)),
+                Arc::new(StringArray::from(core)),
+                Arc::new(StringArray::from(class)),
+                Arc::new(Float64Array::from(wn)),
+                Arc::new(Float64Array::from(mean)),
+                Arc::new(Float64Array::from(std)),
+                Arc::new(UInt64Array::from(count)),
+            ],
+        )?)?;
+        Ok(())
+    };
+    write_cams(&mut gradcam, &totals.cams)?;
+    for part in parts {
+        let text = std::fs::read(part).with_context(|| format!("cannot read {}", part.display()))?;
+        let records: Vec<(Record, Diff)> =
+            serde_json::from_slice(&text).with_context(|| format!("{} is not an image summary", part.display()))?;
+        let mut per_core = Totals::default();
+        for (r, d) in records.into_iter().filter(|(r, _)| !r.is_shared()) {
+            per_core.add(r, d, grid.len());
+        }
+        write_cams(&mut gradcam, &per_core.cams)?;
+    }
+    gradcam.finish()?;
+    let (mut b_scope, mut b_class, mut b_lo, mut b_hi, mut b_peak, mut b_mean, mut b_assign) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((sc, cl), (n, sum, sq)) in &totals.cams {
+        let st = CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?;
+        for b in top_bands(grid, &st.mean(), 0.9)? {
+            b_scope.push(sc.clone());
+            b_class.push(cl.clone());
+            b_lo.push(b.lo);
+            b_hi.push(b.hi);
+            b_peak.push(b.peak);
+            b_mean.push(b.mean_map);
+            b_assign.push(b.assignment);
+        }
+    }
+    let schema = Schema::new(vec![
+        Field::new("scope", DataType::Utf8, false),
+        Field::new("class", DataType::Utf8, false),
+        Field::new("lo", DataType::Float64, false),
+        Field::new("hi", DataType::Float64, false),
+        Field::new("peak", DataType::Float64, false),
+        Field::new("mean_map", DataType::Float64, false),
+        Field::new("assignment", DataType::Utf8, false),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from(b_scope)),
+            Arc::new(StringArray::from(b_class)),
+            Arc::new(Float64Array::from(b_lo)),
+            Arc::new(Float64Array::from(b_hi)),
+            Arc::new(Float64Array::from(b_peak)),
+            Arc::new(Float64Array::from(b_mean)),
+            Arc::new(StringArray::from(b_assign)),
+        ],
+    )?;
+    write(&out.join("bands.parquet"), batch, kv)?;
+
+    // rejects.parquet
+    let mut rejects = totals.rejects.clone();
+    rejects.sort();
+    let schema = Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("stage", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            strings(rejects.iter().map(|r| Some(r.0.as_str()))),
+            strings(rejects.iter().map(|r| Some(r.1.as_str()))),
+            strings(rejects.iter().map(|r| Some(r.2.as_str()))),
+        ],
+    )?;
+    write(&out.join("rejects.parquet"), batch, kv)?;
+    Ok(())
+}
