@@ -708,16 +708,7 @@ impl Kernel for EmscKernel {
         columns[layout.spectrum] = Arc::new(spectrum_array(corrected, n).map_err(|e| OpError::schema(OP, e))?);
         columns.push(Arc::new(Float32Array::from(rms)));
         if c.output_coefficients {
-            let b: Vec<f32> = coefs.chunks_exact(k).map(|r| r[0]).collect();
-            columns.push(Arc::new(Float32Array::from(b)));
-            let list = FixedSizeListArray::try_new(
-                Arc::new(Field::new_list_field(DataType::Float32, true)),
-                k as i32,
-                Arc::new(Float32Array::from(coefs)),
-                None,
-            )
-            .map_err(|e| OpError::internal(OP, e.to_string()))?;
-            columns.push(Arc::new(list));
+            columns.extend(coefficient_columns(coefs, k)?);
         }
         out.push(RecordBatch::try_new(schema, columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
         Ok(())
@@ -726,6 +717,19 @@ impl Kernel for EmscKernel {
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
         Ok(())
     }
+}
+
+/// The [`B`] and [`COEFFICIENTS`] columns from row-major coefficients (`rows × k`).
+pub fn coefficient_columns(coefs: Vec<f32>, k: usize) -> Result<[ArrayRef; 2], OpError> {
+    let b: Vec<f32> = coefs.chunks_exact(k).map(|r| r[0]).collect();
+    let list = FixedSizeListArray::try_new(
+        Arc::new(Field::new_list_field(DataType::Float32, true)),
+        k as i32,
+        Arc::new(Float32Array::from(coefs)),
+        None,
+    )
+    .map_err(|e| OpError::internal(OP, e.to_string()))?;
+    Ok([Arc::new(Float32Array::from(b)), Arc::new(list)])
 }
 
 /// The mean spectrum of `rows` spectra of `n` points (`values` row-major), in f64, skipping rows

@@ -37,8 +37,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, SchemaRef};
+use arrow::array::{ArrayRef, BooleanArray, Float32Array, RecordBatch};
+use arrow::datatypes::SchemaRef;
 
 use crate::axis::Band;
 use crate::emsc::{EmscCorrector, EmscKernel};
@@ -214,16 +214,7 @@ impl Kernel for FusedKernel {
         if emsc.is_some() {
             columns.push(Arc::new(Float32Array::from(rms)));
             if with_coefficients {
-                let b: Vec<f32> = coefs.chunks_exact(k).map(|r| r[0]).collect();
-                columns.push(Arc::new(Float32Array::from(b)));
-                let list = FixedSizeListArray::try_new(
-                    Arc::new(Field::new_list_field(DataType::Float32, true)),
-                    k as i32,
-                    Arc::new(Float32Array::from(coefs)),
-                    None,
-                )
-                .map_err(|e| OpError::internal(OP, e.to_string()))?;
-                columns.push(Arc::new(list));
+                columns.extend(crate::emsc::coefficient_columns(coefs, k)?);
             }
         }
         out.push(RecordBatch::try_new(p.output.clone(), columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
@@ -239,6 +230,7 @@ impl Kernel for FusedKernel {
 mod tests {
     use super::*;
     use crate::emsc::EmscParams;
+    use arrow::datatypes::{DataType, Field};
     use crate::kernel::{run_chain, run_image};
     use crate::normalize::Method;
     use crate::outliers::OutlierParams;

@@ -180,7 +180,7 @@ fn write_image(
     }
     w.finish()?;
     job.progress.spectra.fetch_add(rows, Ordering::Relaxed);
-    let mut records = image_records(&task.entry.sample, &task.rel_path, summary);
+    let mut records = image_records(&task.rel_path, summary);
     let part_path = job.out.join("parts").join(format!("{}.json", task.part));
     let text = serde_json::to_vec(&records)?;
     write_atomic(&part_path, &text)?;

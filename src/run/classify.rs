@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{ArrayRef, AsArray, BooleanArray, Float32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+use super::summary::CoreRow;
 use crate::bundle::Bundle;
 use crate::operators::grad_cam::CamStats;
 use crate::operators::outliers::OUTLIER;
@@ -182,31 +183,13 @@ pub struct ImageCams {
     pub stats: HashMap<(&'static str, String), CamStats>,
 }
 
-/// What an image contributed, besides its prediction rows.
+/// What an image contributed, besides its prediction rows: its core row (counts, exact
+/// probability sums, majorities and truth; `path` is filled in by the part writer) and its exact
+/// Grad-CAM sums.
 #[derive(Debug, Clone, Default)]
 pub struct ImageSummary {
-    /// Spectra in the image.
-    pub spectra: u64,
-    /// Tissue spectra.
-    pub tissue: u64,
-    /// Paraffin spectra.
-    pub paraffin: u64,
-    /// Outliers.
-    pub outliers: u64,
-    /// Spectra classified by the type model, per type class.
-    pub type_counts: Vec<u64>,
-    /// Σ probability per type class, in units of 2⁻³² (exact).
-    pub type_prob_sums: Vec<i64>,
-    /// The core's type majority.
-    pub majority: Option<String>,
-    /// Spectra classified by the subtype model, per subtype class (empty when it did not run).
-    pub subtype_counts: Vec<u64>,
-    /// Σ probability per subtype class, in units of 2⁻³².
-    pub subtype_prob_sums: Vec<i64>,
-    /// The core's subtype majority.
-    pub subtype_majority: Option<String>,
-    /// Truth labels.
-    pub truth: Truth,
+    /// The core row.
+    pub row: CoreRow,
     /// Grad-CAM sums.
     pub cams: ImageCams,
 }
@@ -327,7 +310,11 @@ impl ClassifyKernel {
         let n = m.grid.len();
         let mut values = Vec::new();
         let mut selected: Vec<Vec<bool>> = Vec::with_capacity(held.len());
-        let mut summary = ImageSummary { truth: truth.clone(), ..ImageSummary::default() };
+        let mut summary = ImageSummary::default();
+        let row = &mut summary.row;
+        row.sample = sample.clone();
+        row.truth_type = truth.kind.clone();
+        row.truth_subtype = truth.subtype.clone();
         for b in &held {
             let layout = SpectraLayout::of(&b.schema()).map_err(|e| OpError::schema(OP, e))?;
             let same = layout.wavenumbers.len() == m.grid.len()
@@ -345,9 +332,9 @@ impl ClassifyKernel {
             for i in 0..b.num_rows() {
                 let t = tissue.as_ref().map(|c| c.value(i)).unwrap_or(true);
                 let o = outlier.as_ref().map(|c| c.value(i)).unwrap_or(false);
-                summary.tissue += t as u64;
-                summary.outliers += o as u64;
-                summary.paraffin += paraffin.as_ref().map(|c| c.value(i) as u64).unwrap_or(0);
+                row.tissue += t as u64;
+                row.outliers += o as u64;
+                row.paraffin += paraffin.as_ref().map(|c| c.value(i) as u64).unwrap_or(0);
                 let row = &v[i * n..(i + 1) * n];
                 let ok = t && !o && crate::operators::finite::all_finite(row);
                 if ok {
@@ -355,7 +342,7 @@ impl ClassifyKernel {
                 }
                 sel.push(ok);
             }
-            summary.spectra += b.num_rows() as u64;
+            row.spectra += b.num_rows() as u64;
             selected.push(sel);
         }
         let rows = values.len() / n;
@@ -370,15 +357,15 @@ impl ClassifyKernel {
         };
 
         let t = m.score(Which::Type, &values, rows)?;
-        summary.type_counts = vec![0; types.len()];
-        summary.type_prob_sums = vec![0; types.len()];
+        row.type_counts = vec![0; types.len()];
+        row.type_prob_sums = vec![0; types.len()];
         for (i, &p) in t.predicted.iter().enumerate() {
-            summary.type_counts[p as usize] += 1;
-            for (c, s) in summary.type_prob_sums.iter_mut().enumerate() {
+            row.type_counts[p as usize] += 1;
+            for (c, s) in row.type_prob_sums.iter_mut().enumerate() {
                 *s += prob_fixed(t.probs[i * types.len() + c]);
             }
         }
-        summary.majority = majority(&summary.type_counts, &types);
+        row.majority = majority(&row.type_counts, &types);
         if m.gradcam && rows > 0 {
             let pred: Vec<&str> = t.predicted.iter().map(|&p| types[p as usize].as_str()).collect();
             add_maps("predicted", &pred, &t.maps)?;
@@ -388,17 +375,17 @@ impl ClassifyKernel {
             }
         }
         let sub = match &subtypes {
-            Some(classes) if summary.majority.as_deref() == Some(CANCER) => {
+            Some(classes) if row.majority.as_deref() == Some(CANCER) => {
                 let s = m.score(Which::Subtype, &values, rows)?;
-                summary.subtype_counts = vec![0; classes.len()];
-                summary.subtype_prob_sums = vec![0; classes.len()];
+                row.subtype_counts = vec![0; classes.len()];
+                row.subtype_prob_sums = vec![0; classes.len()];
                 for (i, &p) in s.predicted.iter().enumerate() {
-                    summary.subtype_counts[p as usize] += 1;
-                    for (c, acc) in summary.subtype_prob_sums.iter_mut().enumerate() {
+                    row.subtype_counts[p as usize] += 1;
+                    for (c, acc) in row.subtype_prob_sums.iter_mut().enumerate() {
                         *acc += prob_fixed(s.probs[i * classes.len() + c]);
                     }
                 }
-                summary.subtype_majority = majority(&summary.subtype_counts, classes);
+                row.subtype_majority = majority(&row.subtype_counts, classes);
                 if m.gradcam && rows > 0 {
                     let pred: Vec<&str> = s.predicted.iter().map(|&p| classes[p as usize].as_str()).collect();
                     add_maps("predicted", &pred, &s.maps)?;

@@ -26,7 +26,7 @@ use crate::operators::grad_cam::{top_bands, CamStats};
 pub type Diff = (i64, i128, i128);
 
 /// A per-core row (counts and exact probability sums; fractions and means are derived).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CoreRow {
     /// Sample id.
     pub sample: String,
@@ -93,26 +93,9 @@ impl Record {
 }
 
 /// The records of one classified image.
-pub fn image_records(sample: &str, path: &str, s: &ImageSummary) -> Vec<(Record, Diff)> {
-    let mut out = vec![(
-        Record::Core(CoreRow {
-            sample: sample.to_string(),
-            path: path.to_string(),
-            spectra: s.spectra,
-            tissue: s.tissue,
-            paraffin: s.paraffin,
-            outliers: s.outliers,
-            type_counts: s.type_counts.clone(),
-            type_prob_sums: s.type_prob_sums.clone(),
-            majority: s.majority.clone(),
-            subtype_counts: s.subtype_counts.clone(),
-            subtype_prob_sums: s.subtype_prob_sums.clone(),
-            subtype_majority: s.subtype_majority.clone(),
-            truth_type: s.truth.kind.clone(),
-            truth_subtype: s.truth.subtype.clone(),
-        }),
-        (1, 0, 0),
-    )];
+pub fn image_records(path: &str, s: &ImageSummary) -> Vec<(Record, Diff)> {
+    let sample = s.row.sample.as_str();
+    let mut out = vec![(Record::Core(CoreRow { path: path.to_string(), ..s.row.clone() }), (1, 0, 0))];
     let mut keys: Vec<_> = s.cams.stats.keys().collect();
     keys.sort();
     for key in keys {
