@@ -3,9 +3,9 @@
 //! batch and threads; Grad-CAM the usual way, hooks and a full backward) measured in the same run.
 //!
 //! `FTIRFLOW_BENCH_THREADS` (default 1) sets the intra-op threads of both; `FTIRFLOW_BENCH_BATCH`
-//! (default 250) the batch. The Python side needs `python3` with numpy and torch importable
-//! (`TORCH_PYTHONPATH` / `TORCH_LD_LIBRARY_PATH` are added to its environment when set); otherwise
-//! it prints one `skipped` line. `MODEL_BENCH_NO_PYTHON=1` skips it too.
+//! (default 250) the batch. The Python side runs through `scripts/python-baseline`, which finds the
+//! torch that `scripts/setup-python-baseline.sh` installs (or `TORCH_PYTHONPATH` /
+//! `TORCH_LD_LIBRARY_PATH`); without one it prints one `skipped` line. `MODEL_BENCH_NO_PYTHON=1` skips it too.
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -124,17 +124,14 @@ fn bench(c: &mut Criterion) {
     let ours_probs = write_f32("probs.f32", &p.probs);
     let ours_cam_file = write_f32("cam.f32", &cams.maps);
     let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/python/carenet_baseline.py"));
-    let mut cmd = Command::new("python3");
+    // The wrapper puts the torch of scripts/setup-python-baseline.sh (or TORCH_PYTHONPATH /
+    // TORCH_LD_LIBRARY_PATH) on python3's paths.
+    let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/python-baseline"));
     cmd.arg(&script)
         .args(["--weights", &weights.display().to_string(), "--spectra", &input.display().to_string()])
         .args(["--rows", &ROWS.to_string(), "--points", &POINTS.to_string(), "--classes", "2"])
         .args(["--batch", &batch.to_string(), "--threads", &threads.to_string()])
         .args(["--ours-probs", &ours_probs.display().to_string(), "--ours-cam", &ours_cam_file.display().to_string()]);
-    for (var, target) in [("TORCH_PYTHONPATH", "PYTHONPATH"), ("TORCH_LD_LIBRARY_PATH", "LD_LIBRARY_PATH")] {
-        if let Ok(v) = std::env::var(var) {
-            cmd.env(target, v);
-        }
-    }
     let result = cmd.output();
     let _ = std::fs::remove_dir_all(&dir);
     match result {
