@@ -58,6 +58,7 @@ impl EmscState {
 pub struct PreprocessPlan {
     cfg: PreprocessConfig,
     corrector: Option<Arc<EmscCorrector>>,
+    tissue_only: bool,
 }
 
 impl PreprocessPlan {
@@ -69,7 +70,15 @@ impl PreprocessPlan {
         } else {
             None
         };
-        Ok(Self { cfg: cfg.clone(), corrector })
+        Ok(Self { cfg: cfg.clone(), corrector, tissue_only: false })
+    }
+
+    /// The same plan, but correcting, resampling and normalizing only tissue spectra (the others
+    /// get NaN spectra and residuals; see [`FusedSteps::tissue_only`]): what classification needs.
+    /// Only [`PreprocessPlan::kernels`] (the fused chain) honours it.
+    pub fn tissue_only(mut self) -> Self {
+        self.tissue_only = true;
+        self
     }
 
     /// The configuration.
@@ -101,6 +110,7 @@ impl PreprocessPlan {
             emsc: self.corrector.clone(),
             resample: if c.runs(Step::Resample) { Some(c.resample.grid()?) } else { None },
             normalize: c.runs(Step::Normalize).then(|| c.normalize.clone()),
+            tissue_only: self.tissue_only,
         })
     }
 

@@ -64,6 +64,12 @@ pub struct FusedSteps {
     pub resample: Option<Vec<f64>>,
     /// Normalization.
     pub normalize: Option<NormalizeParams>,
+    /// Take only tissue spectra (rows whose `tissue` column is true) through truncation, EMSC,
+    /// resampling and normalization; every other row gets a NaN spectrum and a NaN
+    /// `emsc_residual_rms` (and NaN EMSC coefficients). The check still runs on every row. What
+    /// `ftirflow run` does, since only tissue is classified (about a third of a core's pixels);
+    /// off by default, and ignored when the batch has no `tissue` column.
+    pub tissue_only: bool,
 }
 
 /// What the kernel worked out for one input schema.
@@ -190,6 +196,16 @@ impl Kernel for FusedKernel {
                 peaks.push(peak);
                 flags.push(flag);
             }
+            if self.steps.tissue_only && tissue.as_ref().is_some_and(|t| !t.value(r)) {
+                o.fill(f32::NAN);
+                if emsc.is_some() {
+                    rms[r] = f32::NAN;
+                    if with_coefficients {
+                        coefs[r * k..(r + 1) * k].fill(f32::NAN);
+                    }
+                }
+                continue;
+            }
             let mut mid = &raw[p.truncate.clone()];
             if let Some(c) = emsc {
                 let coef = if with_coefficients { Some(&mut coefs[r * k..(r + 1) * k]) } else { None };
@@ -305,6 +321,7 @@ mod tests {
             emsc: Some(corrector(output_coefficients)),
             resample: Some((0..467).map(|i| 900.0 + 900.0 * i as f64 / 466.0).collect()),
             normalize: Some(NormalizeParams { method, ..NormalizeParams::default() }),
+            tissue_only: false,
         }
     }
 
@@ -329,12 +346,43 @@ mod tests {
                 emsc: (mask & 4 != 0).then(|| full.emsc.clone().unwrap()),
                 resample: (mask & 8 != 0).then(|| full.resample.clone().unwrap()),
                 normalize: (mask & 16 != 0).then(|| full.normalize.clone().unwrap()),
+                tissue_only: false,
             };
             let input = batches(40, 16, 2);
             let fused = run_image(&mut FusedKernel::new(steps.clone()).unwrap(), &input).unwrap();
             let seq = run_chain(&mut FusedKernel::sequential(&steps).unwrap(), input).unwrap();
             assert_eq!(fused, seq, "steps mask {mask:05b}");
         }
+    }
+
+    #[test]
+    fn tissue_only_leaves_tissue_rows_unchanged_and_skips_the_rest() {
+        let full = all_steps(true, Method::Vector);
+        let input = batches(120, 32, 6);
+        let all = run_image(&mut FusedKernel::new(full.clone()).unwrap(), &input).unwrap();
+        let only = run_image(&mut FusedKernel::new(FusedSteps { tissue_only: true, ..full }).unwrap(), &input).unwrap();
+        let mut checked = 0;
+        for (a, o) in all.iter().zip(&only) {
+            assert_eq!(a.schema(), o.schema());
+            let tissue = a.column_by_name(TISSUE).unwrap().as_any().downcast_ref::<BooleanArray>().unwrap();
+            let (va, vo) = (SpectraLayout::values(a).unwrap(), SpectraLayout::values(o).unwrap());
+            let rms = |b: &RecordBatch| b.column_by_name("emsc_residual_rms").unwrap().as_any().downcast_ref::<Float32Array>().unwrap().clone();
+            let (ra, ro) = (rms(a), rms(o));
+            for r in 0..a.num_rows() {
+                let (sa, so) = (&va[r * 467..(r + 1) * 467], &vo[r * 467..(r + 1) * 467]);
+                if tissue.value(r) {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(sa), bits(so), "tissue row {r}");
+                    assert_eq!(ra.value(r).to_bits(), ro.value(r).to_bits());
+                    checked += 1;
+                } else {
+                    assert!(so.iter().all(|v| v.is_nan()) && ro.value(r).is_nan(), "non-tissue row {r} skipped");
+                }
+            }
+            // The check still runs on every row.
+            assert_eq!(a.column_by_name("outlier").unwrap(), o.column_by_name("outlier").unwrap());
+        }
+        assert!(checked > 80);
     }
 
     #[test]

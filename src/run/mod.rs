@@ -248,8 +248,10 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<RunSummary> {
         types.manifest.classes,
         classify::CANCER
     );
+    // Only tissue is classified, so only tissue spectra are corrected (a third of a core).
     let plan = PreprocessPlan::new(&types.manifest.preprocess, types.manifest.emsc.as_ref())
-        .context("the type model's preprocessing cannot be set up")?;
+        .context("the type model's preprocessing cannot be set up")?
+        .tissue_only();
     let model_hash = match &subtypes {
         Some(s) => format!("{}+{}", types.manifest.weights_sha256, s.manifest.weights_sha256),
         None => types.manifest.weights_sha256.clone(),
