@@ -24,6 +24,23 @@ pub struct Config {
     pub train: TrainConfig,
     /// `[run]`: the nightly pipeline (`ftirflow run`).
     pub run: RunConfig,
+    /// `[report]`: the HTML report written at the end of `run` and `train`.
+    pub report: ReportConfig,
+}
+
+/// `[report]`: whether `ftirflow run` and `ftirflow train` finish by writing `OUT_DIR/report/`
+/// (the same report `ftirflow report OUT_DIR` writes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// Write the report at the end of `run` and `train` (default true).
+    pub enabled: bool,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// `[run]`: how `ftirflow run` classifies (the preprocessing comes from the model bundle, so a

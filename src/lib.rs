@@ -12,6 +12,7 @@ pub mod config;
 pub mod dataflow;
 pub mod io;
 pub mod plan;
+pub mod report;
 pub mod run;
 pub mod synth;
 pub mod torch_check;

@@ -13,3 +13,4 @@ mod segment;
 mod run;
 mod model;
 mod baseline;
+mod report;

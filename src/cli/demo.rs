@@ -1,6 +1,6 @@
 //! `ftirflow demo`: the built-in default job, the whole story on the embedded default — synthesize
 //! the default archive, train a type and a subtype model briefly, run the nightly pipeline on two
-//! workers, and print where the outputs are.
+//! workers, write its report, and print where the outputs are.
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -84,6 +84,7 @@ pub(super) fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         s.rejects.len()
     );
     println!("outputs: {}/{{predictions/, cores.parquet, gradcam.parquet, bands.parquet, rejects.parquet, run.json}}", out.display());
+    super::report::after_command(&out);
     println!("models:  {} and {}", models[0].display(), models[1].display());
     println!("archive: {} (labels {}, ground truth {})", images.display(), labels.display(), archive.join("truth").display());
     Ok(if s.rejects.is_empty() { Outcome::Complete } else { Outcome::SomeRejected })

@@ -2,8 +2,10 @@
 //! the exit codes (0 everything processed, 1 finished with rejected inputs, 2 nothing useful ran).
 mod convert;
 mod demo;
+mod inspect;
 mod preprocess;
 pub mod progress;
+mod report;
 mod synth;
 mod run;
 mod train;
@@ -60,6 +62,13 @@ enum Command {
     /// The nightly pipeline: preprocess, classify (type, then subtype) with Grad-CAM, write
     /// predictions, per-core and per-class tables; reruns process only new or changed images.
     Run(run::RunArgs),
+    /// Write OUT_DIR/report/ (figures and index.html) for a run directory or a model bundle.
+    #[command(long_about = report::LONG_ABOUT)]
+    Report(report::ReportArgs),
+    /// Show what a reader sees in a file (format, size, axis, values) and optionally write a
+    /// chemical-image PNG.
+    #[command(long_about = inspect::LONG_ABOUT)]
+    Inspect(inspect::InspectArgs),
 }
 
 /// Entry point of the binary.
@@ -73,6 +82,8 @@ pub fn main() -> ExitCode {
         Command::Preprocess(a) => preprocess::run(a),
         Command::Train(a) => train::run(a),
         Command::Run(a) => run::run(a),
+        Command::Report(a) => report::run(a),
+        Command::Inspect(a) => inspect::run(a),
     };
     match result {
         Ok(Outcome::Complete) => ExitCode::SUCCESS,

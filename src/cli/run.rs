@@ -61,6 +61,7 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         process: args.process,
         hostfile: args.hostfile,
     };
+    let report = opts.config.report.enabled;
     let s = run_job(&opts)?;
     for (path, stage, reason) in &s.rejects {
         eprintln!("rejected: {path}: [{stage}] {reason}");
@@ -78,6 +79,9 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             s.workers,
             args.out.display()
         );
+        if report {
+            super::report::after_command(&args.out);
+        }
     } else {
         println!("run: process {} finished its images in {:.1} s (process 0 writes the tables)", opts.process, s.seconds);
     }

@@ -100,5 +100,8 @@ pub(super) fn run(args: TrainArgs) -> anyhow::Result<Outcome> {
         args.out.display(),
         if cfg.train.final_model { "" } else { " (metrics only: final_model = false)" }
     );
+    if cfg.report.enabled {
+        super::report::after_command(&args.out);
+    }
     Ok(Outcome::Complete)
 }

@@ -8,6 +8,7 @@ mod layout;
 pub mod agilent;
 pub mod archive;
 pub mod envi;
+pub mod inspect;
 pub mod orange;
 pub mod parquet;
 pub mod table;

@@ -176,10 +176,17 @@ pub struct Truth {
     pub subtype: Option<String>,
 }
 
+/// The scope of the per-class mean spectra in the Grad-CAM sums (`gradcam.parquet`).
+pub const SPECTRUM_SCOPE: &str = "spectrum";
+
+/// Fixed-point unit of the spectrum sums: 2⁻⁴⁰, as the Grad-CAM maps' (`CamStats`).
+const SPECTRUM_SCALE: f64 = (1u64 << 40) as f64;
+
 /// Exact Grad-CAM sums of one image, by (scope, class).
 #[derive(Debug, Clone, Default)]
 pub struct ImageCams {
-    /// (scope, class) → sums; scope is `predicted`, `true` or `core`.
+    /// (scope, class) → sums; scope is `predicted`, `true` or `core`, or `spectrum` (the sums of
+    /// the classified spectra themselves per predicted class, not of maps).
     pub stats: HashMap<(&'static str, String), CamStats>,
 }
 
@@ -355,6 +362,20 @@ impl ClassifyKernel {
             }
             Ok(())
         };
+        // The mean preprocessed spectrum per predicted class (scope `spectrum`), as exact sums in
+        // the maps' fixed point: what the report draws each class's Grad-CAM profile over.
+        let mut spectra: HashMap<String, (u64, Vec<i128>, Vec<i128>)> = HashMap::new();
+        let mut add_spectra = |keys: &[&str]| {
+            for (i, key) in keys.iter().enumerate() {
+                let e = spectra.entry(key.to_string()).or_insert_with(|| (0, vec![0; points], vec![0; points]));
+                e.0 += 1;
+                for ((s, q), &v) in e.1.iter_mut().zip(e.2.iter_mut()).zip(&values[i * points..(i + 1) * points]) {
+                    let f = (v as f64 * SPECTRUM_SCALE).round() as i128;
+                    *s += f;
+                    *q += f * f;
+                }
+            }
+        };
 
         let t = m.score(Which::Type, &values, rows)?;
         row.type_counts = vec![0; types.len()];
@@ -366,6 +387,10 @@ impl ClassifyKernel {
             }
         }
         row.majority = majority(&row.type_counts, &types);
+        if rows > 0 {
+            let pred: Vec<&str> = t.predicted.iter().map(|&p| types[p as usize].as_str()).collect();
+            add_spectra(&pred);
+        }
         if m.gradcam && rows > 0 {
             let pred: Vec<&str> = t.predicted.iter().map(|&p| types[p as usize].as_str()).collect();
             add_maps("predicted", &pred, &t.maps)?;
@@ -386,6 +411,10 @@ impl ClassifyKernel {
                     }
                 }
                 row.subtype_majority = majority(&row.subtype_counts, classes);
+                if rows > 0 {
+                    let pred: Vec<&str> = s.predicted.iter().map(|&p| classes[p as usize].as_str()).collect();
+                    add_spectra(&pred);
+                }
                 if m.gradcam && rows > 0 {
                     let pred: Vec<&str> = s.predicted.iter().map(|&p| classes[p as usize].as_str()).collect();
                     add_maps("predicted", &pred, &s.maps)?;
@@ -398,6 +427,9 @@ impl ClassifyKernel {
             }
             _ => None,
         };
+        for (class, (n, sum, sq)) in spectra {
+            cams.stats.insert((SPECTRUM_SCOPE, class), CamStats::from_sums(n, sum, sq)?);
+        }
         summary.cams = cams;
 
         // Prediction rows.

@@ -306,7 +306,7 @@ pub fn write_tables(
     gradcam.finish()?;
     let (mut b_scope, mut b_class, mut b_lo, mut b_hi, mut b_peak, mut b_mean, mut b_assign) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ((sc, cl), (n, sum, sq)) in &totals.cams {
+    for ((sc, cl), (n, sum, sq)) in totals.cams.iter().filter(|((sc, _), _)| sc != super::classify::SPECTRUM_SCOPE) {
         let st = CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?;
         for b in top_bands(grid, &st.mean(), 0.9)? {
             b_scope.push(sc.clone());
