@@ -2,7 +2,8 @@
 //! archive: the same rows and summaries for any worker layout (1, 2, 3 workers; 2 processes × 1
 //! worker over TCP on localhost) and batch size; a run killed at any point and restarted gives
 //! the uninterrupted outputs; a rerun processes only new and changed images; the lock, bad
-//! models and bad images give the documented exit codes.
+//! models and bad images give the documented exit codes. Its helpers (the fixture, running the
+//! binary, reading a run's tables) are shared with `tests/robust.rs`.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -12,22 +13,22 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::util::display::array_value_to_string;
 
-fn bin() -> Command {
+pub(crate) fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ftirflow"))
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// A synthetic archive (4 patients × 2 cores of 20×20 px) with briefly trained type and subtype
 /// models, made once per test binary.
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
-fn fixture() -> &'static Fixture {
+pub(crate) fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -46,7 +47,7 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn run(root: &Path, out: &Path, extra: &[&str]) -> Output {
+pub(crate) fn run(root: &Path, out: &Path, extra: &[&str]) -> Output {
     bin()
         .args(["run", "--model", "type_model", "--subtype-model", "sub_model", "arch/images", "--out"])
         .arg(out)
@@ -58,7 +59,7 @@ fn run(root: &Path, out: &Path, extra: &[&str]) -> Output {
 
 /// Every table of a run directory as sorted text rows (schema metadata ignored: it holds the
 /// configuration, which differs between layouts).
-fn outputs(out: &Path) -> BTreeMap<String, Vec<String>> {
+pub(crate) fn outputs(out: &Path) -> BTreeMap<String, Vec<String>> {
     let mut tables = BTreeMap::new();
     let mut read = |name: String, path: &Path| {
         let batches: Vec<RecordBatch> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
@@ -94,14 +95,14 @@ fn outputs(out: &Path) -> BTreeMap<String, Vec<String>> {
     tables
 }
 
-fn assert_same(a: &BTreeMap<String, Vec<String>>, b: &BTreeMap<String, Vec<String>>, what: &str) {
+pub(crate) fn assert_same(a: &BTreeMap<String, Vec<String>>, b: &BTreeMap<String, Vec<String>>, what: &str) {
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{what}: tables differ");
     for (k, rows) in a {
         assert!(rows == &b[k], "{what}: {k} differs ({} vs {} rows)", rows.len(), b[k].len());
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -190,7 +191,7 @@ fn a_killed_run_resumes_to_the_uninterrupted_outputs() {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();

@@ -12,3 +12,4 @@ mod preprocess;
 mod segment;
 mod run;
 mod model;
+mod robust;
