@@ -2,7 +2,8 @@
 //! archive: the same rows and summaries for any worker layout (1, 2, 3 workers; 2 processes × 1
 //! worker over TCP on localhost) and batch size; a run killed at any point and restarted gives
 //! the uninterrupted outputs; a rerun processes only new and changed images; the lock, bad
-//! models and bad images give the documented exit codes.
+//! models and bad images give the documented exit codes. Its helpers (the fixture, running the
+//! binary, reading a run's tables) are shared with `tests/robust.rs`.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -61,7 +62,7 @@ pub fn run(root: &Path, out: &Path, extra: &[&str]) -> Output {
 
 /// Every table of a run directory as sorted text rows (schema metadata ignored: it holds the
 /// configuration, which differs between layouts).
-fn outputs(out: &Path) -> BTreeMap<String, Vec<String>> {
+pub(crate) fn outputs(out: &Path) -> BTreeMap<String, Vec<String>> {
     let mut tables = BTreeMap::new();
     let mut read = |name: String, path: &Path| {
         let batches: Vec<RecordBatch> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
@@ -97,14 +98,14 @@ fn outputs(out: &Path) -> BTreeMap<String, Vec<String>> {
     tables
 }
 
-fn assert_same(a: &BTreeMap<String, Vec<String>>, b: &BTreeMap<String, Vec<String>>, what: &str) {
+pub(crate) fn assert_same(a: &BTreeMap<String, Vec<String>>, b: &BTreeMap<String, Vec<String>>, what: &str) {
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{what}: tables differ");
     for (k, rows) in a {
         assert!(rows == &b[k], "{what}: {k} differs ({} vs {} rows)", rows.len(), b[k].len());
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -193,7 +194,7 @@ fn a_killed_run_resumes_to_the_uninterrupted_outputs() {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();

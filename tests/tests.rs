@@ -14,3 +14,4 @@ mod run;
 mod model;
 mod baseline;
 mod report;
+mod robust;

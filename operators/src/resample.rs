@@ -39,6 +39,10 @@ pub struct ResampleParams {
     pub points: usize,
 }
 
+/// The most points a resampling grid may have (far beyond any instrument): a configuration asking
+/// for more is refused before anything is allocated (found by fuzzing the config parser).
+pub const MAX_GRID_POINTS: usize = 1 << 20;
+
 impl Default for ResampleParams {
     fn default() -> Self {
         Self { start: 900.0, end: 1800.0, points: 467 }
@@ -53,6 +57,9 @@ impl ResampleParams {
         }
         if self.points < 2 {
             return Err(OpError::config(OP, format!("grid needs at least 2 points, got {}", self.points)));
+        }
+        if self.points > MAX_GRID_POINTS {
+            return Err(OpError::config(OP, format!("grid of {} points is too fine (at most {MAX_GRID_POINTS})", self.points)));
         }
         let step = (self.end - self.start) / (self.points - 1) as f64;
         Ok((0..self.points).map(|i| if i + 1 == self.points { self.end } else { self.start + step * i as f64 }).collect())

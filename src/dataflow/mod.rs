@@ -152,11 +152,33 @@ fn finish_image(
     let Some(summary) = summary else {
         return reject(task, "read", "the image holds no spectra".to_string());
     };
+    // An image without a single classified spectrum has nothing to say about its core (NaN or
+    // inf everywhere, a wrong byte order, a core with no tissue): it is reported, not counted.
+    let r = &summary.row;
+    if r.type_counts.iter().sum::<u64>() == 0 {
+        let reason = if r.tissue == 0 {
+            format!(
+                "no tissue found: {} spectra, {} paraffin, {} outliers (non-finite values), the rest bare slide",
+                r.spectra, r.paraffin, r.outliers
+            )
+        } else {
+            format!(
+                "none of the {} tissue spectra passed the outlier checks (non-finite values, amide I out of range, EMSC \
+                 residual; a wrong byte order looks like this)",
+                r.tissue
+            )
+        };
+        return reject(task, "classify", reason);
+    }
     match write_image(job, task, &batches, &summary, manifest) {
         Ok(records) => records,
         Err(e) => {
             // An output that cannot be written is not the image's fault, but the run must not
-            // pretend it has the image: reject it with the reason (the exit code says so).
+            // pretend it has the image: reject it with the reason (the exit code says so). A full
+            // or read-only disk also stops this process's workers: every later write would fail.
+            if crate::run::is_storage_error(&e) {
+                job.stop(format!("cannot write the outputs of {}: {e:#}", task.entry.path.display()));
+            }
             reject(task, "write", format!("{e:#}"))
         }
     }
@@ -208,14 +230,21 @@ fn write_image(
     Ok(records)
 }
 
-/// Writes `bytes` to `path` through a temporary name (durably).
+/// Writes `bytes` to `path` through a temporary name (durably). On error (a full disk, say) the
+/// temporary file is removed and `path` is left as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = crate::io::parquet::partial_path(path);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// What one worker hands back.
@@ -227,6 +256,9 @@ pub struct WorkerOutput {
 
 /// Runs the graph on `config`'s workers; returns each local worker's output.
 pub fn execute(job: Arc<RunJob>, config: timely::Config) -> anyhow::Result<Vec<WorkerOutput>> {
+    if let timely::CommunicationConfig::Cluster { process, .. } = &config.communication {
+        peer_watchdog(*process);
+    }
     let guards = timely::execute(config, move |worker| -> Result<WorkerOutput, String> { run_worker(worker, job.clone()) })
         .map_err(|e| anyhow::anyhow!("cannot start the workers: {e}"))?;
     let mut outputs = Vec::new();
@@ -273,17 +305,23 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
     for (i, task) in job.tasks.iter().enumerate().filter(|(i, _)| i % peers == index) {
         let t = i as u64;
         input.advance_to(t);
+        if let Some(reason) = job.stopped() {
+            // The outputs cannot be written: account for the image without reading it.
+            input.send(Item::Failed { stage: "write".into(), reason: format!("not processed: {reason}") });
+            continue;
+        }
         match &task.task {
             Task::Reuse(records) => input.send(Item::Reused(records.clone())),
+            Task::Refuse { stage, reason } => input.send(Item::Failed { stage: stage.clone(), reason: reason.clone() }),
             Task::Process => {
                 match crate::io::open_as(&task.entry.path, task.entry.format, &crate::io::ReadOptions { batch_rows: job.batch_rows, sample: task.entry.sample.clone() }) {
                     Ok(reader) => {
+                        let mut seen = None;
                         for b in reader {
-                            match b {
+                            match b.map_err(|e| crate::cli::Reject::from_error(&task.entry.path, "read", &e).reason).and_then(|b| as_image(b, &task.entry.sample, &mut seen)) {
                                 Ok(b) => input.send(Item::Batch(b)),
-                                Err(e) => {
-                                    let c = crate::cli::Reject::from_error(&task.entry.path, "read", &e);
-                                    input.send(Item::Failed { stage: "read".into(), reason: c.reason });
+                                Err(reason) => {
+                                    input.send(Item::Failed { stage: "read".into(), reason });
                                     break;
                                 }
                             }
@@ -314,4 +352,72 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
     while worker.step_or_park(None) {}
     let records = std::mem::take(&mut *collected.borrow_mut());
     Ok(WorkerOutput { records })
+}
+
+/// Exit code of a process whose cluster peer went away (the run did not finish).
+pub const EXIT_PEER_LOST: i32 = 2;
+
+/// Ends this process with a clear error when its connection to another process of a cluster run
+/// breaks (that process died or its machine went away).
+///
+/// Timely's network threads panic with "timely communication error: …" when a peer's socket
+/// closes; the workers would then wait for that peer's progress forever. A run's outputs are safe
+/// to abandon at any point (each image is committed by renames and one manifest line), so the
+/// process stops at once with a message naming the cause, and a rerun of all processes resumes
+/// the job.
+fn peer_watchdog(process: usize) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let msg = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("");
+            let network = std::thread::current().name().is_some_and(|n| n.starts_with("timely:"));
+            if msg.contains("timely communication error") || network {
+                eprintln!(
+                    "error: process {process} lost its connection to another process of the cluster run ({msg}); it stops. \
+                     Images finished so far are kept: start all processes again with the same arguments to complete the job."
+                );
+                // `_exit`, not `exit`: the workers are still running libtorch, whose static
+                // destructors `exit` would run under their feet (that crashed with SIGSEGV).
+                extern "C" {
+                    fn _exit(code: i32) -> !;
+                }
+                // SAFETY: `_exit` ends the process at once; it takes no pointers.
+                unsafe { _exit(EXIT_PEER_LOST) }
+            }
+            default(info);
+        }));
+    });
+}
+
+/// A read batch as rows of the image `sample`: in a run an image is one file and its id is its
+/// archive id, so a table's own `sample` column (a Parquet table converted elsewhere) is replaced
+/// by it; a table that names several samples is not one image and is rejected.
+fn as_image(batch: arrow::array::RecordBatch, sample: &str, seen: &mut Option<String>) -> Result<arrow::array::RecordBatch, String> {
+    use arrow::array::{Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use crate::operators::schema::{sample_column, SAMPLE};
+    let col = sample_column(&batch).map_err(|e| e.to_string())?;
+    let schema = batch.schema();
+    let idx = schema.index_of(SAMPLE).map_err(|e| e.to_string())?;
+    if schema.field(idx).data_type() == &DataType::Utf8 && col.null_count() == 0 && col.iter().all(|v| v == Some(sample)) {
+        return Ok(batch);
+    }
+    for v in col.iter() {
+        let v = v.unwrap_or("");
+        match seen {
+            None => *seen = Some(v.to_string()),
+            Some(s) if s != v => {
+                return Err(format!("the table holds several samples (`{s}`, `{v}`); an archive table must hold one image"))
+            }
+            Some(_) => {}
+        }
+    }
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields[idx] = Field::new(SAMPLE, DataType::Utf8, schema.field(idx).is_nullable());
+    let mut columns = batch.columns().to_vec();
+    columns[idx] = std::sync::Arc::new(StringArray::from(vec![sample; batch.num_rows()]));
+    arrow::array::RecordBatch::try_new(std::sync::Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), columns)
+        .map_err(|e| e.to_string())
 }

@@ -9,6 +9,10 @@
 //! ENVI, Parquet. CSV tables are read only when named explicitly, never discovered (an archive
 //! usually holds a labels CSV). Hidden files and `*.partial` files are skipped. Entries are sorted
 //! by sample id, so the order is the same on every machine.
+//!
+//! Symbolic links: a linked directory is not entered (no loops, no walking out of the archive);
+//! a linked file is an entry like any other, and [`escaping_link`] names the images that have a
+//! file linking outside the archive root, which `ftirflow run` rejects instead of reading.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -68,8 +72,13 @@ pub fn discover(root: &Path) -> Result<Vec<ImageEntry>, ReadError> {
             if name.starts_with('.') || name.ends_with(".partial") {
                 continue;
             }
+            let link = std::fs::symlink_metadata(&path).map(|m| m.file_type().is_symlink()).unwrap_or(false);
             if path.is_dir() {
-                stack.push(path);
+                if link {
+                    tracing::warn!("{}: a linked directory is not entered", path.display());
+                } else {
+                    stack.push(path);
+                }
                 continue;
             }
             let Some(format) = Format::detect(&path) else { continue };
@@ -90,4 +99,39 @@ pub fn discover(root: &Path) -> Result<Vec<ImageEntry>, ReadError> {
     let mut out: Vec<ImageEntry> = groups.into_values().collect();
     out.sort_by(|a, b| a.sample.cmp(&b.sample).then_with(|| a.path.cmp(&b.path)));
     Ok(out)
+}
+
+/// Why the image whose entry file is `path` must not be read, when one of its files (the entry,
+/// or a companion with the same stem followed by `.` or `_`: ENVI data, `.bsp`, mosaic tiles) is
+/// a symbolic link that leads outside `root` or nowhere. `None` for an image whose files all lie
+/// inside the archive.
+pub fn escaping_link(root: &Path, path: &Path) -> Option<String> {
+    let base = if root.is_dir() { root } else { root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")) };
+    let base = std::fs::canonicalize(base).ok()?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let stem = path.file_stem()?.to_string_lossy().to_lowercase();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+            name.strip_prefix(&stem).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('_'))
+        })
+        .collect();
+    names.sort();
+    for p in names {
+        let is_link = std::fs::symlink_metadata(&p).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+        if !is_link {
+            continue;
+        }
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match std::fs::canonicalize(&p) {
+            Ok(target) if target.starts_with(&base) => {}
+            Ok(target) => {
+                return Some(format!("{name} is a symbolic link to {}, outside the archive: not followed", target.display()))
+            }
+            Err(e) => return Some(format!("{name} is a symbolic link that cannot be followed: {e}")),
+        }
+    }
+    None
 }

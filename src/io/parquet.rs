@@ -73,8 +73,10 @@ impl AtomicParquetWriter {
     pub fn create(path: &Path, schema: SchemaRef, key_values: Vec<(String, String)>) -> Result<Self, WriteError> {
         let tmp = partial_path(path);
         let file = File::create(&tmp).map_err(|source| WriteError::Io { path: tmp.clone(), source })?;
-        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties(key_values)))
-            .map_err(|source| WriteError::Parquet { path: path.to_path_buf(), source })?;
+        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties(key_values))).map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            WriteError::Parquet { path: path.to_path_buf(), source }
+        })?;
         Ok(Self { path: path.to_path_buf(), tmp, writer: Some(writer), rows: 0 })
     }
 
@@ -92,12 +94,49 @@ impl AtomicParquetWriter {
     }
 
     /// Closes the file and renames it into place; returns the number of rows.
-    pub fn finish(mut self) -> Result<u64, WriteError> {
+    pub fn finish(self) -> Result<u64, WriteError> {
+        let rows = self.rows;
+        self.finish_staged()?.commit()?;
+        Ok(rows)
+    }
+
+    /// Closes the file durably under its temporary name; [`Staged::commit`] renames it into
+    /// place (so that several files can appear together, or none when one of them fails). On
+    /// error (a full disk, say) the temporary file is removed.
+    pub fn finish_staged(mut self) -> Result<Staged, WriteError> {
         let w = self.writer.take().expect("not finished");
+        let tmp = std::mem::take(&mut self.tmp);
+        let staged = Staged { tmp, path: self.path.clone() };
         let file = w.into_inner().map_err(|source| WriteError::Parquet { path: self.path.clone(), source })?;
-        file.sync_all().map_err(|source| WriteError::Io { path: self.tmp.clone(), source })?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|source| WriteError::Io { path: self.path.clone(), source })?;
-        Ok(self.rows)
+        file.sync_all().map_err(|source| WriteError::Io { path: staged.tmp.clone(), source })?;
+        Ok(staged)
+    }
+}
+
+/// A complete file under its temporary name, renamed into place by [`Staged::commit`] and
+/// removed when dropped uncommitted.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Staged {
+    /// Renames the file into place.
+    pub fn commit(mut self) -> Result<(), WriteError> {
+        let tmp = std::mem::take(&mut self.tmp);
+        std::fs::rename(&tmp, &self.path).map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            WriteError::Io { path: self.path.clone(), source }
+        })
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 

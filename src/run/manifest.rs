@@ -170,8 +170,18 @@ pub struct ManifestWriter {
 
 impl ManifestWriter {
     /// Opens `OUT_DIR/manifest.jsonl` for appending.
+    /// A torn last line (a run killed, or a disk that filled up, in the middle of a write) is
+    /// ended first, so that the next line is not glued to it.
     pub fn open(out_dir: &Path) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(out_dir.join(MANIFEST))?;
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(out_dir.join(MANIFEST))?;
+        let len = file.metadata()?.len();
+        if len > 0 {
+            let mut last = [0u8; 1];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut last, len - 1)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n")?;
+            }
+        }
         Ok(Self { file })
     }
 
@@ -187,15 +197,12 @@ impl ManifestWriter {
 /// Rewrites the manifest with exactly `entries` (through a temporary file and a rename).
 pub fn compact(out_dir: &Path, entries: &[Entry]) -> std::io::Result<()> {
     let path = out_dir.join(MANIFEST);
-    let tmp = crate::io::parquet::partial_path(&path);
-    let mut f = File::create(&tmp)?;
+    let mut text = Vec::new();
     for e in entries {
-        let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        f.write_all(&line)?;
+        text.extend(serde_json::to_vec(e).map_err(std::io::Error::other)?);
+        text.push(b'\n');
     }
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
+    crate::dataflow::write_atomic(&path, &text)
 }
 
 /// The held lock of an output directory (released on drop or when the process ends).
@@ -281,7 +288,12 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m.get("a").unwrap().spectra, 3);
         assert_eq!(m.skipped_lines, 1);
+        // The next run's first line is not glued to the torn one.
+        ManifestWriter::open(dir.path()).unwrap().append(&entry("d", 4)).unwrap();
+        let m = Manifest::load(dir.path()).unwrap();
+        assert_eq!((m.len(), m.get("d").map(|e| e.spectra), m.skipped_lines), (3, Some(4), 1));
         compact(dir.path(), &[entry("b", 2)]).unwrap();
+        assert!(!crate::io::parquet::partial_path(&dir.path().join(MANIFEST)).exists());
         let m = Manifest::load(dir.path()).unwrap();
         assert_eq!((m.len(), m.skipped_lines), (1, 0));
     }

@@ -58,6 +58,14 @@ pub enum Task {
     Process,
     /// Feed the stored summary records of an earlier run.
     Reuse(Arc<Vec<(Record, Diff)>>),
+    /// Do not read it: it is rejected at `stage` for `reason` (e.g. a file linking outside the
+    /// archive).
+    Refuse {
+        /// The stage named in the rejects.
+        stage: String,
+        /// One-line reason.
+        reason: String,
+    },
 }
 
 /// One image of the run.
@@ -111,9 +119,27 @@ pub struct RunJob {
     pub meta: (Vec<String>, Option<Vec<String>>, Vec<f64>),
     /// The process's inference service, when the networks are shared.
     pub service: Option<crossbeam_channel::Sender<classify::Request>>,
+    /// Set when the outputs cannot be written any more (a full or read-only disk): the
+    /// process's workers stop reading images and the run ends with this error.
+    pub stopped: std::sync::Mutex<Option<String>>,
 }
 
 impl RunJob {
+    /// Stops the process's workers after a storage failure (the first reason wins).
+    pub fn stop(&self, reason: String) {
+        if let Ok(mut s) = self.stopped.lock() {
+            if s.is_none() {
+                tracing::error!("{reason}; this process stops reading images");
+                *s = Some(reason);
+            }
+        }
+    }
+
+    /// The reason the run stopped, if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped.lock().ok().and_then(|s| s.clone())
+    }
+
     /// The models as one worker uses them: its own copy, or the process's inference service.
     pub fn load_models(&self) -> anyhow::Result<Models> {
         if let Some(tx) = &self.service {
@@ -175,6 +201,55 @@ pub fn part_name(sample: &str) -> String {
     }
 }
 
+/// Whether `e` says the output storage cannot take more data (full, over quota, file size limit,
+/// read-only): not the image's fault, and every later write would fail too.
+pub fn is_storage_error(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind;
+    let by_kind = e.chain().filter_map(|c| c.downcast_ref::<std::io::Error>()).any(|io| {
+        matches!(io.kind(), ErrorKind::StorageFull | ErrorKind::ReadOnlyFilesystem | ErrorKind::FileTooLarge | ErrorKind::QuotaExceeded)
+    });
+    let text = format!("{e:#}");
+    by_kind || ["No space left on device", "File too large", "Read-only file system", "Disk quota exceeded"].iter().any(|m| text.contains(m))
+}
+
+/// The addresses of a host file: one `host:port` per line (blank lines and `#` comments
+/// skipped), each resolving, none a wildcard address. Timely listens on exactly this
+/// process's line (each whitespace-separated address of it), so a line holding several
+/// addresses or `0.0.0.0`/`[::]` would open the unauthenticated transport on interfaces the
+/// user did not list: both are refused.
+pub fn read_hostfile(hostfile: &Path, processes: usize) -> anyhow::Result<Vec<String>> {
+    use std::net::ToSocketAddrs;
+    let text = std::fs::read_to_string(hostfile).with_context(|| format!("cannot read host file {}", hostfile.display()))?;
+    let addresses: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
+    anyhow::ensure!(
+        addresses.len() == processes,
+        "host file {} lists {} addresses for {} processes",
+        hostfile.display(),
+        addresses.len(),
+        processes
+    );
+    for (i, a) in addresses.iter().enumerate() {
+        anyhow::ensure!(
+            !a.contains(char::is_whitespace),
+            "host file {}: the line of process {i} (`{a}`) must hold one host:port",
+            hostfile.display()
+        );
+        let resolved: Vec<std::net::SocketAddr> = a
+            .to_socket_addrs()
+            .with_context(|| format!("host file {}: `{a}` (process {i}) is not a reachable host:port", hostfile.display()))?
+            .collect();
+        anyhow::ensure!(!resolved.is_empty(), "host file {}: `{a}` (process {i}) resolves to no address", hostfile.display());
+        anyhow::ensure!(
+            resolved.iter().all(|s| !s.ip().is_unspecified()),
+            "host file {}: `{a}` (process {i}) is a wildcard address, which would listen on every network interface; \
+             list the host's address on the private network instead",
+            hostfile.display()
+        );
+    }
+    Ok(addresses)
+}
+
 /// The timely configuration of a layout.
 pub fn timely_config(workers: usize, opts: &RunOptions) -> anyhow::Result<timely::Config> {
     anyhow::ensure!(workers >= 1, "--workers must be at least 1");
@@ -183,16 +258,7 @@ pub fn timely_config(workers: usize, opts: &RunOptions) -> anyhow::Result<timely
     }
     anyhow::ensure!(opts.process < opts.processes, "--process {} must be below --processes {}", opts.process, opts.processes);
     let hostfile = opts.hostfile.as_ref().context("--processes > 1 needs --hostfile (one host:port per process)")?;
-    let text = std::fs::read_to_string(hostfile).with_context(|| format!("cannot read host file {}", hostfile.display()))?;
-    let addresses: Vec<String> =
-        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
-    anyhow::ensure!(
-        addresses.len() == opts.processes,
-        "host file {} lists {} addresses for {} processes",
-        hostfile.display(),
-        addresses.len(),
-        opts.processes
-    );
+    let addresses = read_hostfile(hostfile, opts.processes)?;
     Ok(timely::Config {
         communication: timely::CommunicationConfig::Cluster {
             threads: workers,
@@ -259,22 +325,6 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<RunSummary> {
     let device = cfg.run.device.resolve()?;
     tch::set_num_threads(cfg.run.threads as i32);
 
-    // The output directory: writable, locked, clean of a killed run's temporary files.
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create the output directory {}", opts.out.display()))?;
-    for d in ["predictions", "parts"] {
-        std::fs::create_dir_all(opts.out.join(d)).with_context(|| format!("cannot write to {}", opts.out.display()))?;
-    }
-    let probe = opts.out.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").with_context(|| format!("the output directory {} is not writable", opts.out.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    let _lock = if opts.process == 0 {
-        let l = manifest::lock(&opts.out).map_err(anyhow::Error::msg)?;
-        manifest::remove_partials(&opts.out)?;
-        Some(l)
-    } else {
-        None
-    };
-
     // The archive and what to do with each image.
     let entries = crate::io::archive::discover(&opts.archive)
         .with_context(|| format!("cannot read the archive {}", opts.archive.display()))?;
@@ -288,11 +338,46 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<RunSummary> {
         Some(p) => read_truth(p)?,
         None => HashMap::new(),
     };
+    // Labels of samples that are not in the archive are allowed (a study's labels file covers
+    // more than one night's archive) but named, so that a misspelt id does not pass unseen.
+    let samples: std::collections::HashSet<&str> = entries.iter().map(|e| e.sample.as_str()).collect();
+    let stems: std::collections::HashSet<String> =
+        entries.iter().filter_map(|e| e.path.file_stem().map(|s| s.to_string_lossy().into_owned())).collect();
+    let unknown: Vec<&String> = labels.keys().filter(|k| !samples.contains(k.as_str()) && !stems.contains(*k)).collect();
+    if !unknown.is_empty() {
+        tracing::warn!(
+            "labels: {} sample(s) are not in the archive and are ignored (e.g. {})",
+            unknown.len(),
+            unknown.iter().take(3).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    // The output directory: writable, locked, clean of a killed run's temporary files.
+    // Writability is tested by writing (permission bits say nothing to root, nor about
+    // read-only mounts).
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create the output directory {}", opts.out.display()))?;
+    let probe = opts.out.join(format!(".write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("the output directory {} is not writable", opts.out.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    for d in ["predictions", "parts"] {
+        std::fs::create_dir_all(opts.out.join(d)).with_context(|| format!("the output directory {} is not writable", opts.out.display()))?;
+    }
+    let _lock = if opts.process == 0 {
+        let l = manifest::lock(&opts.out).map_err(anyhow::Error::msg)?;
+        manifest::remove_partials(&opts.out)?;
+        Some(l)
+    } else {
+        None
+    };
+
     let previous = manifest::Manifest::load(&opts.out)?;
     let mut tasks = Vec::with_capacity(entries.len());
     for entry in entries {
         let rel_path = entry.path.strip_prefix(&root).unwrap_or(&entry.path).to_string_lossy().into_owned();
         let part = part_name(&entry.sample);
+        if let Some(reason) = crate::io::archive::escaping_link(&root, &entry.path) {
+            tasks.push(ImageTask { entry, rel_path, part, identity: None, task: Task::Refuse { stage: "discover".into(), reason } });
+            continue;
+        }
         let identity = manifest::identity(&entry.path).ok();
         let reuse = previous.get(&entry.sample).and_then(|m| {
             let same = Some(&m.identity) == identity.as_ref() && m.model_hash == model_hash && m.part == part;
@@ -359,6 +444,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<RunSummary> {
             types.manifest.wavenumbers.clone(),
         ),
         service: service.as_ref().map(|(tx, _)| tx.clone()),
+        stopped: std::sync::Mutex::new(None),
     });
     let mine = (0..n_images).filter(|i| i % (workers * opts.processes.max(1)) / workers == opts.process).count();
     let done = Arc::new(AtomicBool::new(false));
@@ -369,6 +455,13 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<RunSummary> {
     // The inference service (if any) ends when the last sender — `service` and `job` — is dropped.
     drop(service);
     let outputs = outputs?;
+    if let Some(reason) = job.stopped() {
+        anyhow::bail!(
+            "{reason}. The run stopped; images finished before are kept (see {}), nothing else was changed, and a rerun \
+             with space available resumes",
+            opts.out.join(manifest::MANIFEST).display()
+        );
+    }
 
     let mut summary = RunSummary {
         images: n_images,
@@ -400,7 +493,8 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<RunSummary> {
         .filter_map(|t| recorded.get(&t.entry.sample).filter(|e| totals.cores.contains_key(&e.sample)).cloned())
         .collect();
     let parts: Vec<PathBuf> = keep.iter().map(|e| opts.out.join("parts").join(format!("{}.json", e.part))).collect();
-    summary::write_tables(&opts.out, &totals, &parts, &type_classes, sub_classes.as_deref(), &types.manifest.wavenumbers, &key_values)?;
+    summary::write_tables(&opts.out, &totals, &parts, &type_classes, sub_classes.as_deref(), &types.manifest.wavenumbers, &key_values)
+        .with_context(|| format!("cannot write the tables in {} (the previous tables are left as they were)", opts.out.display()))?;
     manifest::compact(&opts.out, &keep)?;
     let live: std::collections::HashSet<&str> = keep.iter().map(|e| e.part.as_str()).collect();
     for (dir, ext) in [("predictions", "parquet"), ("parts", "json")] {

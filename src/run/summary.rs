@@ -19,7 +19,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::classify::ImageSummary;
-use crate::io::parquet::AtomicParquetWriter;
+use crate::io::parquet::{AtomicParquetWriter, Staged};
 use crate::operators::grad_cam::{top_bands, CamStats};
 
 /// The difference carried by a record: (count, Σ, Σ²) — integers.
@@ -158,11 +158,10 @@ impl Totals {
     }
 }
 
-fn write(path: &Path, batch: RecordBatch, kv: &[(String, String)]) -> anyhow::Result<()> {
+fn write(path: &Path, batch: RecordBatch, kv: &[(String, String)]) -> anyhow::Result<Staged> {
     let mut w = AtomicParquetWriter::create(path, batch.schema(), kv.to_vec())?;
     w.write(&batch)?;
-    w.finish()?;
-    Ok(())
+    Ok(w.finish_staged()?)
 }
 
 fn strings<'a>(v: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
@@ -242,7 +241,8 @@ pub fn write_tables(
     cols.push(strings(cores.iter().map(|c| c.truth_type.as_deref())));
     fields.push(Field::new("truth_subtype", DataType::Utf8, true));
     cols.push(strings(cores.iter().map(|c| c.truth_subtype.as_deref())));
-    write(&out.join("cores.parquet"), RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?, kv)?;
+    // All four tables appear together or not at all (a full disk leaves the previous ones).
+    let mut staged = vec![write(&out.join("cores.parquet"), RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?, kv)?];
 
     // gradcam.parquet (per class from the totals, then per core from the parts) and bands.parquet
     let gradcam_schema = Arc::new(Schema::new(vec![
@@ -303,7 +303,7 @@ pub fn write_tables(
         }
         write_cams(&mut gradcam, &per_core.cams)?;
     }
-    gradcam.finish()?;
+    staged.push(gradcam.finish_staged()?);
     let (mut b_scope, mut b_class, mut b_lo, mut b_hi, mut b_peak, mut b_mean, mut b_assign) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((sc, cl), (n, sum, sq)) in totals.cams.iter().filter(|((sc, _), _)| sc != super::classify::SPECTRUM_SCOPE) {
@@ -339,7 +339,7 @@ pub fn write_tables(
             Arc::new(StringArray::from(b_assign)),
         ],
     )?;
-    write(&out.join("bands.parquet"), batch, kv)?;
+    staged.push(write(&out.join("bands.parquet"), batch, kv)?);
 
     // rejects.parquet
     let mut rejects = totals.rejects.clone();
@@ -357,6 +357,9 @@ pub fn write_tables(
             strings(rejects.iter().map(|r| Some(r.2.as_str()))),
         ],
     )?;
-    write(&out.join("rejects.parquet"), batch, kv)?;
+    staged.push(write(&out.join("rejects.parquet"), batch, kv)?);
+    for s in staged {
+        s.commit()?;
+    }
     Ok(())
 }

@@ -1,0 +1,10 @@
+//! Orange-style CSV table read completely.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    common::read_files(&[("table.csv", data)], "table.csv");
+});
