@@ -250,7 +250,12 @@ pub fn remove_partials(dir: &Path) -> std::io::Result<usize> {
         let Ok(rd) = std::fs::read_dir(&d) else { continue };
         for e in rd.filter_map(|e| e.ok()) {
             if e.file_name().to_string_lossy().ends_with(".partial") {
-                std::fs::remove_file(e.path())?;
+                // A killed report leaves a directory (`report.partial/`), the writers files.
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    std::fs::remove_dir_all(e.path())?;
+                } else {
+                    std::fs::remove_file(e.path())?;
+                }
                 removed += 1;
             }
         }
@@ -313,6 +318,21 @@ mod tests {
         let before = content_hash(&dir.path().join("core.hdr")).unwrap();
         std::fs::write(dir.path().join("core.img"), "changed").unwrap();
         assert_ne!(before, content_hash(&dir.path().join("core.hdr")).unwrap());
+    }
+
+    #[test]
+    fn partial_files_and_a_partial_report_directory_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("report.partial/figures")).unwrap();
+        std::fs::write(d.join("report.partial/figures/a.png"), b"x").unwrap();
+        std::fs::create_dir_all(d.join("predictions")).unwrap();
+        std::fs::write(d.join("predictions/p.parquet.partial"), b"x").unwrap();
+        std::fs::write(d.join("cores.parquet.partial"), b"x").unwrap();
+        std::fs::write(d.join("cores.parquet"), b"keep").unwrap();
+        assert_eq!(remove_partials(d).unwrap(), 3);
+        assert!(!d.join("report.partial").exists() && !d.join("predictions/p.parquet.partial").exists());
+        assert!(d.join("cores.parquet").exists() && d.join("predictions").is_dir());
     }
 
     #[test]
