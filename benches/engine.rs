@@ -5,22 +5,11 @@
 //!
 //! `cargo bench --bench engine [-- --size PX --patients N]` (defaults: 64 px, 8 patients).
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ftirflow"))
-}
-
-fn ok(c: &mut Command) {
-    let o = c.output().expect("ftirflow runs");
-    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-}
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_string())
-}
+mod support;
+use support::{arg, bin, ok};
 
 fn spectra(out: &Path) -> f64 {
     let run: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();

@@ -33,19 +33,8 @@ use ftirflow_operators::schema::SpectraLayout;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ftirflow"))
-}
-
-fn ok(c: &mut Command) {
-    let o = c.output().expect("ftirflow runs");
-    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-}
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_string())
-}
+mod support;
+use support::{arg, bin, ok};
 
 /// Stage rows; `inference_gradcam` is prediction and Grad-CAM together (ftirflow computes both
 /// in one pass, so Grad-CAM alone has no time of its own; Python's is `inference + gradcam`).

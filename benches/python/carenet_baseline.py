@@ -119,9 +119,10 @@ def predict(model, x, classes):
     return probs, pred
 
 
-def gradcam(model, x, classes, points):
-    """The usual way: predict under no_grad, then hooks and a full backward."""
-    probs, pred = predict(model, x, classes)
+def gradcam_of(model, x, classes, points, pred):
+    """Grad-CAM maps of the predicted classes `pred` the usual way: a second forward with a forward
+    hook on the last convolutional stage and a tensor hook for its gradients, then a full
+    backward."""
     store = {}
 
     def keep(_module, _inputs, output):
@@ -142,8 +143,13 @@ def gradcam(model, x, classes, points):
         cam = F.relu((alpha * store["a"]).sum(1, keepdim=True))
         cam = F.interpolate(cam, size=points, mode="linear", align_corners=False)[:, 0]
         mx = cam.amax(1, keepdim=True)
-        cam = torch.where(mx > 0, cam / mx.clamp_min(1e-30), torch.zeros_like(cam))
-    return probs, cam
+        return torch.where(mx > 0, cam / mx.clamp_min(1e-30), torch.zeros_like(cam))
+
+
+def gradcam(model, x, classes, points):
+    """The usual way: predict under no_grad, then hooks and a full backward."""
+    probs, pred = predict(model, x, classes)
+    return probs, gradcam_of(model, x, classes, points, pred)
 
 
 def main():

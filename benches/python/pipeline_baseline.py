@@ -39,14 +39,13 @@ try:
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
-    import torch.nn.functional as F
     from sklearn.cluster import KMeans
 except Exception as e:  # callers print this line and skip
     print(json.dumps({"skipped": f"cannot import numpy/pyarrow/torch/scikit-learn ({type(e).__name__}: {str(e).splitlines()[0]})"}))
     sys.exit(0)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from carenet_baseline import CareNet, heads, read_safetensors  # noqa: E402
+from carenet_baseline import CareNet, gradcam_of, heads, read_safetensors  # noqa: E402
 
 
 def read_envi(hdr_path):
@@ -191,26 +190,7 @@ def main():
             stage["inference"] += time.perf_counter() - t
             if not a.no_gradcam:
                 t = time.perf_counter()
-                store = {}
-
-                def keep(_m, _i, output):
-                    store["a"] = output
-                    output.register_hook(lambda g: store.__setitem__("g", g))
-
-                handle = model.stage3.register_forward_hook(keep)
-                model.zero_grad()
-                logits = model(xb)
-                if len(classes) == 2:
-                    score = logits[:, 0] * (2 * c - 1).to(logits.dtype)
-                else:
-                    score = logits.gather(1, c[:, None])[:, 0]
-                score.sum().backward()
-                handle.remove()
-                with torch.no_grad():
-                    cam = F.relu((store["g"].mean(2, keepdim=True) * store["a"]).sum(1, keepdim=True))
-                    cam = F.interpolate(cam, size=grid.size, mode="linear", align_corners=False)[:, 0]
-                    mx = cam.amax(1, keepdim=True)
-                    cam = torch.where(mx > 0, cam / mx.clamp_min(1e-30), torch.zeros_like(cam))
+                gradcam_of(model, xb, len(classes), grid.size, c)
                 stage["gradcam"] += time.perf_counter() - t
 
         t = time.perf_counter()
