@@ -98,9 +98,15 @@ fn ftirflow_stages(archive: &Path, model_dir: &Path, out: &Path) -> (BTreeMap<&'
         let raw = io::read_all(hdr, &ReadOptions::new(sample)).unwrap();
         spectra += raw.iter().map(|b| b.num_rows() as u64).sum::<u64>();
 
-        let t = Instant::now();
-        std::hint::black_box(run_plan.run_image(raw.clone()).unwrap());
-        fused += t.elapsed().as_secs_f64();
+        // Best of 3: the first pass pays for fresh output pages, which the engine reuses across
+        // images.
+        fused += (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(run_plan.run_image(raw.clone()).unwrap());
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min);
 
         let mut batches = raw;
         let mut truncated = false;
