@@ -322,15 +322,20 @@ impl ClassifyKernel {
         row.sample = sample.clone();
         row.truth_type = truth.kind.clone();
         row.truth_subtype = truth.subtype.clone();
+        let mut checked: Option<arrow::datatypes::SchemaRef> = None;
         for b in &held {
-            let layout = SpectraLayout::of(&b.schema()).map_err(|e| OpError::schema(OP, e))?;
-            let same = layout.wavenumbers.len() == m.grid.len()
-                && layout.wavenumbers.iter().zip(&m.grid).all(|(a, b)| (a - b).abs() <= 1e-9 * b.abs().max(1.0));
-            if !same {
-                return Err(OpError::data(
-                    OP,
-                    format!("spectra have {} points but the model grid has {}", layout.wavenumbers.len(), m.grid.len()),
-                ));
+            // The grid check parses the schema's axis: once per schema (an image's batches share one).
+            if !checked.as_ref().is_some_and(|c| Arc::ptr_eq(c, &b.schema())) {
+                let layout = SpectraLayout::of(&b.schema()).map_err(|e| OpError::schema(OP, e))?;
+                let same = layout.wavenumbers.len() == m.grid.len()
+                    && layout.wavenumbers.iter().zip(&m.grid).all(|(a, b)| (a - b).abs() <= 1e-9 * b.abs().max(1.0));
+                if !same {
+                    return Err(OpError::data(
+                        OP,
+                        format!("spectra have {} points but the model grid has {}", layout.wavenumbers.len(), m.grid.len()),
+                    ));
+                }
+                checked = Some(b.schema());
             }
             let v = SpectraLayout::values(b).map_err(|e| OpError::schema(OP, e))?;
             let (tissue, outlier) = (bool_col(b, TISSUE), bool_col(b, OUTLIER));
@@ -377,52 +382,37 @@ impl ClassifyKernel {
             }
         };
 
-        let t = m.score(Which::Type, &values, rows)?;
-        row.type_counts = vec![0; types.len()];
-        row.type_prob_sums = vec![0; types.len()];
-        for (i, &p) in t.predicted.iter().enumerate() {
-            row.type_counts[p as usize] += 1;
-            for (c, s) in row.type_prob_sums.iter_mut().enumerate() {
-                *s += prob_fixed(t.probs[i * types.len() + c]);
-            }
-        }
-        row.majority = majority(&row.type_counts, &types);
-        if rows > 0 {
-            let pred: Vec<&str> = t.predicted.iter().map(|&p| types[p as usize].as_str()).collect();
-            add_spectra(&pred);
-        }
-        if m.gradcam && rows > 0 {
-            let pred: Vec<&str> = t.predicted.iter().map(|&p| types[p as usize].as_str()).collect();
-            add_maps("predicted", &pred, &t.maps)?;
-            add_maps("core", &pred, &t.maps)?;
-            if let Some(k) = &truth.kind {
-                add_maps("true", &vec![k.as_str(); rows], &t.maps)?;
-            }
-        }
-        let sub = match &subtypes {
-            Some(classes) if row.majority.as_deref() == Some(CANCER) => {
-                let s = m.score(Which::Subtype, &values, rows)?;
-                row.subtype_counts = vec![0; classes.len()];
-                row.subtype_prob_sums = vec![0; classes.len()];
-                for (i, &p) in s.predicted.iter().enumerate() {
-                    row.subtype_counts[p as usize] += 1;
-                    for (c, acc) in row.subtype_prob_sums.iter_mut().enumerate() {
-                        *acc += prob_fixed(s.probs[i * classes.len() + c]);
-                    }
+        // One model's predictions of this core: counts, probability sums and majority, and the
+        // class mean spectra and Grad-CAM sums keyed by predicted (and true) class.
+        let mut record = |s: &Scored, classes: &[String], truth: Option<&String>| -> Result<(Vec<u64>, Vec<i64>, Option<String>), OpError> {
+            let mut counts = vec![0u64; classes.len()];
+            let mut prob_sums = vec![0i64; classes.len()];
+            for (i, &p) in s.predicted.iter().enumerate() {
+                counts[p as usize] += 1;
+                for (c, acc) in prob_sums.iter_mut().enumerate() {
+                    *acc += prob_fixed(s.probs[i * classes.len() + c]);
                 }
-                row.subtype_majority = majority(&row.subtype_counts, classes);
-                if rows > 0 {
-                    let pred: Vec<&str> = s.predicted.iter().map(|&p| classes[p as usize].as_str()).collect();
-                    add_spectra(&pred);
-                }
-                if m.gradcam && rows > 0 {
-                    let pred: Vec<&str> = s.predicted.iter().map(|&p| classes[p as usize].as_str()).collect();
+            }
+            if rows > 0 {
+                let pred: Vec<&str> = s.predicted.iter().map(|&p| classes[p as usize].as_str()).collect();
+                add_spectra(&pred);
+                if m.gradcam {
                     add_maps("predicted", &pred, &s.maps)?;
                     add_maps("core", &pred, &s.maps)?;
-                    if let Some(k) = &truth.subtype {
+                    if let Some(k) = truth {
                         add_maps("true", &vec![k.as_str(); rows], &s.maps)?;
                     }
                 }
+            }
+            let majority = majority(&counts, classes);
+            Ok((counts, prob_sums, majority))
+        };
+        let t = m.score(Which::Type, &values, rows)?;
+        (row.type_counts, row.type_prob_sums, row.majority) = record(&t, &types, truth.kind.as_ref())?;
+        let sub = match &subtypes {
+            Some(classes) if row.majority.as_deref() == Some(CANCER) => {
+                let s = m.score(Which::Subtype, &values, rows)?;
+                (row.subtype_counts, row.subtype_prob_sums, row.subtype_majority) = record(&s, classes, truth.subtype.as_ref())?;
                 Some(s)
             }
             _ => None,
