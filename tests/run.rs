@@ -316,9 +316,13 @@ fn the_lock_a_bad_model_and_a_bad_image_give_the_documented_exit_codes() {
 fn peak_memory_does_not_grow_with_the_number_of_images() {
     let f = fixture();
     let mut peaks = Vec::new();
-    // 12 and 48 cores: both past the warm-up (libtorch builds its kernels for the first few
-    // batch shapes it meets), 4× apart.
-    for (name, patients) in [("small", "6"), ("large", "24")] {
+    // 12 and 96 cores: both past the warm-up (libtorch builds its kernels for the first few
+    // batch shapes it meets), 8× apart. A raw 24×24 core is 3.5 MB, so keeping any copy of every
+    // image (or of every corrected spectrum, 1.1 MB per core) would add ≥ 90 MB, past the 64 MB
+    // allowance. The allowance is wide because peak RSS also depends on how many batches are in
+    // flight when the machine is loaded: CI, running the suite 2 tests at a time, once measured
+    // 258 → 294 MB for 12 → 48 cores, where the idle machine gives 258–275 MB for 12 to 192.
+    for (name, patients) in [("small", "6"), ("large", "48")] {
         let arch = f.root.join(format!("mem_{name}"));
         let o = bin().args(["synth", "--out"]).arg(&arch).args(["--cores", &(patients.parse::<u32>().unwrap() * 2).to_string(), "--size", "24"]).output().unwrap();
         assert!(o.status.success(), "{}", text(&o));
@@ -336,8 +340,8 @@ fn peak_memory_does_not_grow_with_the_number_of_images() {
         let run: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
         peaks.push(run["peak_rss_bytes"].as_u64().expect("peak RSS in run.json"));
     }
-    eprintln!("peak RSS: 12 cores {} MB, 48 cores {} MB", peaks[0] / 1_000_000, peaks[1] / 1_000_000);
-    assert!(peaks[1] as f64 <= peaks[0] as f64 * 1.10, "peak RSS grew from {} to {} bytes with 4× the images", peaks[0], peaks[1]);
+    eprintln!("peak RSS: 12 cores {} MB, 96 cores {} MB", peaks[0] / 1_000_000, peaks[1] / 1_000_000);
+    assert!(peaks[1] <= peaks[0] + 64_000_000, "peak RSS grew from {} to {} bytes with 8× the images", peaks[0], peaks[1]);
 }
 
 #[test]
