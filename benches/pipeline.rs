@@ -9,10 +9,14 @@
 //! 1 and 2 workers). The archive and a briefly trained `type` model are cached under
 //! `target/bench-pipeline/`. The Python side runs through `scripts/python-baseline` (set it up
 //! with `scripts/setup-python-baseline.sh`); without it the table shows ftirflow alone.
+//! `-- --stages` times ftirflow's reading and preprocessing stages only (no inference, no
+//! end-to-end runs, no Python) and adds each kernel's seconds: the quick loop while profiling.
 //!
-//! ftirflow's stage rows time the library kernels one at a time on one thread, on every spectrum;
-//! `run` fuses check, EMSC, resampling and normalization into one pass over the tissue spectra
-//! only (what classification needs, as the Python baseline also does), shown as its own row.
+//! ftirflow's stage rows time the library kernels one at a time on one thread: segmentation and
+//! the amide I check on every spectrum, EMSC, resampling and normalization on the tissue spectra
+//! that passed the check (what classification needs, and what the Python baseline corrects).
+//! `run` fuses check, EMSC, resampling and normalization into one pass over the tissue spectra,
+//! shown as its own row.
 //! Python's rows come from its own timers around the same steps. Every stage's spectra/s divides the archive's
 //! spectra by the stage's seconds, so the rows are comparable whatever each stage touches.
 use std::collections::BTreeMap;
@@ -74,7 +78,7 @@ fn plain_read(archive: &Path) -> f64 {
 
 /// ftirflow's stages on one thread, each kernel timed on its own; returns seconds per stage and
 /// the fused preprocessing (as `run` runs it) separately.
-fn ftirflow_stages(archive: &Path, model_dir: &Path, out: &Path) -> (BTreeMap<&'static str, f64>, f64, u64) {
+fn ftirflow_stages(archive: &Path, model_dir: &Path, out: &Path) -> (BTreeMap<&'static str, f64>, BTreeMap<String, f64>, f64, u64) {
     model::set_threads(1);
     let bundle = Bundle::load(model_dir, DeviceChoice::Cpu).unwrap();
     let plan = PreprocessPlan::new(&bundle.manifest.preprocess, bundle.manifest.emsc.as_ref()).unwrap();
@@ -84,6 +88,7 @@ fn ftirflow_stages(archive: &Path, model_dir: &Path, out: &Path) -> (BTreeMap<&'
     let points = clf.grid().len();
     let mut secs: BTreeMap<&'static str, f64> = STAGES.iter().map(|s| (*s, 0.0)).collect();
     let mut fused = 0.0;
+    let mut kernels: BTreeMap<String, f64> = BTreeMap::new();
     let mut spectra = 0u64;
     std::fs::create_dir_all(out).unwrap();
     for (i, hdr) in images(archive).iter().enumerate() {
@@ -114,11 +119,22 @@ fn ftirflow_stages(archive: &Path, model_dir: &Path, out: &Path) -> (BTreeMap<&'
             truncated |= k.name() == "truncate";
             let t = Instant::now();
             let mut next = Vec::new();
-            for b in &batches {
-                k.push_batch(b, &mut next).unwrap();
+            if k.name() == "truncate" {
+                // From here on, the EMSC range of the tissue spectra that passed the amide I
+                // check, as Python's EMSC and resampling see them (numpy's `x[np.ix_(rows,
+                // cols)]`, inside its EMSC timer): one gather instead of truncating every spectrum.
+                for b in &batches {
+                    next.push(tissue_range(b, k.as_ref()));
+                }
+            } else {
+                for b in &batches {
+                    k.push_batch(b, &mut next).unwrap();
+                }
             }
             k.finish(&mut next).unwrap();
-            *secs.get_mut(stage_of(k.name(), truncated)).unwrap() += t.elapsed().as_secs_f64();
+            let dt = t.elapsed().as_secs_f64();
+            *secs.get_mut(stage_of(k.name(), truncated)).unwrap() += dt;
+            *kernels.entry(format!("{} ({})", k.name(), stage_of(k.name(), truncated))).or_default() += dt;
             batches = next;
         }
 
@@ -126,12 +142,13 @@ fn ftirflow_stages(archive: &Path, model_dir: &Path, out: &Path) -> (BTreeMap<&'
         let mut values = Vec::new();
         let mut keep_rows = Vec::new();
         for b in &batches {
-            let tissue = b.column_by_name("tissue").unwrap().as_any().downcast_ref::<arrow::array::BooleanArray>().unwrap();
-            let outlier = b.column_by_name("outlier").unwrap().as_any().downcast_ref::<arrow::array::BooleanArray>().unwrap();
-            let mask: arrow::array::BooleanArray = (0..b.num_rows()).map(|r| Some(tissue.value(r) && !outlier.value(r))).collect();
+            let mask = usable(b);
             keep_rows.push(mask.clone());
             let kept = arrow::compute::filter_record_batch(b, &mask).unwrap();
             values.extend_from_slice(SpectraLayout::values(&kept).unwrap());
+        }
+        if stages_only() {
+            continue; // the preprocessing loop: no inference, no write
         }
         let t = Instant::now();
         let mut preds = Vec::new();
@@ -188,7 +205,47 @@ fn ftirflow_stages(archive: &Path, model_dir: &Path, out: &Path) -> (BTreeMap<&'
         w.close().unwrap();
         *secs.get_mut("write").unwrap() += t.elapsed().as_secs_f64();
     }
-    (secs, fused, spectra)
+    (secs, kernels, fused, spectra)
+}
+
+/// The tissue spectra of `b` that are not outliers, truncated as the `truncate` kernel `k` would
+/// (same output schema), copying only the kept values.
+fn tissue_range(b: &RecordBatch, k: &dyn ftirflow_operators::Kernel) -> RecordBatch {
+    let schema = k.output_schema(&b.schema()).unwrap();
+    let (from, to) = (SpectraLayout::of(&b.schema()).unwrap(), SpectraLayout::of(&schema).unwrap());
+    let first = from.wavenumbers.iter().position(|w| *w == to.wavenumbers[0]).unwrap();
+    let (n, m) = (from.n_points(), to.n_points());
+    let keep = usable(b);
+    let values = SpectraLayout::values(b).unwrap();
+    let mut kept = Vec::with_capacity(keep.true_count() * m);
+    for r in keep.values().set_indices() {
+        kept.extend_from_slice(&values[r * n + first..r * n + first + m]);
+    }
+    let columns: Vec<ArrayRef> = b
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == from.spectrum {
+                Arc::new(ftirflow_operators::schema::spectrum_array(std::mem::take(&mut kept), m).unwrap()) as ArrayRef
+            } else {
+                arrow::compute::filter(c, &keep).unwrap()
+            }
+        })
+        .collect();
+    RecordBatch::try_new(schema, columns).unwrap()
+}
+
+/// The rows of `b` that are tissue and not flagged as outliers.
+fn usable(b: &RecordBatch) -> arrow::array::BooleanArray {
+    let flag = |name: &str| b.column_by_name(name).unwrap().as_any().downcast_ref::<arrow::array::BooleanArray>().unwrap().clone();
+    let (tissue, outlier) = (flag("tissue"), flag("outlier"));
+    (0..b.num_rows()).map(|r| Some(tissue.value(r) && !outlier.value(r))).collect()
+}
+
+/// `--stages`: ftirflow's preprocessing stages only, with each kernel's seconds.
+fn stages_only() -> bool {
+    std::env::args().any(|a| a == "--stages")
 }
 
 fn run_json(out: &Path) -> serde_json::Value {
@@ -236,8 +293,19 @@ fn main() {
     // Read everything once so both sides read from the page cache.
     let plain = plain_read(&archive);
     let plain = plain_read(&archive).min(plain);
-    let (ours, fused, spectra) = ftirflow_stages(&archive, &model_dir, &root.join("stage_out"));
+    let (ours, kernels, fused, spectra) = ftirflow_stages(&archive, &model_dir, &root.join("stage_out"));
     let n = spectra as f64;
+    if stages_only() {
+        println!("\nftirflow stages on 1 thread: {cores} cores of {size}×{size} px ({spectra} spectra)\n");
+        for s in ["read", "segment", "emsc", "resample_normalize"] {
+            println!("{s:>20}: {:.3} s", ours[s]);
+        }
+        println!("{:>20}: {fused:.3} s", "fused as run runs it");
+        for (k, v) in &kernels {
+            println!("    kernel {k}: {v:.3} s");
+        }
+        return;
+    }
 
     let mut e2e = Vec::new();
     for &w in &threads {

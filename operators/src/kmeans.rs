@@ -18,7 +18,9 @@
 //!    (`Σ D² = 0`) the draw is still made and the first centroid's row is taken again: such a
 //!    duplicate centroid ends with no members.
 //! 2. **Lloyd iterations**: assign every row to its nearest centroid (squared Euclidean distance;
-//!    a tie goes to the lower centroid index), move each centroid to the mean of its rows (summed
+//!    a tie goes to the lower centroid index; for k = 2 the comparison is made as
+//!    `2 (x − c₀)·(c₁ − c₀) > ‖c₁ − c₀‖²`, the same test with one product instead of two
+//!    distances), move each centroid to the mean of its rows (summed
 //!    in `f64` in row order; a centroid without rows stays where it is), and stop when no centroid
 //!    moved by more than `tolerance` (Euclidean distance, in the rows' units) or after `max_iter`
 //!    iterations.
@@ -27,7 +29,8 @@
 //!
 //! Everything depends only on the rows, their order and the parameters: the same input gives
 //! bit-identical output on every machine and thread count (the kernel is single-threaded; the
-//! engine parallelises across images).
+//! engine parallelises across images; the AVX2 build uses [`crate::lanes`]' twins, which give the
+//! portable bits).
 //!
 //! ```
 //! use ftirflow_operators::kmeans::KMeans;
@@ -44,6 +47,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::OpError;
+use crate::lanes::{avx2, Lanes};
 
 const OPERATOR: &str = "kmeans";
 
@@ -134,11 +138,11 @@ impl KMeans {
     /// centroids duplicate chosen ones and end with no members ([`KMeansModel::counts`] 0).
     pub fn fit(&self, rows: &[f32], dim: usize) -> Result<KMeansModel, OpError> {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if avx2() {
             // SAFETY: AVX2 is present (checked above).
             return unsafe { self.fit_avx2(rows, dim) };
         }
-        self.fit_inline(rows, dim)
+        self.fit_inline::<false>(rows, dim)
     }
 
     /// [`KMeans::fit`] compiled for AVX2: the same lane-by-lane arithmetic as the portable build
@@ -149,11 +153,11 @@ impl KMeans {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn fit_avx2(&self, rows: &[f32], dim: usize) -> Result<KMeansModel, OpError> {
-        self.fit_inline(rows, dim)
+        self.fit_inline::<true>(rows, dim)
     }
 
     #[inline(always)]
-    fn fit_inline(&self, rows: &[f32], dim: usize) -> Result<KMeansModel, OpError> {
+    fn fit_inline<const AVX2: bool>(&self, rows: &[f32], dim: usize) -> Result<KMeansModel, OpError> {
         if dim == 0 || !rows.len().is_multiple_of(dim) {
             return Err(OpError::internal(OPERATOR, format!("{} values do not split into rows of {dim}", rows.len())));
         }
@@ -172,7 +176,7 @@ impl KMeans {
         let mut centroids = vec![0.0f64; k * dim];
         let first = rng.random_range(0..n);
         set_centroid(&mut centroids[..dim], row(first));
-        let mut d2: Vec<f64> = (0..n).map(|i| sq_dist(row(i), &centroids[..dim])).collect();
+        let mut d2: Vec<f64> = (0..n).map(|i| Lanes::<AVX2>::sq_dist(row(i), &centroids[..dim])).collect();
         for j in 1..k {
             let total: f64 = d2.iter().sum();
             let u = rng.random::<f64>() * total;
@@ -194,7 +198,7 @@ impl KMeans {
             let c = &mut centroids[j * dim..(j + 1) * dim];
             set_centroid(c, row(pick));
             for (i, d) in d2.iter_mut().enumerate() {
-                let nd = sq_dist(row(i), c);
+                let nd = Lanes::<AVX2>::sq_dist(row(i), c);
                 if nd < *d {
                     *d = nd;
                 }
@@ -210,16 +214,33 @@ impl KMeans {
         let mut converged = false;
         while iterations < self.params.max_iter {
             iterations += 1;
-            for (i, l) in labels.iter_mut().enumerate() {
-                *l = nearest(row(i), &centroids, k, dim).0 as u32;
-            }
             sums.fill(0.0);
             counts.fill(0);
-            for (i, &l) in labels.iter().enumerate() {
-                let l = l as usize;
-                counts[l] += 1;
-                for (s, &v) in sums[l * dim..(l + 1) * dim].iter_mut().zip(row(i)) {
-                    *s += f64::from(v);
+            if k == 2 {
+                // Nearest of two: one centred product per row, and the row is summed while it is
+                // in L1.
+                let (c0, c1) = centroids.split_at(dim);
+                let w: Vec<f64> = c1.iter().zip(c0).map(|(a, b)| a - b).collect();
+                let half = 0.5 * w.iter().map(|v| v * v).sum::<f64>();
+                for (i, l) in labels.iter_mut().enumerate() {
+                    let r = row(i);
+                    let j = usize::from(Lanes::<AVX2>::project(r, c0, &w) > half);
+                    *l = j as u32;
+                    counts[j] += 1;
+                    for (s, &v) in sums[j * dim..(j + 1) * dim].iter_mut().zip(r) {
+                        *s += f64::from(v);
+                    }
+                }
+            } else {
+                for (i, l) in labels.iter_mut().enumerate() {
+                    *l = nearest::<AVX2>(row(i), &centroids, k, dim).0 as u32;
+                }
+                for (i, &l) in labels.iter().enumerate() {
+                    let l = l as usize;
+                    counts[l] += 1;
+                    for (s, &v) in sums[l * dim..(l + 1) * dim].iter_mut().zip(row(i)) {
+                        *s += f64::from(v);
+                    }
                 }
             }
             let mut max_shift2 = 0.0f64;
@@ -247,7 +268,7 @@ impl KMeans {
         counts.fill(0);
         let mut inertia = 0.0;
         for (i, l) in labels.iter_mut().enumerate() {
-            let (j, d) = nearest(row(i), &centroids, k, dim);
+            let (j, d) = nearest::<AVX2>(row(i), &centroids, k, dim);
             *l = j as u32;
             counts[j] += 1;
             inertia += d;
@@ -321,8 +342,19 @@ impl KMeansModel {
     /// # Panics
     /// When `row.len() != dim` (a programming error).
     pub fn nearest(&self, row: &[f32]) -> (usize, f64) {
+        if avx2() {
+            self.nearest_with::<true>(row)
+        } else {
+            self.nearest_with::<false>(row)
+        }
+    }
+
+    /// [`KMeansModel::nearest`] with the reductions chosen by the caller (hot loops that were
+    /// compiled for AVX2 inline it).
+    #[inline(always)]
+    pub(crate) fn nearest_with<const AVX2: bool>(&self, row: &[f32]) -> (usize, f64) {
         assert_eq!(row.len(), self.dim, "row length must equal the fitted dimension");
-        nearest(row, &self.centroids, self.k, self.dim)
+        nearest::<AVX2>(row, &self.centroids, self.k, self.dim)
     }
 
     /// The nearest centroid of `row` (ties to the lower index).
@@ -342,37 +374,15 @@ fn set_centroid(c: &mut [f64], row: &[f32]) {
 
 /// The nearest of `k` centroids (ties to the lower index) and its squared distance.
 #[inline(always)]
-fn nearest(row: &[f32], centroids: &[f64], k: usize, dim: usize) -> (usize, f64) {
-    let mut best = (0, sq_dist(row, &centroids[..dim]));
+fn nearest<const AVX2: bool>(row: &[f32], centroids: &[f64], k: usize, dim: usize) -> (usize, f64) {
+    let mut best = (0, Lanes::<AVX2>::sq_dist(row, &centroids[..dim]));
     for j in 1..k {
-        let d = sq_dist(row, &centroids[j * dim..(j + 1) * dim]);
+        let d = Lanes::<AVX2>::sq_dist(row, &centroids[j * dim..(j + 1) * dim]);
         if d < best.1 {
             best = (j, d);
         }
     }
     best
-}
-
-/// Squared Euclidean distance in `f64`, accumulated in eight lanes (vectorizes).
-#[inline(always)]
-pub(crate) fn sq_dist(row: &[f32], c: &[f64]) -> f64 {
-    const L: usize = 8;
-    let mut acc = [0.0f64; L];
-    let rows = row.chunks_exact(L);
-    let cs = c.chunks_exact(L);
-    let (rr, cr) = (rows.remainder(), cs.remainder());
-    for (r, c) in rows.zip(cs) {
-        for l in 0..L {
-            let d = f64::from(r[l]) - c[l];
-            acc[l] += d * d;
-        }
-    }
-    let mut tail = 0.0;
-    for (&r, &c) in rr.iter().zip(cr) {
-        let d = f64::from(r) - c;
-        tail += d * d;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 #[cfg(test)]
@@ -548,13 +558,5 @@ mod tests {
         assert!(matches!(km.fit(&[1.0, 2.0], 0), Err(OpError::Internal { .. })));
         let err = km.fit(&[1.0, 2.0, f32::NAN, 0.0], 2).unwrap_err();
         assert!(err.to_string().contains("row 1"), "{err}");
-    }
-
-    #[test]
-    fn lane_distance_equals_plain_sum() {
-        let row: Vec<f32> = (0..19).map(|i| i as f32 * 0.5).collect();
-        let c: Vec<f64> = (0..19).map(|i| i as f64 * 0.25).collect();
-        let plain: f64 = row.iter().zip(&c).map(|(&r, &c)| (r as f64 - c).powi(2)).sum();
-        assert_eq!(sq_dist(&row, &c), plain);
     }
 }

@@ -28,6 +28,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use crate::axis::Band;
 use crate::error::OpError;
 use crate::kernel::Kernel;
+use crate::prefetch::{prefetch, AHEAD};
 use crate::schema::SpectraLayout;
 
 const OP: &str = "outliers";
@@ -155,6 +156,14 @@ pub struct AmideCheck {
 }
 
 impl AmideCheck {
+    /// Prefetches what [`AmideCheck::apply`] will read of `spectrum`.
+    #[inline(always)]
+    pub fn prefetch(&self, spectrum: &[f32]) {
+        let lo = self.finite.start.min(self.amide.start);
+        let hi = self.finite.end.max(self.amide.end);
+        prefetch(&spectrum[lo..hi]);
+    }
+
     /// The amide I peak of `spectrum` and whether it is an outlier (`is_tissue`: whether the
     /// amide range applies).
     #[inline]
@@ -191,7 +200,11 @@ impl Kernel for AmideCheckKernel {
         let n = layout.n_points();
         let mut peaks = Vec::with_capacity(batch.num_rows());
         let mut flags = Vec::with_capacity(batch.num_rows());
+        let rows = values.len() / n.max(1);
         for (i, s) in values.chunks_exact(n).enumerate() {
+            if i + AHEAD < rows {
+                check.prefetch(&values[(i + AHEAD) * n..(i + AHEAD + 1) * n]);
+            }
             let (p, flag) = check.apply(s, tissue.as_ref().map(|t| t.value(i)).unwrap_or(true));
             peaks.push(p);
             flags.push(flag);

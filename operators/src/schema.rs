@@ -108,9 +108,18 @@ pub fn axis_metadata(wavenumbers: &[f64]) -> HashMap<String, String> {
 /// Parses the axis from schema metadata.
 pub fn wavenumbers(schema: &Schema) -> Result<Vec<f64>, SchemaError> {
     let raw = schema.metadata().get(WAVENUMBERS_KEY).ok_or(SchemaError::MissingAxis)?;
+    // Every kernel validates every batch's schema, and parsing 1,500 numbers from JSON costs
+    // far more than comparing the text: each thread remembers the last axis it parsed.
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(String, Vec<f64>)>> = const { std::cell::RefCell::new(None) };
+    }
+    if let Some(axis) = LAST.with_borrow(|last| last.as_ref().filter(|(text, _)| text == raw).map(|(_, axis)| axis.clone())) {
+        return Ok(axis);
+    }
     let axis: Vec<f64> =
         serde_json::from_str(raw).map_err(|e| SchemaError::InvalidAxis(format!("not a JSON array of numbers: {e}")))?;
     check_axis(&axis)?;
+    LAST.set(Some((raw.clone(), axis.clone())));
     Ok(axis)
 }
 

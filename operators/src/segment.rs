@@ -114,6 +114,8 @@ use crate::error::OpError;
 use crate::finite::all_finite;
 use crate::kernel::Kernel;
 use crate::kmeans::{KMeans, KMeansModel};
+use crate::lanes::{avx2, Lanes};
+use crate::prefetch::{prefetch, AHEAD};
 use crate::schema::{check_axis, SpectraLayout};
 
 const OP: &str = "segment";
@@ -470,33 +472,14 @@ enum Rule {
 impl Rule {
     /// Whether the spectrum whose band values are `row` is the class.
     #[inline(always)]
-    fn is_class(&self, row: &[f32]) -> bool {
+    fn is_class<const AVX2: bool>(&self, row: &[f32]) -> bool {
         match self {
             Rule::Never => false,
             Rule::Always => true,
-            Rule::Nearest { model, bright } => model.predict(row) == *bright,
-            Rule::Project { origin, w, threshold } => project(row, origin, w) > *threshold,
+            Rule::Nearest { model, bright } => model.nearest_with::<AVX2>(row).0 == *bright,
+            Rule::Project { origin, w, threshold } => Lanes::<AVX2>::project(row, origin, w) > *threshold,
         }
     }
-}
-
-/// `(row − origin) · w` in `f64`, accumulated in eight lanes.
-#[inline(always)]
-fn project(row: &[f32], origin: &[f64], w: &[f64]) -> f64 {
-    const L: usize = 8;
-    let mut acc = [0.0f64; L];
-    let (rows, os, ws) = (row.chunks_exact(L), origin.chunks_exact(L), w.chunks_exact(L));
-    let (rr, or, wr) = (rows.remainder(), os.remainder(), ws.remainder());
-    for ((r, o), w) in rows.zip(os).zip(ws) {
-        for l in 0..L {
-            acc[l] += (f64::from(r[l]) - o[l]) * w[l];
-        }
-    }
-    let mut tail = 0.0;
-    for ((&r, &o), &w) in rr.iter().zip(or).zip(wr) {
-        tail += (f64::from(r) - o) * w;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 impl Segmenter {
@@ -531,11 +514,11 @@ impl Segmenter {
     /// into parts and any order of the parts (up to the order of the classes).
     pub fn segment_parts(&self, wavenumbers: &[f64], parts: &[ImagePart<'_>]) -> Result<Masks, OpError> {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if avx2() {
             // SAFETY: AVX2 is present (checked above).
             return unsafe { self.segment_parts_avx2(wavenumbers, parts) };
         }
-        self.segment_parts_inline(wavenumbers, parts)
+        self.segment_parts_inline::<false>(wavenumbers, parts)
     }
 
     /// [`Segmenter::segment_parts`] compiled for AVX2 (identical arithmetic, wider vectors).
@@ -545,11 +528,11 @@ impl Segmenter {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn segment_parts_avx2(&self, wavenumbers: &[f64], parts: &[ImagePart<'_>]) -> Result<Masks, OpError> {
-        self.segment_parts_inline(wavenumbers, parts)
+        self.segment_parts_inline::<true>(wavenumbers, parts)
     }
 
     #[inline(always)]
-    fn segment_parts_inline(&self, wavenumbers: &[f64], parts: &[ImagePart<'_>]) -> Result<Masks, OpError> {
+    fn segment_parts_inline<const AVX2: bool>(&self, wavenumbers: &[f64], parts: &[ImagePart<'_>]) -> Result<Masks, OpError> {
         check_axis(wavenumbers).map_err(|e| OpError::schema(OP, e))?;
         let (rt, rp) = self.band_ranges(wavenumbers)?;
         let n = wavenumbers.len();
@@ -579,32 +562,48 @@ impl Segmenter {
         }
         drop(keys);
 
-        // Valid spectra, with their sampling priority.
+        // The fit sample: the `fit_sample` valid spectra of smallest (priority, key), then in (y, x)
+        // order. Validity is checked only for the candidates, in rounds of increasing priority,
+        // and a valid candidate's two bands are copied while it is in cache (the image is far
+        // larger than the caches, so each look at a spectrum is a fetch from memory; every
+        // spectrum is fetched once more, below, to be assigned).
+        let bands = rt.start.min(rp.start)..rt.end.max(rp.end);
+        let width = dt + dp;
         let sample_seed = derive_seed(self.params.seed, SAMPLE_STREAM);
-        let mut valid: Vec<(u64, u64, u32, u32)> = Vec::with_capacity(total);
-        let mut is_valid = Vec::with_capacity(total);
+        let mut pending: Vec<(u64, u64, u32, u32)> = Vec::with_capacity(total);
         for (pi, p) in parts.iter().enumerate() {
             for (r, (&x, &y)) in p.xs.iter().zip(p.ys).enumerate() {
-                let s = spectrum(pi, r);
-                let ok = all_finite(&s[rt.clone()]) && all_finite(&s[rp.clone()]);
-                is_valid.push(ok);
-                if ok {
-                    let key = pixel_key(x, y);
-                    valid.push((mix64(sample_seed ^ key), key, pi as u32, r as u32));
-                }
+                let key = pixel_key(x, y);
+                pending.push((mix64(sample_seed ^ key), key, pi as u32, r as u32));
             }
         }
-        let invalid = total - valid.len();
-
-        // The fit sample: smallest (priority, key), then in (y, x) order.
-        let m = valid.len().min(self.params.fit_sample);
-        if valid.len() > m {
-            valid.select_nth_unstable_by_key(m - 1, |&(prio, key, _, _)| (prio, key));
-            valid.truncate(m);
+        let target = self.params.fit_sample.min(total);
+        let mut chosen: Vec<(u64, usize)> = Vec::with_capacity(target);
+        let mut chosen_bands: Vec<f32> = Vec::with_capacity(target * width);
+        while chosen.len() < self.params.fit_sample && !pending.is_empty() {
+            let need = (self.params.fit_sample - chosen.len()).min(pending.len());
+            if need < pending.len() {
+                pending.select_nth_unstable_by_key(need - 1, |&(prio, key, _, _)| (prio, key));
+            }
+            for i in 0..need {
+                if let Some(&(_, _, p, r)) = pending.get(i + AHEAD).filter(|_| i + AHEAD < need) {
+                    prefetch(&spectrum(p as usize, r as usize)[bands.clone()]);
+                }
+                let (_, key, p, r) = pending[i];
+                let s = spectrum(p as usize, r as usize);
+                let (st, sp) = (&s[rt.clone()], &s[rp.clone()]);
+                if all_finite(st) && all_finite(sp) {
+                    chosen.push((key, chosen_bands.len() / width));
+                    chosen_bands.extend_from_slice(st);
+                    chosen_bands.extend_from_slice(sp);
+                }
+            }
+            pending.drain(..need);
         }
-        valid.sort_unstable_by_key(|&(_, key, _, _)| key);
-        let sample: Vec<(usize, usize)> = valid.iter().map(|&(_, _, p, r)| (p as usize, r as usize)).collect();
-        drop(valid);
+        drop(pending);
+        let m = chosen.len();
+        chosen.sort_unstable_by_key(|&(key, _)| key);
+        let sample_bands = |c: usize| &chosen_bands[c * width..(c + 1) * width];
 
         // Step 1: tissue.
         let mut tissue_step = StepSummary::empty(self.params.tissue_band, dt, m);
@@ -613,14 +612,14 @@ impl Segmenter {
         let mut sample_tissue = vec![false; m];
         if m > 0 {
             let mut feats = Vec::with_capacity(m * dt);
-            for &(p, r) in &sample {
-                feats.extend_from_slice(&spectrum(p, r)[rt.clone()]);
+            for &(_, c) in &chosen {
+                feats.extend_from_slice(&sample_bands(c)[..dt]);
             }
             let model = self.tissue.fit(&feats, dt)?;
             let eligible = vec![true; m];
-            tissue_rule = judge(model, &feats, &eligible, self.params.min_tissue_absorbance, &self.params, &mut tissue_step);
+            tissue_rule = judge::<AVX2>(model, &feats, &eligible, self.params.min_tissue_absorbance, &self.params, &mut tissue_step);
             for (t, row) in sample_tissue.iter_mut().zip(feats.chunks_exact(dt)) {
-                *t = tissue_rule.is_class(row);
+                *t = tissue_rule.is_class::<AVX2>(row);
             }
         }
 
@@ -628,33 +627,36 @@ impl Segmenter {
         let mut paraffin_rule = Rule::Never;
         if sample_tissue.iter().any(|&t| !t) {
             let mut feats = Vec::with_capacity(m * dp);
-            for (&(p, r), &t) in sample.iter().zip(&sample_tissue) {
+            for (&(_, c), &t) in chosen.iter().zip(&sample_tissue) {
                 if t {
                     feats.extend(std::iter::repeat_n(0.0f32, dp));
                 } else {
-                    feats.extend_from_slice(&spectrum(p, r)[rp.clone()]);
+                    feats.extend_from_slice(&sample_bands(c)[dt..]);
                 }
             }
             let model = self.paraffin.fit(&feats, dp)?;
             let eligible: Vec<bool> = sample_tissue.iter().map(|&t| !t).collect();
             paraffin_rule =
-                judge(model, &feats, &eligible, self.params.min_paraffin_absorbance, &self.params, &mut paraffin_step);
+                judge::<AVX2>(model, &feats, &eligible, self.params.min_paraffin_absorbance, &self.params, &mut paraffin_step);
         }
 
-        // Assign every spectrum.
+        // Assign every spectrum (one fetch each: validity and both rules while it is in L1).
         let mut classes = Vec::with_capacity(total);
-        let (mut n_tissue, mut n_paraffin) = (0, 0);
-        let mut ok = is_valid.into_iter();
+        let (mut n_tissue, mut n_paraffin, mut invalid) = (0, 0, 0);
         for (pi, p) in parts.iter().enumerate() {
             for r in 0..p.xs.len() {
+                if r + AHEAD < p.xs.len() {
+                    prefetch(&spectrum(pi, r + AHEAD)[bands.clone()]);
+                }
                 let s = spectrum(pi, r);
                 let (st, sp) = (&s[rt.clone()], &s[rp.clone()]);
-                let class = if !ok.next().unwrap_or(false) {
+                let class = if !(all_finite(st) && all_finite(sp)) {
+                    invalid += 1;
                     PixelClass::Invalid
-                } else if tissue_rule.is_class(st) {
+                } else if tissue_rule.is_class::<AVX2>(st) {
                     n_tissue += 1;
                     PixelClass::Tissue
-                } else if paraffin_rule.is_class(sp) {
+                } else if paraffin_rule.is_class::<AVX2>(sp) {
                     n_paraffin += 1;
                     PixelClass::Paraffin
                 } else {
@@ -679,7 +681,7 @@ impl Segmenter {
 
 /// Judges the two clusters of `model` from the eligible fitted rows, fills `step` and returns
 /// the step's rule (see the module docs).
-fn judge(
+fn judge<const AVX2: bool>(
     model: KMeansModel,
     feats: &[f32],
     eligible: &[bool],
@@ -711,7 +713,7 @@ fn judge(
     let mut s_sum = [0.0f64; 2];
     let mut s_sum2 = [0.0f64; 2];
     for (row, &label) in rows() {
-        let s = project(row, &origin, &w);
+        let s = Lanes::<AVX2>::project(row, &origin, &w);
         s_sum[label as usize] += s;
         s_sum2[label as usize] += s * s;
     }
