@@ -12,8 +12,8 @@
 //! `-- --stages` times ftirflow's reading and preprocessing stages only (no inference, no
 //! end-to-end runs, no Python) and adds each kernel's seconds: the quick loop while profiling.
 //!
-//! ftirflow's stage rows time the library kernels one at a time on one thread: segmentation and
-//! the amide I check on every spectrum, EMSC, resampling and normalization on the tissue spectra
+//! ftirflow's stage rows time the library kernels one at a time on one thread: segmentation with
+//! the amide I check (one kernel, one pass) on every spectrum, EMSC, resampling and normalization on the tissue spectra
 //! that passed the check (what classification needs, and what the Python baseline corrects).
 //! `run` fuses check, EMSC, resampling and normalization into one pass over the tissue spectra,
 //! shown as its own row.
@@ -115,7 +115,12 @@ fn ftirflow_stages(archive: &Path, model_dir: &Path, out: &Path) -> (BTreeMap<&'
 
         let mut batches = raw;
         let mut truncated = false;
-        for mut k in plan.sequential_kernels().unwrap() {
+        // As `run` runs it, the segment kernel also makes the amide I / non-finite check, in the
+        // same pass over the image (the two kernels it replaces give the same output, a test).
+        let mut chain = plan.sequential_kernels().unwrap();
+        assert_eq!([chain[0].name(), chain[1].name()], ["segment", "outliers"]);
+        chain.splice(..2, [Box::new(plan.segment_kernel().unwrap().unwrap()) as Box<dyn ftirflow_operators::Kernel>]);
+        for mut k in chain {
             truncated |= k.name() == "truncate";
             let t = Instant::now();
             let mut next = Vec::new();

@@ -13,7 +13,7 @@ use crate::operators::emsc::{self, EmscCorrector, ParaffinMode};
 use crate::operators::fused::{FusedKernel, FusedSteps};
 use crate::operators::outliers::{AmideCheckKernel, ResidualOutlierKernel, OUTLIER};
 use crate::operators::resample::TruncateKernel;
-use crate::operators::segment::{PARAFFIN, TISSUE};
+use crate::operators::segment::{SegmentKernel, PARAFFIN, TISSUE};
 use crate::operators::{run_chain, Kernel, OpError, SpectraLayout};
 
 /// Most paraffin spectra kept for fitting the paraffin components.
@@ -86,21 +86,35 @@ impl PreprocessPlan {
         &self.cfg
     }
 
-    /// Fresh kernels for the chain, in order: segmentation (whole image), the fused per-spectrum
-    /// steps (amide/non-finite check → truncate → EMSC → resample → normalize, see
+    /// Fresh kernels for the chain, in order: segmentation (whole image; it also runs the
+    /// amide/non-finite check in the same pass over the image), the fused per-spectrum steps
+    /// (the check when nothing segments → truncate → EMSC → resample → normalize, see
     /// [`FusedKernel`]) and the per-image EMSC residual outlier check.
     pub fn kernels(&self) -> Result<Vec<Box<dyn Kernel>>, OpError> {
         let c = &self.cfg;
         let mut k: Vec<Box<dyn Kernel>> = Vec::new();
-        if c.runs(Step::Segment) {
-            k.push(Box::new(c.segment.check()?.kernel()));
+        let mut steps = self.per_spectrum_steps()?;
+        if let Some(segment) = self.segment_kernel()? {
+            steps.check = None; // the segment kernel checks (it does whenever the outlier step runs)
+            k.push(Box::new(segment));
         }
-        k.push(Box::new(FusedKernel::new(self.per_spectrum_steps()?)?));
+        k.push(Box::new(FusedKernel::new(steps)?));
         if self.corrector.is_some() && c.runs(Step::Outliers) {
             k.push(Box::new(ResidualOutlierKernel::new(&c.outliers)?));
         }
         Ok(k)
     }
+    /// The segmentation kernel, with the amide/non-finite check in its pass when the outlier step
+    /// runs (`None` when segmentation is off).
+    pub fn segment_kernel(&self) -> Result<Option<SegmentKernel>, OpError> {
+        let c = &self.cfg;
+        if !c.runs(Step::Segment) {
+            return Ok(None);
+        }
+        let kernel = c.segment.check()?.kernel();
+        Ok(Some(if c.runs(Step::Outliers) { kernel.with_check(amide_check(c)?) } else { kernel }))
+    }
+
     /// The per-spectrum steps this configuration runs (what [`FusedKernel`] fuses).
     pub fn per_spectrum_steps(&self) -> Result<FusedSteps, OpError> {
         let c = &self.cfg;
@@ -143,11 +157,11 @@ impl PreprocessPlan {
 /// the chain and the EMSC fitter so both see the same tissue.
 fn mask_kernels(c: &PreprocessConfig) -> Result<Vec<Box<dyn Kernel>>, OpError> {
     let mut k: Vec<Box<dyn Kernel>> = Vec::new();
-    if c.runs(Step::Segment) {
-        k.push(Box::new(c.segment.check()?.kernel()));
-    }
-    if c.runs(Step::Outliers) {
-        k.push(Box::new(amide_check(c)?));
+    match (c.runs(Step::Segment), c.runs(Step::Outliers)) {
+        (true, true) => k.push(Box::new(c.segment.check()?.kernel().with_check(amide_check(c)?))),
+        (true, false) => k.push(Box::new(c.segment.check()?.kernel())),
+        (false, true) => k.push(Box::new(amide_check(c)?)),
+        (false, false) => {}
     }
     Ok(k)
 }

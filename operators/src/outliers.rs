@@ -156,12 +156,15 @@ pub struct AmideCheck {
 }
 
 impl AmideCheck {
+    /// The index range of a spectrum that [`AmideCheck::apply`] reads.
+    pub fn reads(&self) -> std::ops::Range<usize> {
+        self.finite.start.min(self.amide.start)..self.finite.end.max(self.amide.end)
+    }
+
     /// Prefetches what [`AmideCheck::apply`] will read of `spectrum`.
     #[inline(always)]
     pub fn prefetch(&self, spectrum: &[f32]) {
-        let lo = self.finite.start.min(self.amide.start);
-        let hi = self.finite.end.max(self.amide.end);
-        prefetch(&spectrum[lo..hi]);
+        prefetch(&spectrum[self.reads()]);
     }
 
     /// The amide I peak of `spectrum` and whether it is an outlier (`is_tissue`: whether the

@@ -104,7 +104,7 @@
 //! ```
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow::array::{ArrayRef, BooleanArray, Float32Array, RecordBatch};
 use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
@@ -115,6 +115,7 @@ use crate::finite::all_finite;
 use crate::kernel::Kernel;
 use crate::kmeans::{KMeans, KMeansModel};
 use crate::lanes::{avx2, Lanes};
+use crate::outliers::AmideCheckKernel;
 use crate::prefetch::{prefetch, AHEAD};
 use crate::schema::{check_axis, SpectraLayout};
 
@@ -513,12 +514,25 @@ impl Segmenter {
     /// classes come in the order of the parts. The result is the same for any split of the image
     /// into parts and any order of the parts (up to the order of the classes).
     pub fn segment_parts(&self, wavenumbers: &[f64], parts: &[ImagePart<'_>]) -> Result<Masks, OpError> {
+        self.segment_parts_visiting(wavenumbers, parts, 0..0, |_, _| {})
+    }
+
+    /// [`Segmenter::segment_parts`], calling `visit(spectrum, class)` for every spectrum, in
+    /// the order of the classes, while the spectrum is in cache for its own assignment: a check
+    /// that reads `reads` (index range of each spectrum) costs no second fetch from memory.
+    pub fn segment_parts_visiting<F: FnMut(&[f32], PixelClass)>(
+        &self,
+        wavenumbers: &[f64],
+        parts: &[ImagePart<'_>],
+        reads: std::ops::Range<usize>,
+        visit: F,
+    ) -> Result<Masks, OpError> {
         #[cfg(target_arch = "x86_64")]
         if avx2() {
             // SAFETY: AVX2 is present (checked above).
-            return unsafe { self.segment_parts_avx2(wavenumbers, parts) };
+            return unsafe { self.segment_parts_avx2(wavenumbers, parts, reads, visit) };
         }
-        self.segment_parts_inline::<false>(wavenumbers, parts)
+        self.segment_parts_inline::<false, F>(wavenumbers, parts, reads, visit)
     }
 
     /// [`Segmenter::segment_parts`] compiled for AVX2 (identical arithmetic, wider vectors).
@@ -527,15 +541,30 @@ impl Segmenter {
     /// The CPU must support AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn segment_parts_avx2(&self, wavenumbers: &[f64], parts: &[ImagePart<'_>]) -> Result<Masks, OpError> {
-        self.segment_parts_inline::<true>(wavenumbers, parts)
+    unsafe fn segment_parts_avx2<F: FnMut(&[f32], PixelClass)>(
+        &self,
+        wavenumbers: &[f64],
+        parts: &[ImagePart<'_>],
+        reads: std::ops::Range<usize>,
+        visit: F,
+    ) -> Result<Masks, OpError> {
+        self.segment_parts_inline::<true, F>(wavenumbers, parts, reads, visit)
     }
 
     #[inline(always)]
-    fn segment_parts_inline<const AVX2: bool>(&self, wavenumbers: &[f64], parts: &[ImagePart<'_>]) -> Result<Masks, OpError> {
+    fn segment_parts_inline<const AVX2: bool, F: FnMut(&[f32], PixelClass)>(
+        &self,
+        wavenumbers: &[f64],
+        parts: &[ImagePart<'_>],
+        reads: std::ops::Range<usize>,
+        mut visit: F,
+    ) -> Result<Masks, OpError> {
         check_axis(wavenumbers).map_err(|e| OpError::schema(OP, e))?;
         let (rt, rp) = self.band_ranges(wavenumbers)?;
         let n = wavenumbers.len();
+        if reads.end > n {
+            return Err(OpError::internal(OP, format!("a visitor reads up to point {} of {n}", reads.end)));
+        }
         let mut total = 0;
         for (i, p) in parts.iter().enumerate() {
             if p.xs.len() != p.ys.len() || p.values.len() != p.xs.len() * n {
@@ -643,10 +672,11 @@ impl Segmenter {
         // Assign every spectrum (one fetch each: validity and both rules while it is in L1).
         let mut classes = Vec::with_capacity(total);
         let (mut n_tissue, mut n_paraffin, mut invalid) = (0, 0, 0);
+        let fetch = if reads.is_empty() { bands.clone() } else { bands.start.min(reads.start)..bands.end.max(reads.end) };
         for (pi, p) in parts.iter().enumerate() {
             for r in 0..p.xs.len() {
                 if r + AHEAD < p.xs.len() {
-                    prefetch(&spectrum(pi, r + AHEAD)[bands.clone()]);
+                    prefetch(&spectrum(pi, r + AHEAD)[fetch.clone()]);
                 }
                 let s = spectrum(pi, r);
                 let (st, sp) = (&s[rt.clone()], &s[rp.clone()]);
@@ -662,6 +692,7 @@ impl Segmenter {
                 } else {
                     PixelClass::Background
                 };
+                visit(s, class);
                 classes.push(class);
             }
         }
@@ -782,9 +813,14 @@ fn judge<const AVX2: bool>(
 /// `tissue`, `paraffin` and `segment_invalid` appended. An image without spectra emits nothing.
 /// A batch that breaks the spectra schema, lacks a band or changes the axis mid-image is an error
 /// that rejects the image: the kernel drops what it held and is ready for the next image.
+///
+/// [`SegmentKernel::with_check`] also runs the amide I / non-finite check
+/// ([`AmideCheckKernel`]) in the same pass: each spectrum is fetched from memory once for its
+/// class and its check, and the output equals the two kernels run one after the other.
 #[derive(Debug, Clone)]
 pub struct SegmentKernel {
     segmenter: Segmenter,
+    check: Option<AmideCheckKernel>,
     held: Vec<Held>,
     axis: Option<Vec<f64>>,
     last: Option<SegmentSummary>,
@@ -805,7 +841,15 @@ struct Held {
 impl SegmentKernel {
     /// A kernel for checked parameters.
     pub fn new(segmenter: Segmenter) -> Self {
-        Self { segmenter, held: Vec::new(), axis: None, last: None, cache: None }
+        Self { segmenter, check: None, held: Vec::new(), axis: None, last: None, cache: None }
+    }
+
+    /// The kernel that also runs `check` on every spectrum (after the masks, with the tissue mask
+    /// it needs), appending `amide_i` and `outlier` after the mask columns.
+    pub fn with_check(mut self, check: AmideCheckKernel) -> Self {
+        self.check = Some(check);
+        self.cache = None;
+        self
     }
 
     /// The summary of the last image finished (for logs).
@@ -865,7 +909,20 @@ impl SegmentKernel {
             let values = SpectraLayout::values(&h.batch).map_err(|e| OpError::schema(OP, e))?;
             parts.push(ImagePart { values, xs: u32s(h.x)?, ys: u32s(h.y)? });
         }
-        let masks = self.segmenter.segment_parts(&axis, &parts)?;
+        let (mut peaks, mut flags) = (Vec::new(), Vec::new());
+        let masks = match &self.check {
+            None => self.segmenter.segment_parts(&axis, &parts)?,
+            Some(kernel) => {
+                let check = kernel.check_for(&axis)?;
+                peaks.reserve(rows);
+                flags.reserve(rows);
+                self.segmenter.segment_parts_visiting(&axis, &parts, check.reads(), |s, class| {
+                    let (peak, flag) = check.apply(s, class == PixelClass::Tissue);
+                    peaks.push(peak);
+                    flags.push(flag);
+                })?
+            }
+        };
         let mut start = 0;
         for h in &held {
             let b = &h.batch;
@@ -880,6 +937,10 @@ impl SegmentKernel {
             cols.push(flag(PixelClass::Tissue));
             cols.push(flag(PixelClass::Paraffin));
             cols.push(flag(PixelClass::Invalid));
+            if self.check.is_some() {
+                cols.push(Arc::new(Float32Array::from(peaks[start - b.num_rows()..start].to_vec())));
+                cols.push(Arc::new(BooleanArray::from(flags[start - b.num_rows()..start].to_vec())));
+            }
             out.push(RecordBatch::try_new(schema, cols).map_err(|e| OpError::internal(OP, e.to_string()))?);
         }
         self.last = Some(masks.summary);
@@ -904,7 +965,11 @@ impl Kernel for SegmentKernel {
         for col in [TISSUE, PARAFFIN, SEGMENT_INVALID] {
             fields.push(Field::new(col, DataType::Boolean, false));
         }
-        Ok(Arc::new(Schema::new_with_metadata(fields, input.metadata().clone())))
+        let segmented = Arc::new(Schema::new_with_metadata(fields, input.metadata().clone()));
+        match &self.check {
+            Some(check) => check.output_schema(&segmented),
+            None => Ok(segmented),
+        }
     }
 
     fn push_batch(&mut self, batch: &RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
@@ -1362,6 +1427,28 @@ mod tests {
         assert!(kernel.push_batch(&odd, &mut out).unwrap_err().to_string().contains("axis changed"));
         let again = run_image(&mut kernel, &input).unwrap();
         assert_eq!(classes_of(&again), first);
+    }
+
+    #[test]
+    fn the_check_in_the_same_pass_equals_the_check_after() {
+        use crate::kernel::run_chain;
+        use crate::outliers::{AmideCheckKernel, OutlierParams};
+        let mut s = core(30, 17);
+        let n = s.axis.len();
+        s.values[3 * n + 2] = f32::NAN; // outside both bands: only the check flags it
+        s.values[(15 * 30 + 15) * n..(15 * 30 + 16) * n].iter_mut().for_each(|v| *v *= 40.0); // tissue, amide I far too high
+        let check = AmideCheckKernel::new(OutlierParams::default()).unwrap().checking(Band::new(1400.0, 1780.0));
+        for rows in [64, 900] {
+            let input = batches(&s, rows);
+            let mut fused = SegmentParams::default().check().unwrap().kernel().with_check(check.clone());
+            assert_eq!(fused.output_schema(&input[0].schema()).unwrap().fields().len(), 9);
+            let one = run_image(&mut fused, &input).unwrap();
+            let mut chain: Vec<Box<dyn Kernel>> = vec![Box::new(SegmentParams::default().check().unwrap().kernel()), Box::new(check.clone())];
+            let two = run_chain(&mut chain, input).unwrap();
+            assert_eq!(one, two, "batches of {rows}");
+            let flagged: usize = one.iter().map(|b| b.column_by_name("outlier").unwrap().as_boolean().true_count()).sum();
+            assert!(flagged >= 2, "the NaN and the bright tissue spectrum are flagged ({flagged})");
+        }
     }
 
     fn shuffled(v: &mut [RecordBatch], seed: u64) {
