@@ -2,6 +2,7 @@
 # Runs every fuzz target for SECONDS each (default 120), one job, and prints a line per target:
 # runs, seconds, crashes (files in fuzz/artifacts/<target>/). Build first with
 # `cargo +nightly fuzz build -O` and seed with fuzz/seeds.sh. Usage: fuzz/run-all.sh [SECONDS] [TARGET...]
+# FUZZ_MAX_LEN=N caps the input size (libFuzzer -max_len; e.g. 8192 keeps `envi` on the tiny seeds).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 secs=${1:-120}; shift || true
@@ -12,7 +13,7 @@ export LD_LIBRARY_PATH=${LIBTORCH:?set LIBTORCH}/lib${LD_LIBRARY_PATH:+:$LD_LIBR
 for t in "${targets[@]}"; do
   mkdir -p "$here/corpus/$t" "$here/artifacts/$t"
   log=$here/artifacts/$t.log
-  "$bin/$t" "$here/corpus/$t" -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 \
+  "$bin/$t" "$here/corpus/$t" -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 ${FUZZ_MAX_LEN:+-max_len=$FUZZ_MAX_LEN} \
     -artifact_prefix="$here/artifacts/$t/" -print_final_stats=1 > "$log" 2>&1
   rc=$?
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)

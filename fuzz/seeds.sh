@@ -30,6 +30,17 @@ for h in "$tmp"/envi/images/*.hdr; do
   cp "$h" "$c/envi_header/gen_$n"
   join "$c/envi/gen_$n" "$h" "${h%.hdr}.img"
 done
+# Tiny ENVI images (4×4 px, 16 bands, every interleave and both byte orders): a generated image
+# is 385 KB, which holds libFuzzer to ~12 runs/s on the `envi` target; these run at thousands.
+wl=$(seq -s ', ' 1000 2 1030)
+for il in bip bil bsq; do
+  for bo in 0 1; do
+    printf 'ENVI\nsamples = 4\nlines = 4\nbands = 16\nheader offset = 0\ndata type = 4\ninterleave = %s\nbyte order = %s\nwavelength units = cm-1\nwavelength = {%s}\n' \
+      "$il" "$bo" "$wl" > "$tmp/tiny.hdr"
+    head -c 1024 /dev/zero > "$tmp/tiny.img"
+    join "$c/envi/tiny_${il}_$bo" "$tmp/tiny.hdr" "$tmp/tiny.img"
+  done
+done
 for d in "$tmp"/agilent/images/*.dmt; do
   n=$(basename "$d" .dmt)
   tiles=("${d%.dmt}"_0000_0000.dmd)

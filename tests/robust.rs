@@ -563,8 +563,31 @@ fn fuzzing_finds_stay_fixed() {
     let found = "[run]\nworkers = 12\nbatch = 64\n[preprocess.resample]\nstart = 900\nend = 1800\npoints = 2147483647\n";
     let e = ftirflow::config::Config::parse(found, "fuzz.toml").unwrap_err().to_string();
     assert!(e.contains("too fine"), "{e}");
-    // Readers (none found so far: the list is kept for the next find).
+    // parquet_spectra: a footer whose unknown fields are lists of 2³¹ − 1 booleans. The parquet
+    // crate skipped each in ~8 s without consuming input (9 bytes each: 1,000 of them held a
+    // reader for hours); the footer check refuses the file at once. A reader still busy after
+    // 60 s fails the test rather than hanging it.
     let dir = tempfile::tempdir().unwrap();
+    let field = [0x09u8, 0xc8, 0x01, 0xf1, 0xff, 0xff, 0xff, 0xff, 0x07];
+    let mut footer: Vec<u8> = field.iter().copied().cycle().take(field.len() * 1000).collect();
+    footer.push(0);
+    let mut file = b"PAR1".to_vec();
+    file.extend_from_slice(&footer);
+    file.extend_from_slice(&(footer.len() as u32).to_le_bytes());
+    file.extend_from_slice(b"PAR1");
+    let path = dir.path().join("bool_lists.parquet");
+    std::fs::write(&path, file).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let opts = ftirflow::io::ReadOptions { batch_rows: 64, sample: "fuzz".into() };
+        let _ = tx.send(ftirflow::io::open(&path, &opts).err().map(|e| e.to_string()));
+    });
+    let err = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the Parquet reader was still busy after 60 s");
+    let err = err.expect("a footer of 2³¹-element boolean lists is refused");
+    assert!(err.contains("not a readable Parquet file") && err.contains("2147483647 elements"), "{err}");
+
+    // Reader cases that must simply not panic, hang or over-allocate (none so far: the list is
+    // kept for the next find).
     let opts = ftirflow::io::ReadOptions { batch_rows: 64, sample: "fuzz".into() };
     for (name, files) in fuzz_regressions() {
         let sub = dir.path().join(name);

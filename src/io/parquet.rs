@@ -192,7 +192,8 @@ pub struct ParquetSpectraReader {
 impl ParquetSpectraReader {
     /// Opens `path` and validates its schema before reading any row.
     pub fn open(path: &Path, opts: &ReadOptions) -> Result<Self, ReadError> {
-        let file = File::open(path).map_err(|e| ReadError::io(path, e))?;
+        let mut file = File::open(path).map_err(|e| ReadError::io(path, e))?;
+        super::parquet_footer::check(&mut file).map_err(|e| ReadError::format(path, format!("not a readable Parquet file: {e}")))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| ReadError::format(path, format!("not a readable Parquet file: {e}")))?;
         let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
