@@ -585,6 +585,42 @@ fn fuzzing_finds_stay_fixed() {
     let err = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the Parquet reader was still busy after 60 s");
     let err = err.expect("a footer of 2³¹-element boolean lists is refused");
     assert!(err.contains("not a readable Parquet file") && err.contains("2147483647 elements"), "{err}");
+    // parquet_spectra, after that fix: the same skip in a page header, where the crate makes a
+    // `read` call per boolean (> 100 s for an 80 KB file). A valid file's first page header gets
+    // an unknown field holding such a list (the column chunk then also overruns its recorded
+    // size; either finding must refuse the file before the crate reads the header).
+    let good = dir.path().join("good.parquet");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ftirflow"))
+        .args(["synth", "--out"])
+        .arg(dir.path().join("pq"))
+        .args(["--cores", "2", "--size", "8", "--format", "parquet"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let first = std::fs::read_dir(dir.path().join("pq/images")).unwrap().map(|e| e.unwrap().path()).min().unwrap();
+    std::fs::copy(&first, &good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let at = 4; // the first column chunk, so its first page header, starts after the magic
+    let (len, _) = ftirflow::io::parquet_guard::page_header(&bytes[at..]).expect("the first page header is well formed");
+    // Insert the list as field 100 just before the header's stop byte.
+    let mut bad = bytes[..at + len - 1].to_vec();
+    bad.extend_from_slice(&field);
+    bad.extend_from_slice(&bytes[at + len - 1..]);
+    let path = dir.path().join("bool_list_page.parquet");
+    std::fs::write(&path, &bad).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let opts = ftirflow::io::ReadOptions { batch_rows: 64, sample: "fuzz".into() };
+        let r = ftirflow::io::open(&path, &opts).map(|reader| reader.map(|b| b.map(|_| ())).collect::<Result<Vec<_>, _>>());
+        let _ = tx.send(match r {
+            Err(e) => Some(e.to_string()),
+            Ok(Err(e)) => Some(e.to_string()),
+            Ok(Ok(_)) => None,
+        });
+    });
+    let err = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the Parquet reader was still busy after 60 s");
+    let err = err.expect("a page header with a 2³¹-element boolean list is refused");
+    assert!(err.contains("not a readable Parquet file"), "{err}");
 
     // Reader cases that must simply not panic, hang or over-allocate (none so far: the list is
     // kept for the next find).

@@ -11,7 +11,7 @@ pub mod envi;
 pub mod inspect;
 pub mod orange;
 pub mod parquet;
-pub mod parquet_footer;
+pub mod parquet_guard;
 pub mod table;
 
 use std::path::Path;

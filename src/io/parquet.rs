@@ -193,9 +193,12 @@ impl ParquetSpectraReader {
     /// Opens `path` and validates its schema before reading any row.
     pub fn open(path: &Path, opts: &ReadOptions) -> Result<Self, ReadError> {
         let mut file = File::open(path).map_err(|e| ReadError::io(path, e))?;
-        super::parquet_footer::check(&mut file).map_err(|e| ReadError::format(path, format!("not a readable Parquet file: {e}")))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| ReadError::format(path, format!("not a readable Parquet file: {e}")))?;
+        let unreadable = |e: String| ReadError::format(path, format!("not a readable Parquet file: {e}"));
+        super::parquet_guard::check(&mut file).map_err(unreadable)?;
+        let mut pages = file.try_clone().map_err(|e| ReadError::io(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| unreadable(e.to_string()))?;
+        let chunks = builder.metadata().row_groups().iter().flat_map(|rg| rg.columns().iter().map(|c| c.byte_range()));
+        super::parquet_guard::check_pages(&mut pages, chunks).map_err(unreadable)?;
         let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
         let mut input = builder.schema().as_ref().clone();
         // pyarrow writes user metadata as Parquet key-value pairs; take the axis from there too.

@@ -1,10 +1,11 @@
-//! A bounded walk over a Parquet footer's Thrift compact encoding, made before the `parquet` crate
-//! decodes it: the crate (60.1) skips unknown fields without consuming a byte for each boolean
-//! list element, so a footer of a few bytes declaring lists of 2³¹ booleans keeps it busy for
-//! seconds per list (hours for a crafted 100 KB file; found by `cargo fuzz`, target
-//! `parquet_spectra`). In the compact protocol every list, set or map element takes at least one
-//! byte, so a container declaring more elements than bytes remain is malformed; this walk rejects
-//! it in time linear in the footer's size.
+//! Bounded walks over a Parquet file's Thrift compact structures — the footer, then every page
+//! header of every column chunk — made before the `parquet` crate decodes them: the crate (60.1)
+//! skips unknown fields without consuming a byte for each boolean list element, so a field of a
+//! few bytes declaring a list of 2³¹ booleans keeps it busy for seconds (footer, from memory) or
+//! hours (page header, a `read` per element); `cargo fuzz` (target `parquet_spectra`) found both.
+//! In the compact protocol every list, set or map element takes at least one byte, so a container
+//! declaring more elements than bytes remain is malformed; these walks reject it in time linear
+//! in the bytes walked.
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
@@ -41,14 +42,56 @@ pub fn check(file: &mut File) -> Result<(), String> {
     check_struct_bytes(&bytes)
 }
 
+/// Checks every page header of the column chunks at `chunks` (byte offset and length in `file`,
+/// from the decoded footer): each header must be well formed and its page must end inside its
+/// chunk. Leaves `file` at its start.
+pub fn check_pages(file: &mut File, chunks: impl IntoIterator<Item = (u64, u64)>) -> Result<(), String> {
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut bytes = Vec::new();
+    for (start, size) in chunks {
+        if start.checked_add(size).is_none_or(|end| end > len) {
+            return Err(format!("a column chunk ({size} bytes at {start}) runs past the file's end ({len} bytes)"));
+        }
+        bytes.resize(size as usize, 0);
+        file.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
+        file.read_exact(&mut bytes).map_err(|e| e.to_string())?;
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let (header, page) = page_header(&bytes[at..]).map_err(|e| format!("page header at byte {}: {e}", start + at as u64))?;
+            let page = usize::try_from(page).map_err(|_| format!("page at byte {} declares a negative size", start + at as u64))?;
+            at = at.checked_add(header).and_then(|a| a.checked_add(page)).filter(|&a| a <= bytes.len()).ok_or_else(|| {
+                format!("the page at byte {} runs past its column chunk", start + at as u64)
+            })?;
+        }
+    }
+    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// Walks one Thrift compact struct at the start of `bytes` (what a footer holds).
 pub fn check_struct_bytes(bytes: &[u8]) -> Result<(), String> {
-    Walker { bytes, at: 0 }.value(12, 0)
+    Walker { bytes, at: 0, page_size: None }.value(12, 0)
+}
+
+/// Walks the page header at the start of `bytes`: its length in bytes and its
+/// `compressed_page_size` (field 3, i32; a header without it is an error).
+pub fn page_header(bytes: &[u8]) -> Result<(usize, i64), String> {
+    let mut w = Walker { bytes, at: 0, page_size: Some(None) };
+    w.value(12, 0)?;
+    let size = w.page_size.flatten().ok_or("the page header has no compressed page size")?;
+    Ok((w.at, size))
+}
+
+/// A zigzag-encoded integer's value.
+fn zigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
 struct Walker<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// `Some` when walking a page header: its top-level field 3, once seen.
+    page_size: Option<Option<i64>>,
 }
 
 impl Walker<'_> {
@@ -57,14 +100,14 @@ impl Walker<'_> {
     }
 
     fn byte(&mut self) -> Result<u8, String> {
-        let b = *self.bytes.get(self.at).ok_or("the footer ends inside a value")?;
+        let b = *self.bytes.get(self.at).ok_or("the structure ends inside a value")?;
         self.at += 1;
         Ok(b)
     }
 
     fn skip(&mut self, n: u64) -> Result<(), String> {
         if n > self.remaining() as u64 {
-            return Err(format!("a value of {n} bytes runs past the footer's end"));
+            return Err(format!("a value of {n} bytes runs past the end of the structure"));
         }
         self.at += n as usize;
         Ok(())
@@ -109,16 +152,25 @@ impl Walker<'_> {
                 let kv = self.byte()?;
                 self.elements(n, &[kv >> 4, kv & 0x0f], depth)
             }
-            12 => loop {
-                let head = self.byte()?;
-                if head == 0 {
-                    return Ok(());
+            12 => {
+                let mut id = 0i64;
+                loop {
+                    let head = self.byte()?;
+                    if head == 0 {
+                        return Ok(());
+                    }
+                    id = match head >> 4 {
+                        0 => zigzag(self.varint()?), // the field id, when not given as a delta
+                        delta => id + i64::from(delta),
+                    };
+                    let t = head & 0x0f;
+                    if depth == 0 && id == 3 && t == 5 && self.page_size.is_some() {
+                        self.page_size = Some(Some(zigzag(self.varint()?)));
+                        continue;
+                    }
+                    self.value(t, depth + 1)?;
                 }
-                if head >> 4 == 0 {
-                    self.varint()?; // the field id, when not given as a delta
-                }
-                self.value(head & 0x0f, depth + 1)?;
-            },
+            }
             13 => self.skip(16),
             other => Err(format!("unknown Thrift type {other}")),
         }
@@ -128,7 +180,7 @@ impl Walker<'_> {
     /// maps). Every element takes at least one byte: a boolean element is a byte of its own.
     fn elements(&mut self, n: u64, types: &[u8], depth: u32) -> Result<(), String> {
         if n.saturating_mul(types.len() as u64) > self.remaining() as u64 {
-            return Err(format!("a container declares {n} elements with {} bytes left in the footer", self.remaining()));
+            return Err(format!("a container declares {n} elements with {} bytes left", self.remaining()));
         }
         for _ in 0..n {
             for &t in types {
@@ -157,10 +209,20 @@ mod tests {
         let err = check_struct_bytes(&bools).unwrap_err();
         assert!(err.contains("2147483647 elements"), "{err}");
         // Truncated binary, endless varint, too deep.
-        assert!(check_struct_bytes(&[0x18, 5, b'a']).unwrap_err().contains("past the footer"));
+        assert!(check_struct_bytes(&[0x18, 5, b'a']).unwrap_err().contains("past the end"));
         assert!(check_struct_bytes(&[0x15, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
         let deep: Vec<u8> = std::iter::repeat_n(0x1c, 70).chain(std::iter::repeat_n(0, 71)).collect();
         assert!(check_struct_bytes(&deep).unwrap_err().contains("deeper"));
+    }
+
+    #[test]
+    fn page_headers_give_their_length_and_page_size() {
+        // field 1: i32 0 (type); field 2: i32 100; field 3: i32 60 (compressed size); stop; page bytes.
+        let h = [0x15, 0x00, 0x15, 0xc8, 0x01, 0x15, 0x78, 0x00, 9, 9, 9];
+        assert_eq!(page_header(&h), Ok((8, 60)));
+        assert!(page_header(&[0x15, 0x00, 0]).unwrap_err().contains("no compressed page size"));
+        let bools = [0x15, 0x00, 0x19, 0xf1, 0xff, 0xff, 0xff, 0xff, 0x07, 0];
+        assert!(page_header(&bools).unwrap_err().contains("elements"));
     }
 
     #[test]
@@ -181,5 +243,13 @@ mod tests {
         w.write(&batch).unwrap();
         w.close().unwrap();
         assert_eq!(check(&mut File::open(&path).unwrap()), Ok(()));
+        let meta = parquet::file::serialized_reader::SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let chunks: Vec<(u64, u64)> = parquet::file::reader::FileReader::metadata(&meta)
+            .row_groups()
+            .iter()
+            .flat_map(|rg| rg.columns().iter().map(|c| c.byte_range()))
+            .collect();
+        assert!(!chunks.is_empty());
+        assert_eq!(check_pages(&mut File::open(&path).unwrap(), chunks), Ok(()));
     }
 }
