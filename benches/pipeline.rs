@@ -44,12 +44,11 @@ use support::{arg, bin, ok};
 /// in one pass, so Grad-CAM alone has no time of its own; Python's is `inference + gradcam`).
 const STAGES: [&str; 7] = ["read", "segment", "emsc", "resample_normalize", "inference", "inference_gradcam", "write"];
 
-/// Which stage a kernel of the sequential chain belongs to (`outliers` is the amide I check before
-/// truncation and the EMSC residual check after it).
-fn stage_of(kernel: &str, truncated: bool) -> &'static str {
+/// Which stage a kernel of the chain belongs to (the segment kernel also makes the amide I check;
+/// `outliers` is the EMSC residual check after truncation).
+fn stage_of(kernel: &str) -> &'static str {
     match kernel {
         "segment" => "segment",
-        "outliers" if !truncated => "segment",
         "truncate" | "emsc" | "outliers" => "emsc",
         _ => "resample_normalize",
     }
@@ -114,14 +113,12 @@ fn ftirflow_stages(archive: &Path, model_dir: &Path, out: &Path) -> (BTreeMap<&'
             .fold(f64::INFINITY, f64::min);
 
         let mut batches = raw;
-        let mut truncated = false;
         // As `run` runs it, the segment kernel also makes the amide I / non-finite check, in the
         // same pass over the image (the two kernels it replaces give the same output, a test).
         let mut chain = plan.sequential_kernels().unwrap();
         assert_eq!([chain[0].name(), chain[1].name()], ["segment", "outliers"]);
         chain.splice(..2, [Box::new(plan.segment_kernel().unwrap().unwrap()) as Box<dyn ftirflow_operators::Kernel>]);
         for mut k in chain {
-            truncated |= k.name() == "truncate";
             let t = Instant::now();
             let mut next = Vec::new();
             if k.name() == "truncate" {
@@ -138,8 +135,8 @@ fn ftirflow_stages(archive: &Path, model_dir: &Path, out: &Path) -> (BTreeMap<&'
             }
             k.finish(&mut next).unwrap();
             let dt = t.elapsed().as_secs_f64();
-            *secs.get_mut(stage_of(k.name(), truncated)).unwrap() += dt;
-            *kernels.entry(format!("{} ({})", k.name(), stage_of(k.name(), truncated))).or_default() += dt;
+            *secs.get_mut(stage_of(k.name())).unwrap() += dt;
+            *kernels.entry(format!("{} ({})", k.name(), stage_of(k.name()))).or_default() += dt;
             batches = next;
         }
 

@@ -107,12 +107,7 @@ impl PreprocessPlan {
     /// The segmentation kernel, with the amide/non-finite check in its pass when the outlier step
     /// runs (`None` when segmentation is off).
     pub fn segment_kernel(&self) -> Result<Option<SegmentKernel>, OpError> {
-        let c = &self.cfg;
-        if !c.runs(Step::Segment) {
-            return Ok(None);
-        }
-        let kernel = c.segment.check()?.kernel();
-        Ok(Some(if c.runs(Step::Outliers) { kernel.with_check(amide_check(c)?) } else { kernel }))
+        segment_kernel(&self.cfg)
     }
 
     /// The per-spectrum steps this configuration runs (what [`FusedKernel`] fuses).
@@ -157,13 +152,22 @@ impl PreprocessPlan {
 /// the chain and the EMSC fitter so both see the same tissue.
 fn mask_kernels(c: &PreprocessConfig) -> Result<Vec<Box<dyn Kernel>>, OpError> {
     let mut k: Vec<Box<dyn Kernel>> = Vec::new();
-    match (c.runs(Step::Segment), c.runs(Step::Outliers)) {
-        (true, true) => k.push(Box::new(c.segment.check()?.kernel().with_check(amide_check(c)?))),
-        (true, false) => k.push(Box::new(c.segment.check()?.kernel())),
-        (false, true) => k.push(Box::new(amide_check(c)?)),
-        (false, false) => {}
+    match segment_kernel(c)? {
+        Some(segment) => k.push(Box::new(segment)),
+        None if c.runs(Step::Outliers) => k.push(Box::new(amide_check(c)?)),
+        None => {}
     }
     Ok(k)
+}
+
+/// The segmentation kernel, with the amide/non-finite check in its pass when the outlier step
+/// runs (`None` when segmentation is off).
+fn segment_kernel(c: &PreprocessConfig) -> Result<Option<SegmentKernel>, OpError> {
+    if !c.runs(Step::Segment) {
+        return Ok(None);
+    }
+    let kernel = c.segment.check()?.kernel();
+    Ok(Some(if c.runs(Step::Outliers) { kernel.with_check(amide_check(c)?) } else { kernel }))
 }
 
 /// The amide I / non-finite check: over the EMSC range when EMSC runs (the only part of the

@@ -615,7 +615,8 @@ impl Segmenter {
                 pending.select_nth_unstable_by_key(need - 1, |&(prio, key, _, _)| (prio, key));
             }
             for i in 0..need {
-                if let Some(&(_, _, p, r)) = pending.get(i + AHEAD).filter(|_| i + AHEAD < need) {
+                if i + AHEAD < need {
+                    let (_, _, p, r) = pending[i + AHEAD];
                     prefetch(&spectrum(p as usize, r as usize)[bands.clone()]);
                 }
                 let (_, key, p, r) = pending[i];
