@@ -16,7 +16,10 @@ and compares its probabilities and maps with ftirflow's (given with --ours-probs
 
 Usage (the Rust bench `cargo bench -p ftirflow-operators --bench model` calls it):
   carenet_baseline.py --weights W.safetensors --spectra X.f32 --rows N --points 467 --classes 2
-                      --batch 250 --threads 1 [--repeat 3] [--ours-probs P.f32 --ours-cam C.f32]
+                      --batch 250 --threads 1 [--device cpu|cuda] [--repeat 3]
+                      [--ours-probs P.f32 --ours-cam C.f32]
+On CUDA every timed batch goes from host spectra to host results (`.to(device)`, then `.cpu()`,
+which waits for the GPU), as ftirflow's are timed.
 Prints `predict_spectra_per_s=...`, `gradcam_spectra_per_s=...`, `max_prob_diff=...`,
 `max_cam_diff=...`, or one `skipped: ...` line when torch cannot be imported.
 """
@@ -161,18 +164,23 @@ def main():
     ap.add_argument("--classes", type=int, default=2)
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--ours-probs")
     ap.add_argument("--ours-cam")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no GPU")
+        sys.exit(1)
+    dev = torch.device(a.device)
     model = CareNet(a.classes)
     missing, unexpected = model.load_state_dict(read_safetensors(a.weights), strict=False)
     missing = [m for m in missing if not m.endswith("num_batches_tracked")]
     if missing or unexpected:
         print(f"error: weights do not fit: missing {missing}, unexpected {unexpected}")
         sys.exit(1)
-    model.eval()
+    model.eval().to(dev)
     x = torch.from_numpy(np.fromfile(a.spectra, dtype=np.float32).reshape(a.rows, a.points))
     batches = [x[i : i + a.batch] for i in range(0, a.rows, a.batch)]
 
@@ -185,12 +193,21 @@ def main():
             times.append(time.perf_counter() - t)
         return a.rows / min(times)
 
-    predict(model, batches[0], a.classes)  # warm-up
-    gradcam(model, batches[0], a.classes, a.points)
-    print(f"predict_spectra_per_s={best(lambda b: predict(model, b, a.classes)):.1f}")
-    print(f"gradcam_spectra_per_s={best(lambda b: gradcam(model, b, a.classes, a.points)):.1f}")
+    def host(ts):
+        return [t.cpu() for t in ts]
+
+    def predict_host(b):
+        return host(predict(model, b.to(dev), a.classes))
+
+    def gradcam_host(b):
+        return host(gradcam(model, b.to(dev), a.classes, a.points))
+
+    predict_host(batches[0])  # warm-up
+    gradcam_host(batches[0])
+    print(f"predict_spectra_per_s={best(predict_host):.1f}")
+    print(f"gradcam_spectra_per_s={best(gradcam_host):.1f}")
     if a.ours_probs and a.ours_cam:
-        probs, cam = gradcam(model, batches[0], a.classes, a.points)
+        probs, cam = gradcam_host(batches[0])
         n = batches[0].shape[0]
         ours_p = np.fromfile(a.ours_probs, dtype=np.float32).reshape(n, a.classes)
         ours_c = np.fromfile(a.ours_cam, dtype=np.float32).reshape(n, a.points)

@@ -3,7 +3,10 @@
 //! batch and threads; Grad-CAM the usual way, hooks and a full backward) measured in the same run.
 //!
 //! `FTIRFLOW_BENCH_THREADS` (default 1) sets the intra-op threads of both; `FTIRFLOW_BENCH_BATCH`
-//! (default 250) the batch. The Python side runs through `scripts/python-baseline`, which finds the
+//! (default 250) the batch; `FTIRFLOW_BENCH_ROWS` (default 4000) the number of spectra;
+//! `FTIRFLOW_BENCH_DEVICE` (`cpu`, default, or `cuda`: needs `--features cuda` and a CUDA libtorch)
+//! where both networks run. On CUDA both sides are timed from host spectra to host results (the
+//! copies to and from the GPU included), as a pipeline uses them. The Python side runs through `scripts/python-baseline`, which finds the
 //! torch that `scripts/setup-python-baseline.sh` installs (or `TORCH_PYTHONPATH` /
 //! `TORCH_LD_LIBRARY_PATH`); without one it prints one `skipped` line. `MODEL_BENCH_NO_PYTHON=1` skips it too.
 use std::path::PathBuf;
@@ -14,19 +17,18 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ftirflow_operators::model::{self, ArchConfig, Classifier};
 use rand::{Rng, SeedableRng};
 
-const ROWS: usize = 4000;
 const POINTS: usize = 467;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Seeded spectra of a realistic shape: a few bands on a baseline, vector-normalized.
-fn spectra() -> Vec<f32> {
+/// `rows` seeded spectra of a realistic shape: a few bands on a baseline, vector-normalized.
+fn spectra(rows: usize) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
     let axis: Vec<f64> = (0..POINTS).map(|i| 900.0 + 900.0 * i as f64 / (POINTS - 1) as f64).collect();
-    let mut out = Vec::with_capacity(ROWS * POINTS);
-    for _ in 0..ROWS {
+    let mut out = Vec::with_capacity(rows * POINTS);
+    for _ in 0..rows {
         let bands: Vec<(f64, f64, f64)> = [1650.0, 1545.0, 1450.0, 1240.0, 1080.0, 1030.0, 1740.0]
             .iter()
             .map(|&c| (c + rng.random_range(-5.0..5.0), rng.random_range(8.0..25.0), rng.random_range(0.1..1.0)))
@@ -48,7 +50,7 @@ fn classifier() -> Classifier {
     let grid: Vec<f64> = (0..POINTS).map(|i| 900.0 + 900.0 * i as f64 / (POINTS - 1) as f64).collect();
     let mut clf = Classifier::init(&ArchConfig::carenet_v1(2), vec!["AT".into(), "CA".into()], grid, tch::Device::Cpu, 7).unwrap();
     // Non-trivial batch-norm statistics, as after training.
-    let x = tch::Tensor::from_slice(&spectra()[..1000 * POINTS]).view([1000, POINTS as i64]);
+    let x = tch::Tensor::from_slice(&spectra(1000)).view([1000, POINTS as i64]);
     clf.net().precise_bn((0..4).map(|b| x.narrow(0, b * 250, 250)));
     clf.freeze();
     clf
@@ -67,11 +69,28 @@ fn best_of(repeat: usize, mut f: impl FnMut()) -> f64 {
 fn bench(c: &mut Criterion) {
     let threads = env_usize("FTIRFLOW_BENCH_THREADS", 1);
     let batch = env_usize("FTIRFLOW_BENCH_BATCH", 250);
+    let rows = env_usize("FTIRFLOW_BENCH_ROWS", 4000).max(1);
+    let device_name = std::env::var("FTIRFLOW_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let device = match device_name.as_str() {
+        "cpu" => tch::Device::Cpu,
+        "cuda" if tch::Cuda::is_available() => tch::Device::Cuda(0),
+        "cuda" => panic!("FTIRFLOW_BENCH_DEVICE=cuda, but libtorch sees no GPU (build with --features cuda on a machine with one)"),
+        other => panic!("FTIRFLOW_BENCH_DEVICE={other}: expected cpu or cuda"),
+    };
     model::set_threads(threads);
-    let clf = classifier();
-    let x = spectra();
+    let mut clf = classifier();
+    // PyTorch gets the same weights, saved from the CPU before the network moves.
+    let dir = std::env::temp_dir().join(format!("ftirflow-model-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let weights = dir.join("weights.safetensors");
+    clf.var_store().save(&weights).unwrap();
+    if device != tch::Device::Cpu {
+        clf.var_store_mut().set_device(device);
+        clf.freeze();
+    }
+    let x = spectra(rows);
     let mut g = c.benchmark_group("carenet");
-    g.throughput(Throughput::Elements(ROWS as u64));
+    g.throughput(Throughput::Elements(rows as u64));
     g.sample_size(10);
     g.bench_function(format!("predict batch {batch}, {threads} thread(s)"), |b| {
         b.iter(|| {
@@ -90,47 +109,50 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     // The comparison, measured in this run: ours (best of 3 passes), then PyTorch eager.
-    let ours_predict = ROWS as f64
+    let ours_predict = rows as f64
         / best_of(3, || {
             for chunk in x.chunks(batch * POINTS) {
                 std::hint::black_box(clf.predict_values(chunk, chunk.len() / POINTS).unwrap());
             }
         });
-    let ours_cam = ROWS as f64
+    let ours_cam = rows as f64
         / best_of(3, || {
             for chunk in x.chunks(batch * POINTS) {
                 std::hint::black_box(clf.predict_values_with_gradcam(chunk, chunk.len() / POINTS).unwrap());
             }
         });
-    println!("\nCaReNet-V1 on CPU, {ROWS} spectra × {POINTS} points, batch {batch}, {threads} thread(s):");
+    println!("\nCaReNet-V1 on {device_name}, {rows} spectra × {POINTS} points, batch {batch}, {threads} thread(s):");
     println!("ftirflow predict            : {ours_predict:>9.0} spectra/s");
     println!("ftirflow predict + Grad-CAM : {ours_cam:>9.0} spectra/s");
     if std::env::var_os("MODEL_BENCH_NO_PYTHON").is_some() {
         println!("PyTorch baseline           : skipped (MODEL_BENCH_NO_PYTHON)");
+        let _ = std::fs::remove_dir_all(&dir);
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ftirflow-model-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let weights = dir.join("weights.safetensors");
-    clf.var_store().save(&weights).unwrap();
     let write_f32 = |name: &str, v: &[f32]| {
         let p = dir.join(name);
         std::fs::write(&p, v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
         p
     };
     let input = write_f32("spectra.f32", &x);
-    let first = x[..batch.min(ROWS) * POINTS].to_vec();
+    let first = x[..batch.min(rows) * POINTS].to_vec();
     let (p, cams) = clf.predict_values_with_gradcam(&first, first.len() / POINTS).unwrap();
     let ours_probs = write_f32("probs.f32", &p.probs);
     let ours_cam_file = write_f32("cam.f32", &cams.maps);
-    let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/python/carenet_baseline.py"));
+    // The repository this bench was built from, or — for a binary copied to another machine —
+    // the current directory when that is a checkout.
+    let repo = [PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")), PathBuf::from(".")]
+        .into_iter()
+        .find(|r| r.join("benches/python/carenet_baseline.py").is_file())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let script = repo.join("benches/python/carenet_baseline.py");
     // The wrapper puts the torch of scripts/setup-python-baseline.sh (or TORCH_PYTHONPATH /
     // TORCH_LD_LIBRARY_PATH) on python3's paths.
-    let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/python-baseline"));
+    let mut cmd = Command::new(repo.join("scripts/python-baseline"));
     cmd.arg(&script)
         .args(["--weights", &weights.display().to_string(), "--spectra", &input.display().to_string()])
-        .args(["--rows", &ROWS.to_string(), "--points", &POINTS.to_string(), "--classes", "2"])
-        .args(["--batch", &batch.to_string(), "--threads", &threads.to_string()])
+        .args(["--rows", &rows.to_string(), "--points", &POINTS.to_string(), "--classes", "2"])
+        .args(["--batch", &batch.to_string(), "--threads", &threads.to_string(), "--device", &device_name])
         .args(["--ours-probs", &ours_probs.display().to_string(), "--ours-cam", &ours_cam_file.display().to_string()]);
     let result = cmd.output();
     let _ = std::fs::remove_dir_all(&dir);
