@@ -186,6 +186,23 @@ fn train_on_a_small_synthetic_archive() {
     let core_acc = m["cv"]["pooled"]["core"]["accuracy"].as_f64().unwrap();
     assert!(core_acc >= 0.95, "cross-validated per-core accuracy {core_acc}\n{t}");
     assert_eq!(m["cv"]["per_fold"].as_array().unwrap().len(), 4);
+    // Folds are stratified by subtype too: every fold trains on cancers of every subtype.
+    let subtype_of: std::collections::BTreeMap<String, String> = std::fs::read_to_string(d.join("arch/labels.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[2] == "CA").then(|| (f[1].to_string(), f[3].to_string()))
+        })
+        .collect();
+    let folds = m["patient_folds"].as_object().unwrap();
+    assert_eq!(folds.len(), 8, "{folds:?}");
+    for f in 1..=4u64 {
+        let trained: std::collections::BTreeSet<&str> =
+            folds.iter().filter(|(_, v)| v.as_u64() != Some(f)).map(|(p, _)| subtype_of[p].as_str()).collect();
+        assert_eq!(trained.len(), 4, "fold {f} trains on the subtypes {trained:?} only: {folds:?}");
+    }
     // The bundle opens, carries the EMSC state fitted on the archive, and its hash matches.
     let b = Bundle::load(&d.join("model"), DeviceChoice::Cpu).unwrap();
     assert_eq!(b.manifest.task, "type");

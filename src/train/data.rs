@@ -96,6 +96,9 @@ pub struct Core {
     pub patient: String,
     /// Class index.
     pub class: u32,
+    /// What the folds stratify by: the class name, refined by the subtype for cancer cores in the
+    /// `type` task (`AT`, `CA/LA`, `CA/LB`, …), so that every fold trains on every subtype.
+    pub stratum: String,
 }
 
 /// Labelled spectra on the model grid.
@@ -163,7 +166,11 @@ pub fn labelled_archive(archive: &Path, labels: &BTreeMap<String, Label>, task: 
         let Some(class) = classes.iter().position(|c| *c == name) else {
             return Err(TrainError::Data(format!("sample `{key}`: unknown {} `{name}` (expected one of {classes:?})", task.name())));
         };
-        out.cores.push(Core { sample: e.sample.clone(), patient: label.patient.clone(), class: class as u32 });
+        let stratum = match task {
+            Task::Type if label.kind == "CA" && !label.subtype.is_empty() => format!("CA/{}", label.subtype),
+            _ => name,
+        };
+        out.cores.push(Core { sample: e.sample.clone(), patient: label.patient.clone(), class: class as u32, stratum });
         out.entries.push(e);
     }
     for (c, name) in classes.iter().enumerate() {
@@ -311,7 +318,7 @@ pub fn table_dataset(path: &Path, cfg: &PreprocessConfig, grid: &[f64]) -> Resul
         ds.x.extend_from_slice(&out);
         ds.y.push(c);
         ds.core.push(ds.cores.len() as u32);
-        ds.cores.push(Core { sample: group.clone(), patient: group, class: c });
+        ds.cores.push(Core { sample: group.clone(), patient: group, class: c, stratum: class });
     }
     Ok((ds, classes))
 }

@@ -1,10 +1,11 @@
-//! Cross-validation folds split by group (patient) and stratified by class: every group's
-//! spectra or cores land in one fold, and each fold gets about `1/k` of every class.
+//! Cross-validation folds split by group (patient) and stratified by class (or any finer stratum,
+//! such as class and subtype): every group's spectra or cores land in one fold, and each fold gets
+//! about `1/k` of every stratum.
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 /// Assigns each group to one of `k` folds. `counts[g][c]` is how many units (cores or spectra)
-/// of class `c` group `g` holds. Greedy, as scikit-learn's `StratifiedGroupKFold`: groups in a
+/// of class (stratum) `c` group `g` holds. Greedy, as scikit-learn's `StratifiedGroupKFold`: groups in a
 /// seeded shuffle, largest and most class-skewed first, each into the fold where the classes'
 /// shares stay closest to `1/k` (ties: the fold with fewer units, then the lower index).
 /// Deterministic for a seed.

@@ -14,7 +14,7 @@ pub mod data;
 pub mod folds;
 pub mod metrics;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -102,6 +102,8 @@ pub struct TrainReport {
     pub gradcam: Vec<ClassCam>,
     /// Spectra used per fold for training and testing.
     pub fold_sizes: Vec<(usize, usize)>,
+    /// The test fold (1-based) of each patient, in patient order (empty without folds).
+    pub patient_folds: BTreeMap<String, usize>,
     /// Spectra of the final model's training set (0 without a final model).
     pub final_spectra: usize,
     /// Wall time, seconds.
@@ -146,9 +148,12 @@ pub fn train(cfg: &Config, input: &Input, out: &Path) -> Result<TrainReport, Tra
         let n = patients.len();
         patients.entry(c.patient.clone()).or_insert(n);
     }
-    let mut counts = vec![vec![0u64; classes.len()]; patients.len()];
+    // Stratified by class and, in the type task, by subtype: without the subtype a fold can hold
+    // every patient of one subtype and train on none of it.
+    let strata: BTreeMap<&str, usize> = cores.iter().map(|c| c.stratum.as_str()).collect::<BTreeSet<_>>().into_iter().zip(0..).collect();
+    let mut counts = vec![vec![0u64; strata.len()]; patients.len()];
     for c in &cores {
-        counts[patients[&c.patient]][c.class as usize] += 1;
+        counts[patients[&c.patient]][strata[c.stratum.as_str()]] += 1;
     }
     let k = t.folds;
     if k > patients.len() {
@@ -224,7 +229,8 @@ pub fn train(cfg: &Config, input: &Input, out: &Path) -> Result<TrainReport, Tra
         };
         manifest.save(out, &clf)?;
     }
-    let report = TrainReport { cv, gradcam, fold_sizes, final_spectra, seconds: start.elapsed().as_secs_f64() };
+    let patient_folds = patients.iter().filter_map(|(p, &g)| patient_fold.get(g).map(|f| (p.clone(), f + 1))).collect();
+    let report = TrainReport { cv, gradcam, fold_sizes, patient_folds, final_spectra, seconds: start.elapsed().as_secs_f64() };
     let json = serde_json::to_vec_pretty(&report).map_err(|e| TrainError::Data(e.to_string()))?;
     bundle::write_atomic(&out.join("metrics.json"), &json)?;
     bundle::write_atomic(&out.join("gradcam.json"), &serde_json::to_vec(&cam_json).map_err(|e| TrainError::Data(e.to_string()))?)?;
