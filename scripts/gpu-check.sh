@@ -6,8 +6,9 @@
 #   2. `ftirflow demo` (synthesize, train two models on the GPU, run the pipeline);
 #   3. the nightly run on a larger synthetic archive with `device = "cuda"` and `device = "cpu"`
 #      (same models, same workers), then a comparison of the two runs' predictions;
-#   4. `ftirflow train --task type` (50 epochs, 4-fold patient CV) with `device = "cuda"` on a
-#      64-core default-difficulty archive, at most TRAIN_SECONDS (default 180).
+#   4. `ftirflow train` (50 epochs, 4-fold patient CV) with `device = "cuda"`: type and subtype on
+#      64- and 16-core default-difficulty archives and subtype with `--la-lb-overlap 0.8`, each at
+#      most TRAIN_SECONDS (default 180).
 #
 # Build here (x86-64), then carry BIN_DIR to the GPU machine:
 #   cargo build --release --features cuda --bin ftirflow
@@ -44,24 +45,26 @@ done
 
 step "2. ftirflow demo"
 rm -rf "$work/demo"
-seconds "$bin/ftirflow" demo --out "$work/demo" 2>&1 | tail -n 25 | tee "$out/demo.txt"
+seconds "$bin/ftirflow" demo --out "$work/demo" 2>&1 | tail -n 25
 
 step "3. nightly run, $cores cores of ${size}×${size} px, $workers workers: cuda vs cpu"
 rm -rf "$work/archive"
 seconds "$bin/ftirflow" synth --cores "$cores" --size "$size" --out "$work/archive" 2>&1 | tail -n 3
-for dev in cuda cpu; do
-    printf '[run]\ndevice = "%s"\n' "$dev" >"$work/$dev.toml"
+printf '[run]\ndevice = "cuda"\n' >"$work/cuda.toml"
+printf '[run]\ndevice = "cuda"\nbatch = 4096\n' >"$work/cuda-batch4096.toml"
+printf '[run]\ndevice = "cpu"\n' >"$work/cpu.toml"
+for dev in cuda cuda-batch4096 cpu; do
     rm -rf "$work/run-$dev"
-    echo "-- device = $dev"
+    echo "-- $dev: $(tr '\n' ' ' <"$work/$dev.toml")"
     seconds "$bin/ftirflow" run --config "$work/$dev.toml" --model "$work/demo/model_type" \
         --subtype-model "$work/demo/model_subtype" --workers "$workers" --out "$work/run-$dev" \
-        "$work/archive/images" 2>&1 | tail -n 8 | tee "$out/run-$dev.txt"
+        "$work/archive/images" 2>&1 | tail -n 8
 done
 cp "$work/run-cuda/run.json" "$out/run-cuda.json" 2>/dev/null
 cp "$work/run-cpu/run.json" "$out/run-cpu.json" 2>/dev/null
 
 step "4. cuda vs cpu predictions"
-python3 - "$work/run-cuda" "$work/run-cpu" <<'EOF' | tee "$out/compare.txt"
+python3 - "$work/run-cuda" "$work/run-cpu" <<'EOF'
 import sys, glob
 import numpy as np, pyarrow.parquet as pq, pyarrow as pa
 def load(d):
@@ -83,10 +86,27 @@ for col in ("majority", "subtype_majority"):
     print(f"cores {col}: {sum(u == v for u, v in zip(x, y))} of {len(x)} identical")
 EOF
 
-step "5. training on the GPU: 64 cores, type, 50 epochs, 4-fold CV"
-rm -rf "$work/a64" "$work/type64"
-"$bin/ftirflow" synth --cores 64 --out "$work/a64" 2>&1 | tail -n 1
+step "5. training on the GPU (default [train] settings: 50 epochs, 4-fold patient CV)"
 printf '[train]\ndevice = "cuda"\nfinal_model = false\n' >"$work/train.toml"
-seconds timeout "${TRAIN_SECONDS:-180}" "$bin/ftirflow" train --config "$work/train.toml" --task type \
-    --labels "$work/a64/labels.csv" --out "$work/type64" "$work/a64/images" 2>&1 | grep -v -E 'epochs: ([0-9]|[0-4][0-9])/' | tail -n 30 | tee "$out/train-cuda.txt"
+# name, task, synth arguments; each run at most TRAIN_SECONDS (default 180).
+experiments=(
+    "type-64 type --cores 64"
+    "subtype-64 subtype --cores 64"
+    "subtype-64-overlap0.8 subtype --cores 64 --la-lb-overlap 0.8"
+    "type-16 type --cores 16"
+    "subtype-16 subtype --cores 16"
+)
+for e in "${experiments[@]}"; do
+    set -- $e
+    name=$1 task=$2
+    shift 2
+    echo "-- $name: synth $* / train --task $task"
+    key=$(echo "$*" | tr -c 'a-z0-9.\n' '_')
+    [ -d "$work/synth-$key" ] || "$bin/ftirflow" synth "$@" --out "$work/synth-$key" 2>&1 | tail -n 1
+    rm -rf "$work/$name"
+    seconds timeout "${TRAIN_SECONDS:-180}" "$bin/ftirflow" train --config "$work/train.toml" --task "$task" \
+        --labels "$work/synth-$key/labels.csv" --out "$work/$name" "$work/synth-$key/images" 2>&1 |
+        grep -v -E 'epochs: ([0-9]|[0-4][0-9])/' | tail -n 30
+    case $name in type-64 | subtype-64) cp "$work/$name/metrics.json" "$out/train-$name.json" 2>/dev/null ;; esac
+done
 nvidia-smi --query-gpu=memory.used --format=csv,noheader || true

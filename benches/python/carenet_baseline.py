@@ -21,9 +21,12 @@ Usage (the Rust bench `cargo bench -p ftirflow-operators --bench model` calls it
 On CUDA every timed batch goes from host spectra to host results (`.to(device)`, then `.cpu()`,
 which waits for the GPU), as ftirflow's are timed.
 Prints `predict_spectra_per_s=...`, `gradcam_spectra_per_s=...`, `max_prob_diff=...`,
-`max_cam_diff=...`, or one `skipped: ...` line when torch cannot be imported.
+`max_cam_diff=...`, `maps_within_0.01=...` (the share of maps whose largest difference is at most
+0.01) and, on a GPU, the same two for PyTorch's own GPU maps against its CPU maps; or one
+`skipped: ...` line when torch cannot be imported.
 """
 import argparse
+import copy
 import json
 import struct
 import sys
@@ -212,7 +215,16 @@ def main():
         ours_p = np.fromfile(a.ours_probs, dtype=np.float32).reshape(n, a.classes)
         ours_c = np.fromfile(a.ours_cam, dtype=np.float32).reshape(n, a.points)
         print(f"max_prob_diff={np.abs(probs.numpy() - ours_p).max():.3g}")
-        print(f"max_cam_diff={np.abs(cam.numpy() - ours_c).max():.3g}")
+        row_diff = np.abs(cam.numpy() - ours_c).max(1)
+        print(f"max_cam_diff={row_diff.max():.3g}")
+        print(f"maps_within_0.01={np.mean(row_diff <= 0.01):.4f}")
+        if a.device != "cpu":
+            # How far the GPU's own arithmetic (cuDNN may use TF32) moves PyTorch's maps.
+            cpu_model = copy.deepcopy(model).cpu()
+            _, cam_cpu = gradcam(cpu_model, batches[0], a.classes, a.points)
+            torch_diff = np.abs(cam.numpy() - cam_cpu.numpy()).max(1)
+            print(f"torch_gpu_vs_cpu_max_cam_diff={torch_diff.max():.3g}")
+            print(f"torch_gpu_vs_cpu_maps_within_0.01={np.mean(torch_diff <= 0.01):.4f}")
 
 
 if __name__ == "__main__":

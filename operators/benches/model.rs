@@ -164,9 +164,16 @@ fn bench(c: &mut Criterion) {
                 (Some(py_p), Some(py_c)) => {
                     println!("PyTorch eager predict       : {py_p:>9.0} spectra/s (ftirflow {:.2}×)", ours_predict / py_p);
                     println!("PyTorch eager + Grad-CAM    : {py_c:>9.0} spectra/s (ftirflow {:.2}×)", ours_cam / py_c);
-                    for key in ["max_prob_diff=", "max_cam_diff="] {
+                    for key in ["max_prob_diff=", "max_cam_diff=", "maps_within_0.01="] {
                         if let Some(v) = value(key) {
-                            println!("{:<28}: {v:.3e} (ftirflow vs PyTorch, first batch)", key.trim_end_matches('='));
+                            let v = if key.contains("within") { format!("{v:.4}") } else { format!("{v:.3e}") };
+                            println!("{:<28}: {v} (ftirflow vs PyTorch, first batch)", key.trim_end_matches('='));
+                        }
+                    }
+                    for key in ["torch_gpu_vs_cpu_max_cam_diff=", "torch_gpu_vs_cpu_maps_within_0.01="] {
+                        if let Some(v) = value(key) {
+                            let v = if key.contains("within") { format!("{v:.4}") } else { format!("{v:.3e}") };
+                            println!("{:<34}: {v} (PyTorch on the GPU vs PyTorch on the CPU)", key.trim_end_matches('='));
                         }
                     }
                 }

@@ -50,37 +50,70 @@ pub const ASSIGNMENT_TOLERANCE: f64 = 15.0;
 /// aligned, as `torch.nn.functional.interpolate(mode="linear", align_corners=False)`), division by
 /// the maximum; an all-zero (or non-finite) map stays zero.
 pub fn postprocess(raw: &[f32], out: &mut [f32]) {
-    let (l, n) = (raw.len(), out.len());
-    if l == 0 {
-        out.fill(0.0);
-        return;
-    }
-    let relu = |v: f32| if v > 0.0 { v } else { 0.0 };
-    let scale = l as f64 / n as f64;
-    for (i, o) in out.iter_mut().enumerate() {
-        let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
-        let left = (src.floor() as usize).min(l - 1);
-        let right = (left + 1).min(l - 1);
-        let w = (src - left as f64) as f32;
-        *o = relu(raw[left]) * (1.0 - w) + relu(raw[right]) * w;
-    }
-    let max = out.iter().cloned().fold(0.0f32, f32::max);
-    if max > 0.0 && max.is_finite() {
-        for o in out.iter_mut() {
-            *o /= max;
-        }
-    } else {
-        out.fill(0.0);
-    }
+    Interpolation::new(raw.len(), out.len()).postprocess(raw, out);
 }
 
-/// [`postprocess`] for `rows` raw maps of `length` values each, onto `points` points.
+/// [`postprocess`] for `rows` raw maps of `length` values each, onto `points` points (the
+/// interpolation taps are computed once for the batch).
 pub fn postprocess_batch(raw: &[f32], rows: usize, length: usize, points: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; rows * points];
+    let taps = Interpolation::new(length, points);
     for (r, o) in raw.chunks_exact(length.max(1)).zip(out.chunks_exact_mut(points.max(1))) {
-        postprocess(r, o);
+        taps.postprocess(r, o);
     }
     out
+}
+
+/// The linear-interpolation taps from `length` feature positions onto `points` input points
+/// (`align_corners=False`): for each point, its two neighbours and the right one's weight.
+struct Interpolation {
+    length: usize,
+    taps: Vec<(u32, u32, f32)>,
+}
+
+impl Interpolation {
+    fn new(length: usize, points: usize) -> Self {
+        let scale = length as f64 / points as f64;
+        let taps = (0..if length == 0 { 0 } else { points })
+            .map(|i| {
+                let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+                let left = (src.floor() as usize).min(length - 1);
+                let right = (left + 1).min(length - 1);
+                (left as u32, right as u32, (src - left as f64) as f32)
+            })
+            .collect();
+        Self { length, taps }
+    }
+
+    fn postprocess(&self, raw: &[f32], out: &mut [f32]) {
+        if self.length == 0 || raw.len() != self.length || out.len() != self.taps.len() {
+            out.fill(0.0);
+            return;
+        }
+        let mut relu = [0.0f32; 256];
+        let mut heap = Vec::new();
+        let r: &mut [f32] = if raw.len() <= relu.len() {
+            &mut relu[..raw.len()]
+        } else {
+            heap.resize(raw.len(), 0.0);
+            &mut heap
+        };
+        for (d, &v) in r.iter_mut().zip(raw) {
+            *d = if v > 0.0 { v } else { 0.0 };
+        }
+        let mut max = 0.0f32;
+        for (o, &(left, right, w)) in out.iter_mut().zip(&self.taps) {
+            *o = r[left as usize] * (1.0 - w) + r[right as usize] * w;
+            max = max.max(*o);
+        }
+        if max > 0.0 && max.is_finite() {
+            for o in out.iter_mut() {
+                *o /= max;
+            }
+        } else {
+            out.fill(0.0);
+        }
+    }
 }
 
 /// Exact running sums of maps: count, Σ v and Σ v² per point (integers in units of 2⁻⁴⁰).
@@ -366,6 +399,41 @@ mod tests {
         let mut nan = [5.0f32; 6];
         postprocess(&[f32::NAN, 1.0, 0.0], &mut nan);
         assert!(nan.iter().all(|v| v.is_finite()));
+    }
+
+    /// The map computed point by point, straight from DESIGN.md §6 (the reference the tap table
+    /// must reproduce bit for bit).
+    fn naive_postprocess(raw: &[f32], out: &mut [f32]) {
+        let (l, n) = (raw.len(), out.len());
+        let relu = |v: f32| if v > 0.0 { v } else { 0.0 };
+        for (i, o) in out.iter_mut().enumerate() {
+            let src = ((i as f64 + 0.5) * (l as f64 / n as f64) - 0.5).max(0.0);
+            let left = (src.floor() as usize).min(l - 1);
+            let right = (left + 1).min(l - 1);
+            let w = (src - left as f64) as f32;
+            *o = relu(raw[left]) * (1.0 - w) + relu(raw[right]) * w;
+        }
+        let max = out.iter().cloned().fold(0.0f32, f32::max);
+        if max > 0.0 && max.is_finite() {
+            out.iter_mut().for_each(|o| *o /= max);
+        } else {
+            out.fill(0.0);
+        }
+    }
+
+    #[test]
+    fn batch_postprocess_matches_the_point_by_point_map_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for (length, points, rows) in [(58, 467, 37), (1, 467, 3), (300, 467, 4), (467, 58, 5), (7, 7, 2)] {
+            let raw: Vec<f32> = (0..rows * length).map(|_| rng.random_range(-1.0f32..2.0)).collect();
+            let batch = postprocess_batch(&raw, rows, length, points);
+            for r in 0..rows {
+                let mut one = vec![0.0f32; points];
+                naive_postprocess(&raw[r * length..(r + 1) * length], &mut one);
+                let got = &batch[r * points..(r + 1) * points];
+                assert!(got.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()), "length {length}, points {points}, row {r}");
+            }
+        }
     }
 
     #[test]

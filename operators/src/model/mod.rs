@@ -281,7 +281,8 @@ impl Classifier {
         if values.len() != rows * n {
             return Err(OpError::data(OP, format!("{} values are not {rows} spectra of {n} points", values.len())));
         }
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        if !crate::finite::all_finite(values) {
+            let i = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
             return Err(OpError::data(
                 OP,
                 format!("spectrum {} holds a non-finite value (outliers must be filtered out before classification)", i / n),
