@@ -5,9 +5,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 /// Assigns each group to one of `k` folds. `counts[g][c]` is how many units (cores or spectra)
-/// of class (stratum) `c` group `g` holds. Greedy, as scikit-learn's `StratifiedGroupKFold`: groups in a
-/// seeded shuffle, largest and most class-skewed first, each into the fold where the classes'
-/// shares stay closest to `1/k` (ties: the fold with fewer units, then the lower index).
+/// of class (or stratum) `c` group `g` holds. Greedy, as scikit-learn's `StratifiedGroupKFold`:
+/// groups in a seeded shuffle, largest and most class-skewed first, each into the fold where the
+/// classes' shares stay closest to `1/k` (ties: the fold with fewer units, then the lower index).
 /// Deterministic for a seed.
 pub fn stratified_group_folds(counts: &[Vec<u64>], k: usize, seed: u64) -> Vec<usize> {
     let classes = counts.iter().map(|c| c.len()).max().unwrap_or(0);
