@@ -42,30 +42,53 @@ pub fn check(file: &mut File) -> Result<(), String> {
     check_struct_bytes(&bytes)
 }
 
+/// Bytes read for a page header at first; a longer header (large statistics) is read again with
+/// a window 16× larger, up to the rest of its column chunk.
+const HEADER_WINDOW: u64 = 4096;
+
 /// Checks every page header of the column chunks at `chunks` (byte offset and length in `file`,
 /// from the decoded footer): each header must be well formed and its page must end inside its
-/// chunk. Leaves `file` at its start.
+/// chunk. Reads the headers only (a window of a few kilobytes each), not the pages. Leaves `file`
+/// at its start.
 pub fn check_pages(file: &mut File, chunks: impl IntoIterator<Item = (u64, u64)>) -> Result<(), String> {
     let len = file.metadata().map_err(|e| e.to_string())?.len();
-    let mut bytes = Vec::new();
+    let mut window = Vec::new();
     for (start, size) in chunks {
-        if start.checked_add(size).is_none_or(|end| end > len) {
-            return Err(format!("a column chunk ({size} bytes at {start}) runs past the file's end ({len} bytes)"));
-        }
-        bytes.resize(size as usize, 0);
-        file.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
-        file.read_exact(&mut bytes).map_err(|e| e.to_string())?;
-        let mut at = 0usize;
-        while at < bytes.len() {
-            let (header, page) = page_header(&bytes[at..]).map_err(|e| format!("page header at byte {}: {e}", start + at as u64))?;
-            let page = usize::try_from(page).map_err(|_| format!("page at byte {} declares a negative size", start + at as u64))?;
-            at = at.checked_add(header).and_then(|a| a.checked_add(page)).filter(|&a| a <= bytes.len()).ok_or_else(|| {
-                format!("the page at byte {} runs past its column chunk", start + at as u64)
+        let end = start
+            .checked_add(size)
+            .filter(|&end| end <= len)
+            .ok_or_else(|| format!("a column chunk ({size} bytes at {start}) runs past the file's end ({len} bytes)"))?;
+        let mut at = start;
+        while at < end {
+            let (header, page) = header_at(file, at, end, &mut window)?;
+            at = at.checked_add(header).and_then(|a| a.checked_add(page)).filter(|&a| a <= end).ok_or_else(|| {
+                format!("the page at byte {at} runs past its column chunk")
             })?;
         }
     }
     file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// The length of the page header at byte `at` of `file` and the size of its page, reading no
+/// further than `end` (the chunk's end) and only as far as the header needs.
+fn header_at(file: &mut File, at: u64, end: u64, window: &mut Vec<u8>) -> Result<(u64, u64), String> {
+    let mut want = HEADER_WINDOW;
+    loop {
+        let n = want.min(end - at);
+        window.resize(n as usize, 0);
+        file.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
+        file.read_exact(window).map_err(|e| e.to_string())?;
+        match page_header(window) {
+            Ok((header, page)) => {
+                let page = u64::try_from(page).map_err(|_| format!("the page at byte {at} declares a negative size"))?;
+                return Ok((header as u64, page));
+            }
+            // The window may have cut the header short: read more, as long as the chunk has more.
+            Err(_) if n < end - at => want = want.saturating_mul(16),
+            Err(e) => return Err(format!("page header at byte {at}: {e}")),
+        }
+    }
 }
 
 /// Walks one Thrift compact struct at the start of `bytes` (what a footer holds).
@@ -223,6 +246,31 @@ mod tests {
         assert!(page_header(&[0x15, 0x00, 0]).unwrap_err().contains("no compressed page size"));
         let bools = [0x15, 0x00, 0x19, 0xf1, 0xff, 0xff, 0xff, 0xff, 0x07, 0];
         assert!(page_header(&bools).unwrap_err().contains("elements"));
+    }
+
+    #[test]
+    fn page_headers_longer_than_the_first_window_are_read_whole() {
+        // Two pages in one chunk: a header with a 10,000-byte binary field 100, then a plain one.
+        let mut header = vec![0x15, 0x00, 0x15, 0x08, 0x15, 0x08]; // fields 1-3: type 0, sizes 4 and 4
+        header.extend_from_slice(&[0x08, 0xc8, 0x01, 0x90, 0x4e]); // field 100 (binary), 10,000 bytes
+        header.extend(std::iter::repeat_n(7u8, 10_000));
+        header.push(0);
+        let mut chunk = header.clone();
+        chunk.extend_from_slice(&[1, 2, 3, 4]);
+        chunk.extend_from_slice(&[0x15, 0x00, 0x15, 0x08, 0x15, 0x08, 0x00, 5, 6, 7, 8]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pages.bin");
+        let mut bytes = b"PAR1".to_vec();
+        bytes.extend_from_slice(&chunk);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut file = File::open(&path).unwrap();
+        assert_eq!(check_pages(&mut file, [(4, chunk.len() as u64)]), Ok(()));
+        // The same chunk recorded one byte short: its last page runs past it.
+        let err = check_pages(&mut file, [(4, chunk.len() as u64 - 1)]).unwrap_err();
+        assert!(err.contains("runs past its column chunk"), "{err}");
+        // Cut inside the long header: the header itself is malformed.
+        let err = check_pages(&mut file, [(4, 5000)]).unwrap_err();
+        assert!(err.contains("page header at byte 4"), "{err}");
     }
 
     #[test]
