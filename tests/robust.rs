@@ -557,6 +557,16 @@ fn the_cluster_mode_listens_only_on_the_hostfile_address() {
 
 /// Inputs found by fuzzing that once crashed, hung or over-allocated (each must now be a clean
 /// error).
+/// Runs `f` on its own thread and returns its result; a call still busy after 60 s (a reader
+/// that hangs) fails the test instead of hanging it.
+fn within_60_s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the Parquet reader was still busy after 60 s")
+}
+
 #[test]
 fn fuzzing_finds_stay_fixed() {
     // config: `points = 2147483647` made validation allocate a 17 GB grid and abort.
@@ -577,12 +587,10 @@ fn fuzzing_finds_stay_fixed() {
     file.extend_from_slice(b"PAR1");
     let path = dir.path().join("bool_lists.parquet");
     std::fs::write(&path, file).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let err = within_60_s(move || {
         let opts = ftirflow::io::ReadOptions { batch_rows: 64, sample: "fuzz".into() };
-        let _ = tx.send(ftirflow::io::open(&path, &opts).err().map(|e| e.to_string()));
+        ftirflow::io::open(&path, &opts).err().map(|e| e.to_string())
     });
-    let err = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the Parquet reader was still busy after 60 s");
     let err = err.expect("a footer of 2³¹-element boolean lists is refused");
     assert!(err.contains("not a readable Parquet file") && err.contains("2147483647 elements"), "{err}");
     // parquet_spectra, after that fix: the same skip in a page header, where the crate makes a
@@ -608,17 +616,14 @@ fn fuzzing_finds_stay_fixed() {
     bad.extend_from_slice(&bytes[at + len - 1..]);
     let path = dir.path().join("bool_list_page.parquet");
     std::fs::write(&path, &bad).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let err = within_60_s(move || {
         let opts = ftirflow::io::ReadOptions { batch_rows: 64, sample: "fuzz".into() };
-        let r = ftirflow::io::open(&path, &opts).map(|reader| reader.map(|b| b.map(|_| ())).collect::<Result<Vec<_>, _>>());
-        let _ = tx.send(match r {
+        match ftirflow::io::open(&path, &opts).map(|reader| reader.map(|b| b.map(|_| ())).collect::<Result<Vec<_>, _>>()) {
             Err(e) => Some(e.to_string()),
             Ok(Err(e)) => Some(e.to_string()),
             Ok(Ok(_)) => None,
-        });
+        }
     });
-    let err = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the Parquet reader was still busy after 60 s");
     let err = err.expect("a page header with a 2³¹-element boolean list is refused");
     assert!(err.contains("not a readable Parquet file"), "{err}");
 

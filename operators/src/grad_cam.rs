@@ -50,7 +50,7 @@ pub const ASSIGNMENT_TOLERANCE: f64 = 15.0;
 /// aligned, as `torch.nn.functional.interpolate(mode="linear", align_corners=False)`), division by
 /// the maximum; an all-zero (or non-finite) map stays zero.
 pub fn postprocess(raw: &[f32], out: &mut [f32]) {
-    Interpolation::new(raw.len(), out.len()).postprocess(raw, out);
+    Interpolation::new(raw.len(), out.len()).postprocess(raw, out, &mut Vec::new());
 }
 
 /// [`postprocess`] for `rows` raw maps of `length` values each, onto `points` points (the
@@ -58,8 +58,9 @@ pub fn postprocess(raw: &[f32], out: &mut [f32]) {
 pub fn postprocess_batch(raw: &[f32], rows: usize, length: usize, points: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; rows * points];
     let taps = Interpolation::new(length, points);
+    let mut relu = Vec::with_capacity(length);
     for (r, o) in raw.chunks_exact(length.max(1)).zip(out.chunks_exact_mut(points.max(1))) {
-        taps.postprocess(r, o);
+        taps.postprocess(r, o, &mut relu);
     }
     out
 }
@@ -85,25 +86,17 @@ impl Interpolation {
         Self { length, taps }
     }
 
-    fn postprocess(&self, raw: &[f32], out: &mut [f32]) {
+    /// One map; `relu` is scratch space for the ReLU'd raw map (reused across a batch).
+    fn postprocess(&self, raw: &[f32], out: &mut [f32], relu: &mut Vec<f32>) {
         if self.length == 0 || raw.len() != self.length || out.len() != self.taps.len() {
             out.fill(0.0);
             return;
         }
-        let mut relu = [0.0f32; 256];
-        let mut heap = Vec::new();
-        let r: &mut [f32] = if raw.len() <= relu.len() {
-            &mut relu[..raw.len()]
-        } else {
-            heap.resize(raw.len(), 0.0);
-            &mut heap
-        };
-        for (d, &v) in r.iter_mut().zip(raw) {
-            *d = if v > 0.0 { v } else { 0.0 };
-        }
+        relu.clear();
+        relu.extend(raw.iter().map(|&v| if v > 0.0 { v } else { 0.0 }));
         let mut max = 0.0f32;
         for (o, &(left, right, w)) in out.iter_mut().zip(&self.taps) {
-            *o = r[left as usize] * (1.0 - w) + r[right as usize] * w;
+            *o = relu[left as usize] * (1.0 - w) + relu[right as usize] * w;
             max = max.max(*o);
         }
         if max > 0.0 && max.is_finite() {
