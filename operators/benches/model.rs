@@ -6,9 +6,10 @@
 //! (default 250) the batch; `FTIRFLOW_BENCH_ROWS` (default 4000) the number of spectra;
 //! `FTIRFLOW_BENCH_DEVICE` (`cpu`, default, or `cuda`: needs `--features cuda` and a CUDA libtorch)
 //! where both networks run. On CUDA both sides are timed from host spectra to host results (the
-//! copies to and from the GPU included), as a pipeline uses them. The Python side runs through `scripts/python-baseline`, which finds the
-//! torch that `scripts/setup-python-baseline.sh` installs (or `TORCH_PYTHONPATH` /
-//! `TORCH_LD_LIBRARY_PATH`); without one it prints one `skipped` line. `MODEL_BENCH_NO_PYTHON=1` skips it too.
+//! copies to and from the GPU included), as a pipeline uses them. The Python side runs through
+//! `scripts/python-baseline`, which finds the torch that `scripts/setup-python-baseline.sh`
+//! installs (or `TORCH_PYTHONPATH` / `TORCH_LD_LIBRARY_PATH`); without one it prints one `skipped`
+//! line. `MODEL_BENCH_NO_PYTHON=1` skips it too.
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -164,16 +165,18 @@ fn bench(c: &mut Criterion) {
                 (Some(py_p), Some(py_c)) => {
                     println!("PyTorch eager predict       : {py_p:>9.0} spectra/s (ftirflow {:.2}×)", ours_predict / py_p);
                     println!("PyTorch eager + Grad-CAM    : {py_c:>9.0} spectra/s (ftirflow {:.2}×)", ours_cam / py_c);
-                    for key in ["max_prob_diff=", "max_cam_diff=", "maps_within_0.01="] {
-                        if let Some(v) = value(key) {
+                    let ours = "(ftirflow vs PyTorch, first batch)";
+                    let torch = "(PyTorch on the GPU vs PyTorch on the CPU)";
+                    for (key, what) in [
+                        ("max_prob_diff", ours),
+                        ("max_cam_diff", ours),
+                        ("maps_within_0.01", ours),
+                        ("torch_gpu_vs_cpu_max_cam_diff", torch),
+                        ("torch_gpu_vs_cpu_maps_within_0.01", torch),
+                    ] {
+                        if let Some(v) = value(&format!("{key}=")) {
                             let v = if key.contains("within") { format!("{v:.4}") } else { format!("{v:.3e}") };
-                            println!("{:<28}: {v} (ftirflow vs PyTorch, first batch)", key.trim_end_matches('='));
-                        }
-                    }
-                    for key in ["torch_gpu_vs_cpu_max_cam_diff=", "torch_gpu_vs_cpu_maps_within_0.01="] {
-                        if let Some(v) = value(key) {
-                            let v = if key.contains("within") { format!("{v:.4}") } else { format!("{v:.3e}") };
-                            println!("{:<34}: {v} (PyTorch on the GPU vs PyTorch on the CPU)", key.trim_end_matches('='));
+                            println!("{key:<34}: {v} {what}");
                         }
                     }
                 }
