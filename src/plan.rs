@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow::array::{AsArray, RecordBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Keep, PreprocessConfig, Step};
+use crate::config::{ConfigError, Keep, PreprocessConfig, Step};
 use crate::operators::emsc::{self, EmscCorrector, ParaffinMode};
 use crate::operators::fused::{FusedKernel, FusedSteps};
 use crate::operators::outliers::{AmideCheckKernel, ResidualOutlierKernel, OUTLIER};
@@ -39,10 +39,13 @@ pub struct EmscState {
 
 impl EmscState {
     /// Reads a state file.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read EMSC state {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not an EMSC state file", path.display()))
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: format!("EMSC state {}", path.display()), source })?;
+        serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: format!("not an EMSC state file: {e}"),
+        })
     }
 
     /// Writes a state file (through a temporary name).
@@ -50,6 +53,28 @@ impl EmscState {
         let tmp = crate::io::parquet::partial_path(path);
         std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("state serializes"))?;
         std::fs::rename(tmp, path)
+    }
+}
+
+/// One kernel of the preprocessing chain (see [`PreprocessPlan::chain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainStep {
+    /// Tissue/paraffin masks (with the amide/non-finite check when the outlier step runs).
+    Segment,
+    /// The fused per-spectrum steps: check, truncate, EMSC, resample, normalize.
+    PerSpectrum,
+    /// The per-image EMSC residual outlier check.
+    ResidualOutliers,
+}
+
+impl ChainStep {
+    /// The name of the step's kernel (its stage in rejects).
+    pub fn name(self) -> &'static str {
+        match self {
+            ChainStep::Segment => "segment",
+            ChainStep::PerSpectrum => "preprocess",
+            ChainStep::ResidualOutliers => "outliers",
+        }
     }
 }
 
@@ -91,18 +116,40 @@ impl PreprocessPlan {
     /// (the check when nothing segments → truncate → EMSC → resample → normalize, see
     /// [`FusedKernel`]) and the per-image EMSC residual outlier check.
     pub fn kernels(&self) -> Result<Vec<Box<dyn Kernel>>, OpError> {
+        self.chain().into_iter().map(|step| self.kernel(step)).collect()
+    }
+
+    /// The steps of [`PreprocessPlan::kernels`], without building them (the dataflow builds each
+    /// step's kernel per image with [`PreprocessPlan::kernel`]).
+    pub fn chain(&self) -> Vec<ChainStep> {
         let c = &self.cfg;
-        let mut k: Vec<Box<dyn Kernel>> = Vec::new();
-        let mut steps = self.per_spectrum_steps()?;
-        if let Some(segment) = self.segment_kernel()? {
-            steps.check = None; // the segment kernel checks (it does whenever the outlier step runs)
-            k.push(Box::new(segment));
+        let mut steps = Vec::new();
+        if c.runs(Step::Segment) {
+            steps.push(ChainStep::Segment);
         }
-        k.push(Box::new(FusedKernel::new(steps)?));
+        steps.push(ChainStep::PerSpectrum);
         if self.corrector.is_some() && c.runs(Step::Outliers) {
-            k.push(Box::new(ResidualOutlierKernel::new(&c.outliers)?));
+            steps.push(ChainStep::ResidualOutliers);
         }
-        Ok(k)
+        steps
+    }
+
+    /// A fresh kernel for one step of [`PreprocessPlan::chain`].
+    pub fn kernel(&self, step: ChainStep) -> Result<Box<dyn Kernel>, OpError> {
+        Ok(match step {
+            ChainStep::Segment => match self.segment_kernel()? {
+                Some(segment) => Box::new(segment),
+                None => return Err(OpError::config("segment", "segmentation is not configured")),
+            },
+            ChainStep::PerSpectrum => {
+                let mut steps = self.per_spectrum_steps()?;
+                if self.cfg.runs(Step::Segment) {
+                    steps.check = None; // the segment kernel checks (it does whenever the outlier step runs)
+                }
+                Box::new(FusedKernel::new(steps)?)
+            }
+            ChainStep::ResidualOutliers => Box::new(ResidualOutlierKernel::new(&self.cfg.outliers)?),
+        })
     }
     /// The segmentation kernel, with the amide/non-finite check in its pass when the outlier step
     /// runs (`None` when segmentation is off).
@@ -279,5 +326,27 @@ impl EmscFitter {
             Vec::new()
         };
         Ok(EmscState { wavenumbers: axis, reference, interferents, source: source.to_string(), reference_spectra: self.count })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_chain_step_builds_the_kernel_it_names() {
+        let cfg = PreprocessConfig::default();
+        let band = cfg.emsc_range;
+        let wavenumbers: Vec<f64> = (0..=400).map(|i| band.lo + (band.hi - band.lo) * i as f64 / 400.0).collect();
+        let reference: Vec<f64> = wavenumbers.iter().map(|w| 1.0 + (w / 100.0).sin().abs()).collect();
+        let state = EmscState { wavenumbers, reference, interferents: Vec::new(), source: "test".into(), reference_spectra: 1 };
+        let plan = PreprocessPlan::new(&cfg, Some(&state)).unwrap();
+        let chain = plan.chain();
+        assert_eq!(chain, [ChainStep::Segment, ChainStep::PerSpectrum, ChainStep::ResidualOutliers]);
+        for step in chain {
+            assert_eq!(plan.kernel(step).unwrap().name(), step.name());
+        }
+        let names: Vec<&str> = plan.kernels().unwrap().iter().map(|k| k.name()).collect();
+        assert_eq!(names, ["segment", "preprocess", "outliers"]);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{AsArray, RecordBatch};
-use ftirflow::cli::preprocess;
+use ftirflow::preprocess::{preprocess, PreprocessSummary};
 use ftirflow::config::{Config, Keep, Step};
 use ftirflow::io::{self, ReadOptions};
 use ftirflow::operators::emsc::ParaffinMode;
@@ -84,9 +84,18 @@ fn nearest_mean_accuracy(rows: &[(String, bool, Vec<f32>)]) -> f64 {
     right as f64 / total as f64
 }
 
-fn run(cfg: &Config, arch: &Path, out: &Path) -> ftirflow::cli::PreprocessSummary {
-    let s = preprocess(cfg, &[arch.join("images")], out, None, None).unwrap();
+fn run(cfg: &Config, arch: &Path, out: &Path) -> PreprocessSummary {
+    // Progress: the job reports each pass's end (done == total) after its last image.
+    let passes = std::sync::Mutex::new(Vec::new());
+    let progress = |p: ftirflow::convert::ImageProgress| {
+        if p.done == p.total {
+            passes.lock().unwrap().push((p.pass, p.total));
+        }
+    };
+    let s = preprocess(cfg, &[arch.join("images")], out, None, None, &progress).unwrap();
     assert!(s.rejects.is_empty(), "{:?}", s.rejects);
+    let passes = passes.into_inner().unwrap();
+    assert_eq!(passes.last(), Some(&("images", s.images)), "{passes:?}");
     s
 }
 
@@ -121,7 +130,7 @@ fn steps_run_alone_and_the_state_round_trips() {
     let mut cfg = Config::default();
     cfg.preprocess.steps = vec![Step::Emsc];
     let state_path = dir.path().join("emsc.json");
-    let s = preprocess(&cfg, &[arch.join("images")], &dir.path().join("a.parquet"), None, Some(&state_path)).unwrap();
+    let s = preprocess(&cfg, &[arch.join("images")], &dir.path().join("a.parquet"), None, Some(&state_path), &|_| {}).unwrap();
     assert_eq!(s.spectra, 2 * 16 * 16);
     let batches = io::read_all(&dir.path().join("a.parquet"), &ReadOptions::new("x")).unwrap();
     let schema = batches[0].schema();
@@ -131,7 +140,7 @@ fn steps_run_alone_and_the_state_round_trips() {
     assert!(layout.wavenumbers.iter().all(|w| (900.0..=1800.0).contains(w)), "truncated to the EMSC range");
     // The saved state reproduces the same output.
     let state = ftirflow::plan::EmscState::load(&state_path).unwrap();
-    preprocess(&cfg, &[arch.join("images")], &dir.path().join("b.parquet"), Some(state), None).unwrap();
+    preprocess(&cfg, &[arch.join("images")], &dir.path().join("b.parquet"), Some(state), None, &|_| {}).unwrap();
     let again = io::read_all(&dir.path().join("b.parquet"), &ReadOptions::new("x")).unwrap();
     assert_eq!(batches, again);
 }
@@ -148,7 +157,7 @@ fn images_that_fail_a_step_are_rejected_and_the_rest_written() {
         values: vec![0.3; 1600],
     };
     ftirflow::io::parquet::write_cube(&arch.join("images/short.parquet"), &cube, "short").unwrap();
-    let s = preprocess(&Config::default(), &[arch.join("images")], &dir.path().join("o.parquet"), None, None).unwrap();
+    let s = preprocess(&Config::default(), &[arch.join("images")], &dir.path().join("o.parquet"), None, None, &|_| {}).unwrap();
     assert_eq!(s.images, 2);
     assert_eq!(s.rejects.len(), 1, "{:?}", s.rejects);
     assert!(s.rejects[0].reason.contains("does not cover"), "{:?}", s.rejects[0]);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use super::Outcome;
+use super::{print_rejects, Outcome};
 use crate::config::Config;
 use crate::run::{run as run_job, RunOptions};
 use crate::synth::SynthConfig;
@@ -50,7 +50,8 @@ pub(super) fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         let out = args.out.join(format!("model_{name}"));
         println!("{step}/4 training the {name} model briefly ({} epochs) into {}", cfg.train.epochs, out.display());
         let input = Input::Archive { dir: images.clone(), labels: labels.clone(), task };
-        let report = train::train(&cfg, &input, &out).with_context(|| format!("training the {name} model"))?;
+        let report = train::train(&cfg, &input, &out, &super::progress::epoch_reporter())
+            .with_context(|| format!("training the {name} model"))?;
         println!("    trained on {} spectra in {:.1} s", report.final_spectra, report.seconds);
         models.push(out);
     }
@@ -70,10 +71,8 @@ pub(super) fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         process: 0,
         hostfile: None,
     };
-    let s = run_job(&opts)?;
-    for (path, stage, reason) in &s.rejects {
-        eprintln!("rejected: {path}: [{stage}] {reason}");
-    }
+    let s = run_job(&opts, &super::progress::run_reporter())?;
+    print_rejects(&s.rejects);
     println!(
         "demo: {} cores, {} spectra classified with Grad-CAM in {:.1} s ({} processed, {} reused, {} rejected)",
         s.cores,
@@ -87,5 +86,5 @@ pub(super) fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     super::report::after_command(&out);
     println!("models:  {} and {}", models[0].display(), models[1].display());
     println!("archive: {} (labels {}, ground truth {})", images.display(), labels.display(), archive.join("truth").display());
-    Ok(if s.rejects.is_empty() { Outcome::Complete } else { Outcome::SomeRejected })
+    Ok(Outcome::of(&s.rejects))
 }

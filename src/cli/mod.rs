@@ -1,13 +1,15 @@
-//! The `ftirflow` command line (DESIGN.md §7): argument parsing with clap, logging, progress and
-//! the exit codes (0 everything processed, 1 finished with rejected inputs, 2 nothing useful ran).
+//! The `ftirflow` command line (README.md, Commands): argument parsing with clap, logging, progress
+//! bars and the exit codes (0 everything processed, 1 finished with rejected inputs, 2 nothing
+//! useful ran). Each command parses its arguments, calls one job of the library, prints what it
+//! did and maps its error to an exit code; only `main.rs` uses this module.
 mod convert;
 mod demo;
 mod inspect;
 mod preprocess;
-pub mod progress;
+mod progress;
 mod report;
-mod synth;
 mod run;
+mod synth;
 mod train;
 
 use std::path::PathBuf;
@@ -15,8 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub use convert::{convert, ConvertSummary, Reject};
-pub use preprocess::{preprocess, PreprocessSummary};
+use crate::reject::Reject;
 
 /// Exit status of a command that ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,41 @@ pub enum Outcome {
     Complete,
     /// The command finished, but some inputs were rejected.
     SomeRejected,
+}
+
+impl Outcome {
+    /// `SomeRejected` when there are rejects, else `Complete`.
+    fn of(rejects: &[Reject]) -> Self {
+        if rejects.is_empty() {
+            Outcome::Complete
+        } else {
+            Outcome::SomeRejected
+        }
+    }
+}
+
+/// Prints each reject as `rejected: PATH: [stage] reason` on stderr.
+fn print_rejects(rejects: &[Reject]) {
+    for r in rejects {
+        eprintln!("rejected: {r}");
+    }
+}
+
+/// The one-line message of an error and its causes, each cause once: library errors already
+/// include their cause in their message, so a cause whose text is already there is skipped.
+fn message(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Exit code for a run that could not do anything useful (bad config, unwritable output, …).
@@ -89,7 +125,7 @@ pub fn main() -> ExitCode {
         Ok(Outcome::Complete) => ExitCode::SUCCESS,
         Ok(Outcome::SomeRejected) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             ExitCode::from(EXIT_FATAL)
         }
     }

@@ -5,6 +5,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::convert::ImageProgress;
+use crate::run::RunProgress;
+use crate::train::EpochProgress;
+
 /// Progress over a known number of units (images, cores, files).
 pub struct Progress {
     bar: Option<ProgressBar>,
@@ -53,29 +57,51 @@ impl Progress {
     }
 }
 
-/// Reports a run's counters (images done, spectra/s, ETA) until `done` is set: a bar on a
-/// terminal, a log line every 10 s otherwise.
-pub fn spawn_reporter(
-    what: &'static str,
-    total: u64,
-    counters: std::sync::Arc<crate::run::Counters>,
-    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    use std::sync::atomic::Ordering;
-    std::thread::spawn(move || {
-        let progress = Progress::new(what, total);
-        let start = Instant::now();
-        loop {
-            let finished = done.load(Ordering::Relaxed);
-            let images = counters.images.load(Ordering::Relaxed);
-            let spectra = counters.spectra.load(Ordering::Relaxed);
-            let rate = spectra as f64 / start.elapsed().as_secs_f64().max(1e-3);
-            progress.set(images.min(total), &format!("{spectra} spectra, {rate:.0} spectra/s"));
-            if finished {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
+/// A reporter for `run`: one bar over this process's images, with spectra and throughput.
+pub fn run_reporter() -> impl Fn(RunProgress) + Sync {
+    let bar: Mutex<Option<Progress>> = Mutex::new(None);
+    move |p: RunProgress| {
+        let Ok(mut bar) = bar.lock() else { return };
+        let progress = bar.get_or_insert_with(|| Progress::new("images", p.images));
+        let rate = p.spectra as f64 / p.seconds.max(1e-3);
+        progress.set(p.images_done, &format!("{} spectra, {rate:.0} spectra/s", p.spectra));
+        if p.finished {
+            progress.finish();
         }
-        progress.finish();
-    })
+    }
+}
+
+/// A reporter for jobs that walk images (`convert`, `preprocess`): one bar per pass.
+pub fn image_reporter() -> impl Fn(ImageProgress) {
+    let bar: Mutex<Option<(&'static str, Progress)>> = Mutex::new(None);
+    move |p: ImageProgress| {
+        let Ok(mut bar) = bar.lock() else { return };
+        if bar.as_ref().is_none_or(|(pass, _)| *pass != p.pass) {
+            if let Some((_, old)) = bar.take() {
+                old.finish();
+            }
+            *bar = Some((p.pass, Progress::new(p.pass, p.total as u64)));
+        }
+        let (_, progress) = bar.as_ref().expect("set above");
+        progress.set(p.done as u64, p.current);
+        if p.done == p.total {
+            progress.finish();
+        }
+    }
+}
+
+/// A reporter for `train`: one bar per model's epochs, with loss and accuracy.
+pub fn epoch_reporter() -> impl Fn(&EpochProgress) {
+    let bar: Mutex<Option<(String, Progress)>> = Mutex::new(None);
+    move |p: &EpochProgress| {
+        let Ok(mut bar) = bar.lock() else { return };
+        if bar.as_ref().is_none_or(|(model, _)| model != p.model) {
+            *bar = Some((p.model.to_string(), Progress::new(format!("{} epochs", p.model), p.epochs as u64)));
+        }
+        let (_, progress) = bar.as_ref().expect("set above");
+        progress.set(p.epoch as u64, &format!("loss {:.4} acc {:.3}", p.loss, p.accuracy));
+        if p.epoch == p.epochs {
+            progress.finish();
+        }
+    }
 }

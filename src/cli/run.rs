@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::Outcome;
+use super::{print_rejects, Outcome};
 use crate::config::Config;
 use crate::run::{run as run_job, RunOptions};
 
@@ -62,10 +62,8 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         hostfile: args.hostfile,
     };
     let report = opts.config.report.enabled;
-    let s = run_job(&opts)?;
-    for (path, stage, reason) in &s.rejects {
-        eprintln!("rejected: {path}: [{stage}] {reason}");
-    }
+    let s = run_job(&opts, &super::progress::run_reporter())?;
+    print_rejects(&s.rejects);
     if s.wrote_tables {
         println!(
             "run: {} image(s) ({} processed, {} reused, {} rejected), {} cores, {} spectra in {:.1} s on {} worker(s); outputs in {}",
@@ -85,5 +83,5 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     } else {
         println!("run: process {} finished its images in {:.1} s (process 0 writes the tables)", opts.process, s.seconds);
     }
-    Ok(if s.rejects.is_empty() { Outcome::Complete } else { Outcome::SomeRejected })
+    Ok(Outcome::of(&s.rejects))
 }

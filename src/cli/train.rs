@@ -87,7 +87,7 @@ pub(super) fn run(args: TrainArgs) -> anyhow::Result<Outcome> {
     } else {
         anyhow::bail!("{}: no such archive directory or table", args.input.display());
     };
-    let report = train::train(&cfg, &input, &args.out).with_context(|| format!("training on {} failed", args.input.display()))?;
+    let report = train::train(&cfg, &input, &args.out, &super::progress::epoch_reporter()).with_context(|| format!("training on {} failed", args.input.display()))?;
     print!("{}", report.cv.table());
     for c in report.gradcam.iter().filter(|c| c.by == "true") {
         let bands: Vec<String> =

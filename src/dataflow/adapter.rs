@@ -1,10 +1,10 @@
-//! The one generic adapter that runs any operator [`Kernel`] inside timely, and the extension
-//! traits that make the pipeline read as a chain (`.preprocess(..).classify(..)`).
+//! The one generic adapter that runs any per-image stage inside timely — an operator [`Kernel`]
+//! or classification — and the items that flow between the operators.
 //!
 //! Each image travels at its own timestamp (its index in the archive). The adapter keeps one
-//! kernel per open timestamp: it feeds the image's batches to `push_batch` as they arrive and
-//! calls `finish` once the input frontier has passed the image's timestamp (no more of its
-//! batches can come). A kernel error does not stop the run: the image's data is dropped and a
+//! stage per open timestamp: it feeds the image's batches to the stage as they arrive and calls
+//! `finish` once the input frontier has passed the image's timestamp (no more of its batches can
+//! come). A stage error does not stop the run: the image's data is dropped and an
 //! [`Item::Failed`] naming the stage flows on in its place (timely's `ok_err` idea), which ends
 //! up in `rejects.parquet`.
 use std::collections::BTreeMap;
@@ -17,22 +17,22 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
+use crate::classify::ClassifyKernel;
+use crate::job::RunJob;
 use crate::operators::{Kernel, OpError};
-use crate::run::summary::{Diff, Record};
+use crate::outputs::records::{Diff, ImageSummary, Record};
+use crate::reject::Reject;
 
-/// What flows between the operators: an image's record batches, or the news that it failed, or
-/// the stored records of an image that this run reuses.
+/// What flows between the operators: an image's record batches and, after classification, its
+/// summary; or the news that it failed; or the stored records of an image that this run reuses.
 #[derive(Clone, Debug)]
 pub enum Item {
     /// A batch of the image.
     Batch(RecordBatch),
-    /// The image failed at `stage`.
-    Failed {
-        /// The step that failed (`read`, `segment`, `preprocess`, `classify`, …).
-        stage: String,
-        /// One-line reason.
-        reason: String,
-    },
+    /// The image's summary (core row and Grad-CAM sums), after its last prediction batch.
+    Summary(Box<ImageSummary>),
+    /// The image was rejected.
+    Failed(Reject),
     /// The summary records of an image processed by an earlier run.
     Reused(Arc<Vec<(Record, Diff)>>),
 }
@@ -40,28 +40,78 @@ pub enum Item {
 /// The stream type of the pipeline.
 pub type Items<'scope> = Stream<'scope, u64, Vec<Item>>;
 
-/// Makes a fresh kernel for an image.
-pub type KernelFactory = Arc<dyn Fn() -> Result<Box<dyn Kernel>, OpError> + Send + Sync>;
-
-/// Runs kernels inside timely.
-pub trait ApplyKernel<'scope> {
-    /// Applies a fresh kernel from `factory` to each image (see the module docs).
-    fn apply_kernel(self, name: &str, factory: KernelFactory) -> Items<'scope>;
+/// One image's work at one operator: batches in, items out.
+pub trait Stage {
+    /// The stage's name (in rejects).
+    fn name(&self) -> &'static str;
+    /// Consumes one batch of the image, appending finished items to `out`.
+    fn push_batch(&mut self, batch: &RecordBatch, out: &mut Vec<Item>) -> Result<(), OpError>;
+    /// Ends the image, appending what was held back to `out`.
+    fn finish(&mut self, out: &mut Vec<Item>) -> Result<(), OpError>;
 }
 
-/// The kernel of one open image.
+impl Stage for Box<dyn Kernel> {
+    fn name(&self) -> &'static str {
+        self.as_ref().name()
+    }
+
+    fn push_batch(&mut self, batch: &RecordBatch, out: &mut Vec<Item>) -> Result<(), OpError> {
+        let mut batches = Vec::new();
+        self.as_mut().push_batch(batch, &mut batches)?;
+        out.extend(batches.into_iter().map(Item::Batch));
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<Item>) -> Result<(), OpError> {
+        let mut batches = Vec::new();
+        self.as_mut().finish(&mut batches)?;
+        out.extend(batches.into_iter().map(Item::Batch));
+        Ok(())
+    }
+}
+
+impl Stage for ClassifyKernel {
+    fn name(&self) -> &'static str {
+        crate::classify::OP
+    }
+
+    fn push_batch(&mut self, batch: &RecordBatch, _out: &mut Vec<Item>) -> Result<(), OpError> {
+        ClassifyKernel::push_batch(self, batch);
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<Item>) -> Result<(), OpError> {
+        if let Some((batches, summary)) = ClassifyKernel::finish(self)? {
+            out.extend(batches.into_iter().map(Item::Batch));
+            out.push(Item::Summary(Box::new(summary)));
+        }
+        Ok(())
+    }
+}
+
+/// Makes a fresh stage for an image (on the worker's thread: stages need not be `Send`).
+pub type StageFactory = Box<dyn Fn() -> Result<Box<dyn Stage>, OpError>>;
+
+/// Runs stages inside timely.
+pub trait ApplyStage<'scope> {
+    /// Applies a fresh stage from `factory` to each image of `job` (see the module docs).
+    fn apply_stage(self, name: &'static str, factory: StageFactory, job: &Arc<RunJob>) -> Items<'scope>;
+}
+
+/// The stage of one open image.
 enum State {
     /// No batch seen yet.
     Fresh,
     /// Running.
-    Running(Box<dyn Kernel>),
+    Running(Box<dyn Stage>),
     /// The image failed (or was reused): its batches are dropped.
     Done,
 }
 
-impl<'scope> ApplyKernel<'scope> for Items<'scope> {
-    fn apply_kernel(self, name: &str, factory: KernelFactory) -> Items<'scope> {
-        let stage = name.to_string();
+impl<'scope> ApplyStage<'scope> for Items<'scope> {
+    fn apply_stage(self, name: &'static str, factory: StageFactory, job: &Arc<RunJob>) -> Items<'scope> {
+        let job = Arc::clone(job);
+        let reject = move |t: u64, stage: &str, e: OpError| Item::Failed(Reject::new(&job.images[t as usize].entry.path, stage, e.to_string()));
         self.unary_frontier::<CapacityContainerBuilder<Vec<Item>>, _, _, _>(Pipeline, name, move |_cap, _info| {
             let mut open: BTreeMap<u64, (Capability<u64>, State)> = BTreeMap::new();
             move |(input, frontier), output| {
@@ -77,7 +127,7 @@ impl<'scope> ApplyKernel<'scope> for Items<'scope> {
                                     entry.1 = match factory() {
                                         Ok(k) => State::Running(k),
                                         Err(e) => {
-                                            emitted.push(Item::Failed { stage: stage.clone(), reason: e.to_string() });
+                                            emitted.push(reject(t, name, e));
                                             State::Done
                                         }
                                     };
@@ -85,14 +135,15 @@ impl<'scope> ApplyKernel<'scope> for Items<'scope> {
                                 if let State::Running(k) = &mut entry.1 {
                                     let mut out = Vec::new();
                                     match k.push_batch(&b, &mut out) {
-                                        Ok(()) => emitted.extend(out.into_iter().map(Item::Batch)),
+                                        Ok(()) => emitted.append(&mut out),
                                         Err(e) => {
-                                            emitted.push(Item::Failed { stage: k.name().to_string(), reason: e.to_string() });
+                                            emitted.push(reject(t, k.name(), e));
                                             entry.1 = State::Done;
                                         }
                                     }
                                 }
                             }
+                            Item::Summary(s) => emitted.push(Item::Summary(s)),
                             other => {
                                 // A failure upstream or a reused image: nothing to compute here.
                                 entry.1 = State::Done;
@@ -110,11 +161,10 @@ impl<'scope> ApplyKernel<'scope> for Items<'scope> {
                     }
                     let (cap, state) = open.remove(&t).expect("present");
                     if let State::Running(mut k) = state {
-                        let mut out = Vec::new();
-                        let items: Vec<Item> = match k.finish(&mut out) {
-                            Ok(()) => out.into_iter().map(Item::Batch).collect(),
-                            Err(e) => vec![Item::Failed { stage: k.name().to_string(), reason: e.to_string() }],
-                        };
+                        let mut items = Vec::new();
+                        if let Err(e) = k.finish(&mut items) {
+                            items = vec![reject(t, k.name(), e)];
+                        }
                         if !items.is_empty() {
                             output.session(&cap).give_iterator(items.into_iter());
                         }

@@ -208,7 +208,7 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
     for class in types.iter().chain(&subtypes) {
         let Some(cam) = profiles.get(&("predicted".to_string(), class.clone())) else { continue };
         any_cam = true;
-        let spectrum = profiles.get(&(crate::run::classify::SPECTRUM_SCOPE.to_string(), class.clone()));
+        let spectrum = profiles.get(&(crate::outputs::records::SPECTRUM_SCOPE.to_string(), class.clone()));
         let class_bands: Vec<&load::BandRecord> = bands.iter().filter(|b| b.scope == "predicted" && &b.class == class).collect();
         let classes: Vec<String> = if types.contains(class) { types.clone() } else { subtypes.clone() };
         let fig = GradCamPlot {

@@ -1,32 +1,35 @@
-//! `ftirflow run`: the nightly job around the dataflow graph (DESIGN.md §7, §8) — validating the
+//! `ftirflow run`: the nightly job around the dataflow graph (docs/outputs.md) — validating the
 //! configuration and models before any spectrum is read, locking the output directory, deciding
 //! from the manifest which images to process and which to reuse, running the graph on the
 //! requested workers and processes, and writing the run's tables and `run.json`.
 //!
-//! Outputs (`OUT_DIR/`): `predictions/<part>.parquet` (one part per image, the same whatever the
-//! layout), `cores.parquet`, `gradcam.parquet`, `bands.parquet`, `rejects.parquet`, `run.json`,
-//! `manifest.jsonl`, and `parts/<part>.json` (each image's summary records, reused by later
-//! runs). Every file appears only complete (temporary name, then rename).
-pub mod classify;
-pub mod manifest;
-pub mod summary;
+//! Outputs (`OUT_DIR/`, see [`crate::outputs`]): `predictions/<part>.parquet` (one part per image,
+//! the same whatever the layout), `cores.parquet`, `gradcam.parquet`, `bands.parquet`,
+//! `rejects.parquet`, `run.json`, `manifest.jsonl`, and `parts/<part>.json` (each image's summary
+//! records, reused by later runs). Every file appears only complete (temporary name, then rename).
+pub mod cluster;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::bundle::Bundle;
-use crate::config::Config;
+use crate::classify::{Truth, CANCER};
+use crate::config::{Config, Inference};
+use crate::error::{Error, ResultExt};
 use crate::io::archive::ImageEntry;
+use crate::job::{Action, Counters, ImageJob, ModelDirs, ModelInfo, RunJob};
+use crate::operators::model::DeviceChoice;
+use crate::outputs::manifest::{self, ManifestEntry, RunManifest};
+use crate::outputs::records::{Diff, Record};
+use crate::outputs::tables::{write_tables, Totals};
+use crate::outputs::{part_name, prediction_path, summary_path};
 use crate::plan::PreprocessPlan;
-use classify::{Models, Truth};
-use manifest::Identity;
-use summary::{Diff, Record, Totals};
+use crate::reject::Reject;
 
 /// What `ftirflow run` was asked to do.
 #[derive(Debug, Clone)]
@@ -51,118 +54,6 @@ pub struct RunOptions {
     pub hostfile: Option<PathBuf>,
 }
 
-/// Whether an image is processed or its earlier outputs reused.
-#[derive(Debug, Clone)]
-pub enum Task {
-    /// Read and classify the image.
-    Process,
-    /// Feed the stored summary records of an earlier run.
-    Reuse(Arc<Vec<(Record, Diff)>>),
-    /// Do not read it: it is rejected at `stage` for `reason` (e.g. a file linking outside the
-    /// archive).
-    Refuse {
-        /// The stage named in the rejects.
-        stage: String,
-        /// One-line reason.
-        reason: String,
-    },
-}
-
-/// One image of the run.
-#[derive(Debug, Clone)]
-pub struct ImageTask {
-    /// The archive entry.
-    pub entry: ImageEntry,
-    /// Its path relative to the archive root.
-    pub rel_path: String,
-    /// Its output part name.
-    pub part: String,
-    /// Its identity (sizes and modification times) when the run started.
-    pub identity: Option<Identity>,
-    /// What to do with it.
-    pub task: Task,
-}
-
-/// Counters the progress reporter reads.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Images finished (processed, reused or rejected) in this process.
-    pub images: AtomicU64,
-    /// Spectra written in this process.
-    pub spectra: AtomicU64,
-}
-
-/// Everything the workers share.
-#[derive(Debug)]
-pub struct RunJob {
-    /// The images, in archive order (image `i` runs at timestamp `i`).
-    pub tasks: Vec<ImageTask>,
-    /// The output directory.
-    pub out: PathBuf,
-    /// The preprocessing plan (from the type model's bundle).
-    pub plan: Arc<PreprocessPlan>,
-    /// Truth labels by sample.
-    pub labels: Arc<HashMap<String, Truth>>,
-    /// Spectra per read batch.
-    pub batch_rows: usize,
-    /// Hash of the model bundle(s).
-    pub model_hash: String,
-    /// Parquet key-value metadata of every output.
-    pub key_values: Vec<(String, String)>,
-    /// Progress counters of this process.
-    pub progress: Arc<Counters>,
-    /// The `[run]` configuration.
-    pub run: crate::config::RunConfig,
-    /// Type and subtype bundle directories.
-    pub model_dirs: (PathBuf, Option<PathBuf>),
-    /// Type classes, subtype classes and the model grid.
-    pub meta: (Vec<String>, Option<Vec<String>>, Vec<f64>),
-    /// The process's inference service, when the networks are shared.
-    pub service: Option<crossbeam_channel::Sender<classify::Request>>,
-    /// Set when the outputs cannot be written any more (a full or read-only disk): the
-    /// process's workers stop reading images and the run ends with this error.
-    pub stopped: std::sync::Mutex<Option<String>>,
-}
-
-impl RunJob {
-    /// Stops the process's workers after a storage failure (the first reason wins).
-    pub fn stop(&self, reason: String) {
-        if let Ok(mut s) = self.stopped.lock() {
-            if s.is_none() {
-                tracing::error!("{reason}; this process stops reading images");
-                *s = Some(reason);
-            }
-        }
-    }
-
-    /// The reason the run stopped, if it did.
-    pub fn stopped(&self) -> Option<String> {
-        self.stopped.lock().ok().and_then(|s| s.clone())
-    }
-
-    /// The models as one worker uses them: its own copy, or the process's inference service.
-    pub fn load_models(&self) -> anyhow::Result<Models> {
-        if let Some(tx) = &self.service {
-            return Ok(Models {
-                types: self.meta.0.clone(),
-                subtypes: self.meta.1.clone(),
-                grid: self.meta.2.clone(),
-                engine: classify::Engine::Shared(tx.clone()),
-                batch: self.run.batch,
-                gradcam: self.run.gradcam,
-            });
-        }
-        let (types, subtypes) = load_bundles(&self.model_dirs, self.run.device)?;
-        Ok(Models::local(types, subtypes, self.run.batch, self.run.gradcam))
-    }
-}
-
-fn load_bundles(dirs: &(PathBuf, Option<PathBuf>), device: crate::operators::model::DeviceChoice) -> anyhow::Result<(Bundle, Option<Bundle>)> {
-    let types = Bundle::load(&dirs.0, device)?;
-    let subtypes = dirs.1.as_ref().map(|d| Bundle::load(d, device)).transpose()?;
-    Ok((types, subtypes))
-}
-
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunSummary {
@@ -172,8 +63,8 @@ pub struct RunSummary {
     pub processed: usize,
     /// Images reused from earlier runs.
     pub reused: usize,
-    /// Rejected inputs (path, stage, reason).
-    pub rejects: Vec<(String, String, String)>,
+    /// Rejected inputs, sorted.
+    pub rejects: Vec<Reject>,
     /// Cores in the outputs.
     pub cores: usize,
     /// Spectra in the outputs.
@@ -188,161 +79,190 @@ pub struct RunSummary {
     pub wrote_tables: bool,
 }
 
-/// A part name from a sample id: safe as a file name, unique per sample.
-pub fn part_name(sample: &str) -> String {
-    let safe: String = sample.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
-    if safe == sample {
-        safe
-    } else {
-        // Keep names distinct when sanitizing merged two ids.
-        use sha2::Digest;
-        let h = sha2::Sha256::digest(sample.as_bytes());
-        format!("{safe}-{:02x}{:02x}{:02x}{:02x}", h[0], h[1], h[2], h[3])
-    }
+/// Progress of this process's share of a run, reported about five times a second while the
+/// graph runs and once more, with `finished`, at its end.
+#[derive(Debug, Clone, Copy)]
+pub struct RunProgress {
+    /// Images finished (processed, reused or rejected) by this process.
+    pub images_done: u64,
+    /// Images this process runs.
+    pub images: u64,
+    /// Spectra written by this process.
+    pub spectra: u64,
+    /// Seconds since the graph started.
+    pub seconds: f64,
+    /// Whether the graph has finished.
+    pub finished: bool,
 }
 
-/// Whether `e` says the output storage cannot take more data (full, over quota, file size limit,
-/// read-only): not the image's fault, and every later write would fail too.
-pub fn is_storage_error(e: &anyhow::Error) -> bool {
-    use std::io::ErrorKind;
-    let by_kind = e.chain().filter_map(|c| c.downcast_ref::<std::io::Error>()).any(|io| {
-        matches!(io.kind(), ErrorKind::StorageFull | ErrorKind::ReadOnlyFilesystem | ErrorKind::FileTooLarge | ErrorKind::QuotaExceeded)
-    });
-    let text = format!("{e:#}");
-    by_kind || ["No space left on device", "File too large", "Read-only file system", "Disk quota exceeded"].iter().any(|m| text.contains(m))
+/// The models of a run, checked against each other, with what follows from them.
+struct CheckedModels {
+    types: Bundle,
+    subtypes: Option<Bundle>,
+    /// The type model's preprocessing, tissue spectra only.
+    plan: PreprocessPlan,
+    /// Hash of the weights of both bundles.
+    hash: String,
 }
 
-/// The addresses of a host file: one `host:port` per line (blank lines and `#` comments
-/// skipped), each resolving, none a wildcard address. Timely listens on exactly this
-/// process's line (each whitespace-separated address of it), so a line holding several
-/// addresses or `0.0.0.0`/`[::]` would open the unauthenticated transport on interfaces the
-/// user did not list: both are refused.
-pub fn read_hostfile(hostfile: &Path, processes: usize) -> anyhow::Result<Vec<String>> {
-    use std::net::ToSocketAddrs;
-    let text = std::fs::read_to_string(hostfile).with_context(|| format!("cannot read host file {}", hostfile.display()))?;
-    let addresses: Vec<String> =
-        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
-    anyhow::ensure!(
-        addresses.len() == processes,
-        "host file {} lists {} addresses for {} processes",
-        hostfile.display(),
-        addresses.len(),
-        processes
+/// Runs the job, reporting progress to `progress`. Errors are fatal (exit code 2): bad
+/// configuration or models, unwritable output, another run holding the lock.
+pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result<RunSummary, Error> {
+    let start = Instant::now();
+    let cfg = &opts.config;
+    cfg.validate()?;
+    let workers = cfg.run.workers;
+    let processes = opts.processes.max(1);
+    let timely_cfg = cluster::timely_config(workers, opts.processes, opts.process, opts.hostfile.as_deref())?;
+    let models = check_models(opts)?;
+    let device = cfg.run.device.resolve()?;
+    tch::set_num_threads(cfg.run.threads as i32);
+
+    let entries = crate::io::archive::discover(&opts.archive).context_with(|| format!("cannot read the archive {}", opts.archive.display()))?;
+    let root = if opts.archive.is_dir() { opts.archive.clone() } else { opts.archive.parent().unwrap_or(Path::new("")).to_path_buf() };
+    let labels = read_labels(opts, &root, &entries)?;
+    let _lock = prepare_output(opts)?;
+    let images = plan_images(entries, &root, &opts.out, &models.hash)?;
+    let reused = images.iter().filter(|t| matches!(t.action, Action::Reuse(_))).count();
+    let n_images = images.len();
+    tracing::info!(
+        "run: {} image(s) in {}, {} to process, {} reused; {} worker(s) × {} process(es); device {:?}",
+        n_images,
+        opts.archive.display(),
+        n_images - reused,
+        reused,
+        workers,
+        processes,
+        device
     );
-    for (i, a) in addresses.iter().enumerate() {
-        anyhow::ensure!(
-            !a.contains(char::is_whitespace),
-            "host file {}: the line of process {i} (`{a}`) must hold one host:port",
-            hostfile.display()
-        );
-        let resolved: Vec<std::net::SocketAddr> = a
-            .to_socket_addrs()
-            .with_context(|| format!("host file {}: `{a}` (process {i}) is not a reachable host:port", hostfile.display()))?
-            .collect();
-        anyhow::ensure!(!resolved.is_empty(), "host file {}: `{a}` (process {i}) resolves to no address", hostfile.display());
-        anyhow::ensure!(
-            resolved.iter().all(|s| !s.ip().is_unspecified()),
-            "host file {}: `{a}` (process {i}) is a wildcard address, which would listen on every network interface; \
-             list the host's address on the private network instead",
-            hostfile.display()
-        );
-    }
-    Ok(addresses)
-}
 
-/// The timely configuration of a layout.
-pub fn timely_config(workers: usize, opts: &RunOptions) -> anyhow::Result<timely::Config> {
-    anyhow::ensure!(workers >= 1, "--workers must be at least 1");
-    if opts.processes <= 1 {
-        return Ok(timely::Config::process(workers));
-    }
-    anyhow::ensure!(opts.process < opts.processes, "--process {} must be below --processes {}", opts.process, opts.processes);
-    let hostfile = opts.hostfile.as_ref().context("--processes > 1 needs --hostfile (one host:port per process)")?;
-    let addresses = read_hostfile(hostfile, opts.processes)?;
-    Ok(timely::Config {
-        communication: timely::CommunicationConfig::Cluster {
-            threads: workers,
-            process: opts.process,
-            addresses,
-            report: false,
-            zerocopy: false,
+    let key_values = vec![
+        ("ftirflow:version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("ftirflow:model_hash".to_string(), models.hash.clone()),
+        ("ftirflow:config".to_string(), toml::to_string(cfg).unwrap_or_default()),
+        ("ftirflow:libtorch".to_string(), crate::bundle::LIBTORCH_VERSION.to_string()),
+    ];
+    let shared = match cfg.run.inference {
+        Inference::Shared => true,
+        Inference::Local => false,
+        Inference::Auto => device.is_cuda(),
+    };
+    let dirs = ModelDirs { types: opts.model.clone(), subtypes: opts.subtype_model.clone() };
+    let service = if shared {
+        let (d, dev) = (dirs.clone(), cfg.run.device);
+        Some(crate::classify::spawn_service(move || d.load(dev), cfg.run.batch, cfg.run.gradcam, cfg.run.threads)?)
+    } else {
+        None
+    };
+    let job = Arc::new(RunJob {
+        images,
+        out: opts.out.clone(),
+        plan: Arc::new(models.plan),
+        labels: Arc::new(labels),
+        model_hash: models.hash.clone(),
+        key_values: key_values.clone(),
+        progress: Arc::new(Counters::default()),
+        run: cfg.run.clone(),
+        models: ModelInfo {
+            dirs,
+            types: models.types.manifest.classes.clone(),
+            subtypes: models.subtypes.as_ref().map(|s| s.manifest.classes.clone()),
+            grid: models.types.manifest.wavenumbers.clone(),
         },
-        worker: timely::WorkerConfig::default(),
-    })
+        service: service.as_ref().map(|(tx, _)| tx.clone()),
+        stopped: std::sync::Mutex::new(None),
+    });
+    let mine = crate::job::images_of_process(n_images, workers, processes, opts.process) as u64;
+    let outputs = execute_with_progress(&job, timely_cfg, mine, progress);
+    // The inference service (if any) ends when the last sender — `service` and `job` — is dropped.
+    drop(service);
+    let outputs = outputs?;
+    if let Some(reason) = job.stopped() {
+        return Err(Error::Stopped(format!(
+            "{reason}. The run stopped; images finished before are kept (see {}), nothing else was changed, and a rerun \
+             with space available resumes",
+            opts.out.join(manifest::MANIFEST).display()
+        )));
+    }
+
+    let mut summary = RunSummary {
+        images: n_images,
+        processed: n_images - reused,
+        reused,
+        workers: workers * processes,
+        processes,
+        ..RunSummary::default()
+    };
+    if opts.process != 0 {
+        summary.seconds = start.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+    let points = models.types.manifest.wavenumbers.len();
+    let mut totals = Totals::default();
+    for (r, d) in outputs.into_iter().flat_map(|o| o.records) {
+        totals.add(r, d, points);
+    }
+    write_outputs(opts, &job, &totals, &models.types, models.subtypes.as_ref(), &key_values)?;
+
+    summary.rejects = totals.rejects.clone();
+    crate::reject::sort(&mut summary.rejects);
+    summary.cores = totals.cores.len();
+    summary.spectra = totals.spectra();
+    summary.seconds = start.elapsed().as_secs_f64();
+    summary.wrote_tables = true;
+    let processed_spectra = job.progress.spectra.load(Ordering::Relaxed);
+    write_run_json(opts, &summary, &models.hash, &format!("{device:?}"), shared, processed_spectra)?;
+    Ok(summary)
 }
 
-fn read_truth(path: &Path) -> anyhow::Result<HashMap<String, Truth>> {
-    let labels = crate::train::data::read_labels(path)?;
-    Ok(labels
+/// Loads both models on the CPU and checks that they fit together, before anything is read.
+fn check_models(opts: &RunOptions) -> Result<CheckedModels, Error> {
+    let types = Bundle::load(&opts.model, DeviceChoice::Cpu).context_with(|| format!("cannot use the type model {}", opts.model.display()))?;
+    let subtypes = match &opts.subtype_model {
+        Some(d) => Some(Bundle::load(d, DeviceChoice::Cpu).context_with(|| format!("cannot use the subtype model {}", d.display()))?),
+        None => None,
+    };
+    if let Some(s) = &subtypes {
+        if s.manifest.wavenumbers != types.manifest.wavenumbers {
+            return Err(Error::invalid("the subtype model's grid differs from the type model's"));
+        }
+    }
+    if subtypes.is_some() && !types.manifest.classes.iter().any(|c| c == CANCER) {
+        return Err(Error::invalid(format!(
+            "the type model's classes {:?} have no `{CANCER}`: the subtype model cannot be applied",
+            types.manifest.classes
+        )));
+    }
+    // Only tissue is classified, so only tissue spectra are corrected (a third of a core).
+    let plan = PreprocessPlan::new(&types.manifest.preprocess, types.manifest.emsc.as_ref())
+        .context_with(|| "the type model's preprocessing cannot be set up".to_string())?
+        .tissue_only();
+    let hash = match &subtypes {
+        Some(s) => format!("{}+{}", types.manifest.weights_sha256, s.manifest.weights_sha256),
+        None => types.manifest.weights_sha256.clone(),
+    };
+    Ok(CheckedModels { types, subtypes, plan, hash })
+}
+
+/// Truth labels: `--labels`, else `labels.csv` in the archive or the folder above it (where
+/// `ftirflow synth` puts it beside `images/`). Labels of samples that are not in the archive are
+/// allowed (a study's labels file covers more than one night's archive) but named, so that a
+/// misspelt id does not pass unseen.
+fn read_labels(opts: &RunOptions, root: &Path, entries: &[ImageEntry]) -> Result<HashMap<String, Truth>, Error> {
+    let path = opts.labels.clone().or_else(|| {
+        [root.join("labels.csv"), root.parent().unwrap_or(Path::new("")).join("labels.csv")].into_iter().find(|p| p.is_file())
+    });
+    let Some(path) = path else { return Ok(HashMap::new()) };
+    let labels: HashMap<String, Truth> = crate::train::data::read_labels(&path)
+        .map_err(|e| Error::invalid(e.to_string()))?
         .into_iter()
         .map(|(s, l)| {
             let opt = |v: String| (!v.is_empty()).then_some(v);
             (s, Truth { kind: opt(l.kind), subtype: opt(l.subtype) })
         })
-        .collect())
-}
-
-/// Runs the job. Errors are fatal (exit code 2): bad configuration or models, unwritable output,
-/// another run holding the lock.
-pub fn run(opts: &RunOptions) -> anyhow::Result<RunSummary> {
-    let start = Instant::now();
-    let cfg = &opts.config;
-    cfg.validate()?;
-    let workers = cfg.run.workers;
-    let timely_cfg = timely_config(workers, opts)?;
-
-    // Models first: a bad bundle stops the run before anything is read.
-    let types = Bundle::load(&opts.model, crate::operators::model::DeviceChoice::Cpu)
-        .with_context(|| format!("cannot use the type model {}", opts.model.display()))?;
-    let subtypes = opts
-        .subtype_model
-        .as_ref()
-        .map(|d| {
-            Bundle::load(d, crate::operators::model::DeviceChoice::Cpu)
-                .with_context(|| format!("cannot use the subtype model {}", d.display()))
-        })
-        .transpose()?;
-    if let Some(s) = &subtypes {
-        anyhow::ensure!(
-            s.manifest.wavenumbers == types.manifest.wavenumbers,
-            "the subtype model's grid differs from the type model's"
-        );
-    }
-    anyhow::ensure!(
-        types.manifest.classes.iter().any(|c| c == classify::CANCER) || subtypes.is_none(),
-        "the type model's classes {:?} have no `{}`: the subtype model cannot be applied",
-        types.manifest.classes,
-        classify::CANCER
-    );
-    // Only tissue is classified, so only tissue spectra are corrected (a third of a core).
-    let plan = PreprocessPlan::new(&types.manifest.preprocess, types.manifest.emsc.as_ref())
-        .context("the type model's preprocessing cannot be set up")?
-        .tissue_only();
-    let model_hash = match &subtypes {
-        Some(s) => format!("{}+{}", types.manifest.weights_sha256, s.manifest.weights_sha256),
-        None => types.manifest.weights_sha256.clone(),
-    };
-    let device = cfg.run.device.resolve()?;
-    tch::set_num_threads(cfg.run.threads as i32);
-
-    // The archive and what to do with each image.
-    let entries = crate::io::archive::discover(&opts.archive)
-        .with_context(|| format!("cannot read the archive {}", opts.archive.display()))?;
-    let root = if opts.archive.is_dir() { opts.archive.clone() } else { opts.archive.parent().unwrap_or(Path::new("")).to_path_buf() };
-    // Truth labels: --labels, else labels.csv in the archive or the folder above it (where
-    // `ftirflow synth` puts it beside images/).
-    let labels_path = opts.labels.clone().or_else(|| {
-        [root.join("labels.csv"), root.parent().unwrap_or(Path::new("")).join("labels.csv")].into_iter().find(|p| p.is_file())
-    });
-    let labels = match &labels_path {
-        Some(p) => read_truth(p)?,
-        None => HashMap::new(),
-    };
-    // Labels of samples that are not in the archive are allowed (a study's labels file covers
-    // more than one night's archive) but named, so that a misspelt id does not pass unseen.
-    let samples: std::collections::HashSet<&str> = entries.iter().map(|e| e.sample.as_str()).collect();
-    let stems: std::collections::HashSet<String> =
-        entries.iter().filter_map(|e| e.path.file_stem().map(|s| s.to_string_lossy().into_owned())).collect();
+        .collect();
+    let samples: HashSet<&str> = entries.iter().map(|e| e.sample.as_str()).collect();
+    let stems: HashSet<String> = entries.iter().filter_map(|e| e.path.file_stem().map(|s| s.to_string_lossy().into_owned())).collect();
     let unknown: Vec<&String> = labels.keys().filter(|k| !samples.contains(k.as_str()) && !stems.contains(*k)).collect();
     if !unknown.is_empty() {
         tracing::warn!(
@@ -351,154 +271,117 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<RunSummary> {
             unknown.iter().take(3).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
         );
     }
-    // The output directory: writable, locked, clean of a killed run's temporary files.
-    // Writability is tested by writing (permission bits say nothing to root, nor about
-    // read-only mounts).
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create the output directory {}", opts.out.display()))?;
-    let probe = opts.out.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").with_context(|| format!("the output directory {} is not writable", opts.out.display()))?;
+    Ok(labels)
+}
+
+/// The output directory: created, writable, locked (process 0), clean of a killed run's
+/// temporary files. Writability is tested by writing (permission bits say nothing to root, nor
+/// about read-only mounts).
+fn prepare_output(opts: &RunOptions) -> Result<Option<manifest::DirLock>, Error> {
+    let out = &opts.out;
+    std::fs::create_dir_all(out).map_err(|e| Error::io("cannot create the output directory", out, e))?;
+    let probe = out.join(format!(".write-test-{}", std::process::id()));
+    let not_writable = |e| Error::io_message(format!("the output directory {} is not writable", out.display()), e);
+    std::fs::write(&probe, b"").map_err(not_writable)?;
     let _ = std::fs::remove_file(&probe);
     for d in ["predictions", "parts"] {
-        std::fs::create_dir_all(opts.out.join(d)).with_context(|| format!("the output directory {} is not writable", opts.out.display()))?;
+        std::fs::create_dir_all(out.join(d)).map_err(not_writable)?;
     }
-    let _lock = if opts.process == 0 {
-        let l = manifest::lock(&opts.out).map_err(anyhow::Error::msg)?;
-        manifest::remove_partials(&opts.out)?;
-        Some(l)
-    } else {
-        None
-    };
+    if opts.process != 0 {
+        return Ok(None);
+    }
+    let lock = manifest::lock(out)?;
+    manifest::remove_partials(out).map_err(|e| Error::io("cannot remove temporary files in", out, e))?;
+    Ok(Some(lock))
+}
 
-    let previous = manifest::Manifest::load(&opts.out)?;
-    let mut tasks = Vec::with_capacity(entries.len());
+/// What to do with each image: refuse a file linking outside the archive, reuse an image whose
+/// files, model and parts are unchanged since the manifest recorded it, process the rest.
+fn plan_images(entries: Vec<ImageEntry>, root: &Path, out: &Path, model_hash: &str) -> Result<Vec<ImageJob>, Error> {
+    let previous = RunManifest::load(out).map_err(|e| Error::io("cannot read the manifest in", out, e))?;
+    let mut images = Vec::with_capacity(entries.len());
     for entry in entries {
-        let rel_path = entry.path.strip_prefix(&root).unwrap_or(&entry.path).to_string_lossy().into_owned();
+        let rel_path = entry.path.strip_prefix(root).unwrap_or(&entry.path).to_string_lossy().into_owned();
         let part = part_name(&entry.sample);
-        if let Some(reason) = crate::io::archive::escaping_link(&root, &entry.path) {
-            tasks.push(ImageTask { entry, rel_path, part, identity: None, task: Task::Refuse { stage: "discover".into(), reason } });
+        if let Some(reason) = crate::io::archive::escaping_link(root, &entry.path) {
+            let action = Action::Refuse(Reject::new(&entry.path, "discover", reason));
+            images.push(ImageJob { entry, rel_path, part, identity: None, action });
             continue;
         }
         let identity = manifest::identity(&entry.path).ok();
         let reuse = previous.get(&entry.sample).and_then(|m| {
             let same = Some(&m.identity) == identity.as_ref() && m.model_hash == model_hash && m.part == part;
-            let pred = opts.out.join("predictions").join(format!("{part}.parquet"));
-            let parts = opts.out.join("parts").join(format!("{part}.json"));
-            if !(same && pred.is_file()) {
+            if !(same && prediction_path(out, &part).is_file()) {
                 return None;
             }
-            let text = std::fs::read(parts).ok()?;
+            let text = std::fs::read(summary_path(out, &part)).ok()?;
             serde_json::from_slice::<Vec<(Record, Diff)>>(&text).ok()
         });
-        let task = match reuse {
-            Some(r) => Task::Reuse(Arc::new(r)),
-            None => Task::Process,
+        let action = match reuse {
+            Some(r) => Action::Reuse(Arc::new(r)),
+            None => Action::Process,
         };
-        tasks.push(ImageTask { entry, rel_path, part, identity, task });
+        images.push(ImageJob { entry, rel_path, part, identity, action });
     }
-    let reused = tasks.iter().filter(|t| matches!(t.task, Task::Reuse(_))).count();
-    let n_images = tasks.len();
-    tracing::info!(
-        "run: {} image(s) in {}, {} to process, {} reused; {} worker(s) × {} process(es); device {:?}",
-        n_images,
-        opts.archive.display(),
-        n_images - reused,
-        reused,
-        workers,
-        opts.processes.max(1),
-        device
-    );
+    Ok(images)
+}
 
-    let key_values = vec![
-        ("ftirflow:version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-        ("ftirflow:model_hash".to_string(), model_hash.clone()),
-        ("ftirflow:config".to_string(), toml::to_string(cfg).unwrap_or_default()),
-        ("ftirflow:libtorch".to_string(), crate::bundle::LIBTORCH_VERSION.to_string()),
-    ];
-    let progress = Arc::new(Counters::default());
-    let shared = match cfg.run.inference {
-        crate::config::Inference::Shared => true,
-        crate::config::Inference::Local => false,
-        crate::config::Inference::Auto => device.is_cuda(),
+/// Runs the graph while a reporter thread hands the counters to `progress`.
+fn execute_with_progress(
+    job: &Arc<RunJob>,
+    timely_cfg: timely::Config,
+    images: u64,
+    progress: &(dyn Fn(RunProgress) + Sync),
+) -> Result<Vec<crate::dataflow::WorkerOutput>, Error> {
+    let done = AtomicBool::new(false);
+    let start = Instant::now();
+    let counters = Arc::clone(&job.progress);
+    let tick = |finished: bool| RunProgress {
+        images_done: counters.images.load(Ordering::Relaxed).min(images),
+        images,
+        spectra: counters.spectra.load(Ordering::Relaxed),
+        seconds: start.elapsed().as_secs_f64(),
+        finished,
     };
-    let dirs = (opts.model.clone(), opts.subtype_model.clone());
-    let service = if shared {
-        let (d, dev) = (dirs.clone(), cfg.run.device);
-        Some(classify::spawn_service(move || load_bundles(&d, dev), cfg.run.batch, cfg.run.gradcam, cfg.run.threads)?)
-    } else {
-        None
-    };
-    let job = Arc::new(RunJob {
-        tasks,
-        out: opts.out.clone(),
-        plan: Arc::new(plan),
-        labels: Arc::new(labels),
-        batch_rows: cfg.run.batch_rows,
-        model_hash: model_hash.clone(),
-        key_values: key_values.clone(),
-        progress: progress.clone(),
-        run: cfg.run.clone(),
-        model_dirs: dirs,
-        meta: (
-            types.manifest.classes.clone(),
-            subtypes.as_ref().map(|s| s.manifest.classes.clone()),
-            types.manifest.wavenumbers.clone(),
-        ),
-        service: service.as_ref().map(|(tx, _)| tx.clone()),
-        stopped: std::sync::Mutex::new(None),
-    });
-    let mine = (0..n_images).filter(|i| i % (workers * opts.processes.max(1)) / workers == opts.process).count();
-    let done = Arc::new(AtomicBool::new(false));
-    let reporter = crate::cli::progress::spawn_reporter("images", mine as u64, progress.clone(), done.clone());
-    let outputs = crate::dataflow::execute(job.clone(), timely_cfg);
-    done.store(true, Ordering::Relaxed);
-    let _ = reporter.join();
-    // The inference service (if any) ends when the last sender — `service` and `job` — is dropped.
-    drop(service);
-    let outputs = outputs?;
-    if let Some(reason) = job.stopped() {
-        anyhow::bail!(
-            "{reason}. The run stopped; images finished before are kept (see {}), nothing else was changed, and a rerun \
-             with space available resumes",
-            opts.out.join(manifest::MANIFEST).display()
-        );
-    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                progress(tick(false));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let outputs = crate::dataflow::execute(Arc::clone(job), timely_cfg);
+        done.store(true, Ordering::Relaxed);
+        outputs
+    })
+    .inspect(|_| progress(tick(true)))
+}
 
-    let mut summary = RunSummary {
-        images: n_images,
-        processed: n_images - reused,
-        reused,
-        workers: workers * opts.processes.max(1),
-        processes: opts.processes.max(1),
-        ..RunSummary::default()
-    };
-    if opts.process != 0 {
-        summary.seconds = start.elapsed().as_secs_f64();
-        return Ok(summary);
-    }
-    let points = types.manifest.wavenumbers.len();
-    let mut totals = Totals::default();
-    for o in outputs {
-        for (r, d) in o.records {
-            totals.add(r, d, points);
-        }
-    }
-    let type_classes = types.manifest.classes.clone();
-    let sub_classes = subtypes.as_ref().map(|s| s.manifest.classes.clone());
-    // The manifest: exactly the archive's images that have outputs; parts of images that left
-    // the archive are removed.
-    let recorded = manifest::Manifest::load(&opts.out)?;
-    let keep: Vec<manifest::Entry> = job
-        .tasks
+/// Writes the tables and compacts the manifest to exactly the archive's images that have outputs;
+/// parts of images that left the archive are removed.
+fn write_outputs(
+    opts: &RunOptions,
+    job: &RunJob,
+    totals: &Totals,
+    types: &Bundle,
+    subtypes: Option<&Bundle>,
+    key_values: &[(String, String)],
+) -> Result<(), Error> {
+    let out = &opts.out;
+    let recorded = RunManifest::load(out).map_err(|e| Error::io("cannot read the manifest in", out, e))?;
+    let keep: Vec<ManifestEntry> = job
+        .images
         .iter()
         .filter_map(|t| recorded.get(&t.entry.sample).filter(|e| totals.cores.contains_key(&e.sample)).cloned())
         .collect();
-    let parts: Vec<PathBuf> = keep.iter().map(|e| opts.out.join("parts").join(format!("{}.json", e.part))).collect();
-    summary::write_tables(&opts.out, &totals, &parts, &type_classes, sub_classes.as_deref(), &types.manifest.wavenumbers, &key_values)
-        .with_context(|| format!("cannot write the tables in {} (the previous tables are left as they were)", opts.out.display()))?;
-    manifest::compact(&opts.out, &keep)?;
-    let live: std::collections::HashSet<&str> = keep.iter().map(|e| e.part.as_str()).collect();
+    let parts: Vec<PathBuf> = keep.iter().map(|e| summary_path(out, &e.part)).collect();
+    let sub_classes = subtypes.map(|s| s.manifest.classes.clone());
+    write_tables(out, totals, &parts, &types.manifest.classes, sub_classes.as_deref(), &types.manifest.wavenumbers, key_values)
+        .context_with(|| format!("cannot write the tables in {} (the previous tables are left as they were)", out.display()))?;
+    manifest::compact(out, &keep).map_err(|e| Error::io("cannot rewrite the manifest in", out, e))?;
+    let live: HashSet<&str> = keep.iter().map(|e| e.part.as_str()).collect();
     for (dir, ext) in [("predictions", "parquet"), ("parts", "json")] {
-        if let Ok(rd) = std::fs::read_dir(opts.out.join(dir)) {
+        if let Ok(rd) = std::fs::read_dir(out.join(dir)) {
             for e in rd.filter_map(|e| e.ok()) {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if let Some(stem) = name.strip_suffix(&format!(".{ext}")) {
@@ -509,13 +392,11 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<RunSummary> {
             }
         }
     }
+    Ok(())
+}
 
-    summary.rejects = totals.rejects.clone();
-    summary.rejects.sort();
-    summary.cores = totals.cores.len();
-    summary.spectra = totals.spectra();
-    summary.seconds = start.elapsed().as_secs_f64();
-    summary.wrote_tables = true;
+/// `run.json`: the description of the last successful run.
+fn write_run_json(opts: &RunOptions, s: &RunSummary, model_hash: &str, device: &str, shared: bool, processed_spectra: u64) -> Result<(), Error> {
     let run_json = serde_json::json!({
         "ftirflow_version": env!("CARGO_PKG_VERSION"),
         "libtorch": crate::bundle::LIBTORCH_VERSION,
@@ -523,20 +404,21 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<RunSummary> {
         "model": opts.model.display().to_string(),
         "subtype_model": opts.subtype_model.as_ref().map(|p| p.display().to_string()),
         "model_hash": model_hash,
-        "config": cfg,
-        "layout": { "workers_per_process": workers, "processes": opts.processes.max(1) },
-        "device": format!("{device:?}"),
+        "config": &opts.config,
+        "layout": { "workers_per_process": opts.config.run.workers, "processes": s.processes },
+        "device": device,
         "inference": if shared { "shared" } else { "local" },
         "counts": {
-            "images": summary.images, "processed": summary.processed, "reused": summary.reused,
-            "rejected": summary.rejects.len(), "cores": summary.cores, "spectra": summary.spectra,
+            "images": s.images, "processed": s.processed, "reused": s.reused,
+            "rejected": s.rejects.len(), "cores": s.cores, "spectra": s.spectra,
         },
-        "seconds": summary.seconds,
+        "seconds": s.seconds,
         "peak_rss_bytes": peak_rss_bytes(),
-        "spectra_per_second_processed": progress.spectra.load(Ordering::Relaxed) as f64 / summary.seconds.max(1e-9),
+        "spectra_per_second_processed": processed_spectra as f64 / s.seconds.max(1e-9),
     });
-    crate::dataflow::write_atomic(&opts.out.join("run.json"), serde_json::to_string_pretty(&run_json)?.as_bytes())?;
-    Ok(summary)
+    let path = opts.out.join("run.json");
+    let text = serde_json::to_string_pretty(&run_json).map_err(|e| Error::invalid(format!("cannot encode run.json: {e}")))?;
+    crate::io::atomic::write_atomic(&path, text.as_bytes()).map_err(|e| Error::io("cannot write", &path, e))
 }
 
 /// This process's peak resident set size (`VmHWM`), when the system reports it.

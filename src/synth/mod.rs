@@ -46,7 +46,7 @@ use std::time::Instant;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-pub use model::{planted_bands, Band, ClassBands, PlantedBand, Subtype, AMIDE_I};
+pub use model::{planted_bands, AbsorptionBand, ClassBands, PlantedBand, Subtype, AMIDE_I};
 
 use self::core::{CoreSpec, CoreTruth, Model};
 use crate::io::ImageCube;

@@ -15,7 +15,7 @@ const ETA: f64 = 0.3;
 
 /// One absorption band of a component spectrum.
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct Band {
+pub struct AbsorptionBand {
     /// Band centre, cm⁻¹.
     pub center: f64,
     /// Full width at half maximum, cm⁻¹.
@@ -26,11 +26,11 @@ pub struct Band {
     pub name: &'static str,
 }
 
-const fn b(center: f64, fwhm: f64, height: f64, name: &'static str) -> Band {
-    Band { center, fwhm, height, name }
+const fn b(center: f64, fwhm: f64, height: f64, name: &'static str) -> AbsorptionBand {
+    AbsorptionBand { center, fwhm, height, name }
 }
 
-impl Band {
+impl AbsorptionBand {
     /// The band's absorbance at wavenumber `nu`.
     pub fn value(&self, nu: f64) -> f64 {
         let u = 2.0 * (nu - self.center) / self.fwhm;
@@ -59,7 +59,7 @@ pub(crate) const COMPONENT_NAMES: [&str; N_TISSUE] =
 /// Mean composition of tissue before any class effect (weights sum to one).
 pub(crate) const BASE_WEIGHTS: [f64; N_TISSUE] = [0.42, 0.22, 0.10, 0.08, 0.06, 0.05, 0.07];
 
-const PROTEIN_BANDS: &[Band] = &[
+const PROTEIN_BANDS: &[AbsorptionBand] = &[
     b(3300.0, 250.0, 0.30, "amide A (N-H stretch)"),
     b(3070.0, 80.0, 0.05, "amide B"),
     b(2960.0, 25.0, 0.10, "CH3 asymmetric stretch"),
@@ -73,7 +73,7 @@ const PROTEIN_BANDS: &[Band] = &[
     b(1240.0, 40.0, 0.05, "amide III"),
 ];
 
-const COLLAGEN_BANDS: &[Band] = &[
+const COLLAGEN_BANDS: &[AbsorptionBand] = &[
     b(3320.0, 250.0, 0.30, "amide A (collagen)"),
     b(2940.0, 30.0, 0.06, "CH stretch (collagen)"),
     b(1660.0, 45.0, 1.00, "amide I (collagen triple helix)"),
@@ -87,7 +87,7 @@ const COLLAGEN_BANDS: &[Band] = &[
     b(1030.0, 30.0, 0.12, "C-O stretch of glycosylation (collagen)"),
 ];
 
-const LIPID_BANDS: &[Band] = &[
+const LIPID_BANDS: &[AbsorptionBand] = &[
     b(3010.0, 20.0, 0.05, "=C-H stretch (unsaturated lipids)"),
     b(2955.0, 20.0, 0.15, "CH3 asymmetric stretch (lipids)"),
     b(2920.0, 20.0, 0.80, "CH2 asymmetric stretch (lipids)"),
@@ -98,7 +98,7 @@ const LIPID_BANDS: &[Band] = &[
     b(1170.0, 35.0, 0.22, "ester C-O-C asymmetric stretch (lipids)"),
 ];
 
-const NUCLEIC_BANDS: &[Band] = &[
+const NUCLEIC_BANDS: &[AbsorptionBand] = &[
     b(3200.0, 300.0, 0.10, "N-H / O-H stretch (nucleic acids)"),
     b(1710.0, 30.0, 0.20, "base C=O stretch (nucleic acids)"),
     b(1240.0, 35.0, 0.70, "PO2- asymmetric stretch (nucleic acids)"),
@@ -107,7 +107,7 @@ const NUCLEIC_BANDS: &[Band] = &[
     b(970.0, 20.0, 0.30, "ribose-phosphate backbone (nucleic acids)"),
 ];
 
-const GLYCOGEN_BANDS: &[Band] = &[
+const GLYCOGEN_BANDS: &[AbsorptionBand] = &[
     b(3300.0, 300.0, 0.35, "O-H stretch (carbohydrates)"),
     b(2930.0, 40.0, 0.08, "CH stretch (carbohydrates)"),
     b(1150.0, 25.0, 0.50, "C-O stretch (glycogen)"),
@@ -115,14 +115,14 @@ const GLYCOGEN_BANDS: &[Band] = &[
     b(1025.0, 25.0, 1.00, "C-O stretch (glycogen)"),
 ];
 
-const RNA_BANDS: &[Band] = &[
+const RNA_BANDS: &[AbsorptionBand] = &[
     b(1121.0, 20.0, 0.60, "ribose C-O stretch (RNA)"),
     b(1085.0, 25.0, 0.40, "PO2- symmetric stretch (RNA)"),
     b(1240.0, 35.0, 0.30, "PO2- asymmetric stretch (RNA)"),
     b(995.0, 18.0, 0.25, "ribose / uracil ring (RNA)"),
 ];
 
-const BETA_SHEET_BANDS: &[Band] = &[
+const BETA_SHEET_BANDS: &[AbsorptionBand] = &[
     b(3290.0, 200.0, 0.20, "amide A (beta-sheet proteins)"),
     b(1630.0, 22.0, 0.90, "amide I beta-sheet shoulder"),
     b(1530.0, 30.0, 0.35, "amide II (beta-sheet)"),
@@ -131,7 +131,7 @@ const BETA_SHEET_BANDS: &[Band] = &[
 
 /// Paraffin wax: strong CH stretches, the CH2 scissoring doublet and a weak CH3 bend; nothing in
 /// the amide I/II region.
-pub(crate) const PARAFFIN_BANDS: &[Band] = &[
+pub(crate) const PARAFFIN_BANDS: &[AbsorptionBand] = &[
     b(2955.0, 15.0, 0.35, "CH3 asymmetric stretch (paraffin)"),
     b(2920.0, 18.0, 1.00, "CH2 asymmetric stretch (paraffin)"),
     b(2870.0, 14.0, 0.20, "CH3 symmetric stretch (paraffin)"),
@@ -143,7 +143,7 @@ pub(crate) const PARAFFIN_BANDS: &[Band] = &[
 ];
 
 /// The bands of tissue component `k`.
-pub(crate) fn component_bands(k: usize) -> &'static [Band] {
+pub(crate) fn component_bands(k: usize) -> &'static [AbsorptionBand] {
     match k {
         PROTEIN => PROTEIN_BANDS,
         COLLAGEN => COLLAGEN_BANDS,
@@ -156,7 +156,7 @@ pub(crate) fn component_bands(k: usize) -> &'static [Band] {
 }
 
 /// Sum of `bands` at `nu`.
-pub(crate) fn bands_value(bands: &[Band], nu: f64) -> f64 {
+pub(crate) fn bands_value(bands: &[AbsorptionBand], nu: f64) -> f64 {
     bands.iter().map(|b| b.value(nu)).sum()
 }
 
@@ -382,8 +382,8 @@ pub fn planted_bands(cfg: &SynthConfig) -> Result<Vec<ClassBands>, SynthError> {
 }
 
 /// Band tables of every component, for the record in `planted_bands.json`.
-pub(crate) fn component_table() -> Vec<(&'static str, &'static [Band])> {
-    let mut v: Vec<(&'static str, &'static [Band])> = (0..N_TISSUE).map(|k| (COMPONENT_NAMES[k], component_bands(k))).collect();
+pub(crate) fn component_table() -> Vec<(&'static str, &'static [AbsorptionBand])> {
+    let mut v: Vec<(&'static str, &'static [AbsorptionBand])> = (0..N_TISSUE).map(|k| (COMPONENT_NAMES[k], component_bands(k))).collect();
     v.push(("paraffin", PARAFFIN_BANDS));
     v
 }

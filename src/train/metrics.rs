@@ -126,7 +126,7 @@ pub fn core_votes(core: &[u32], predicted: &[u32], probs: &[f32], classes: usize
 
 /// Test-set predictions of one fold (or all folds pooled).
 #[derive(Debug, Clone, Default)]
-pub struct Predictions {
+pub struct FoldPredictions {
     /// True class per spectrum.
     pub truth: Vec<u32>,
     /// Predicted class per spectrum.
@@ -137,9 +137,9 @@ pub struct Predictions {
     pub core: Vec<u32>,
 }
 
-impl Predictions {
+impl FoldPredictions {
     /// Appends another set.
-    pub fn extend(&mut self, other: &Predictions) {
+    pub fn extend(&mut self, other: &FoldPredictions) {
         self.truth.extend_from_slice(&other.truth);
         self.predicted.extend_from_slice(&other.predicted);
         self.probs.extend_from_slice(&other.probs);
@@ -161,7 +161,7 @@ pub struct FoldReport {
 impl FoldReport {
     /// Computes the report of `p`; `core_truth` gives each core's class (per-core metrics are
     /// skipped when `None`).
-    pub fn new(fold: &str, p: &Predictions, classes: &[String], core_truth: Option<&[u32]>) -> Self {
+    pub fn new(fold: &str, p: &FoldPredictions, classes: &[String], core_truth: Option<&[u32]>) -> Self {
         let spectrum = metrics(&p.truth, &p.predicted, &p.probs, classes);
         let core = core_truth.map(|truth| {
             let votes = core_votes(&p.core, &p.predicted, &p.probs, classes.len());

@@ -25,14 +25,13 @@ use tch::nn::{ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
 use crate::bundle::{self, BundleError, Manifest, Versions};
-use crate::cli::progress::Progress;
 use crate::config::{Config, TrainConfig};
 use crate::operators::grad_cam::{self, CamAggregator, TopBand};
 use crate::operators::model::{self, ArchConfig, Classifier};
 use crate::operators::OpError;
 use crate::plan::{EmscState, PreprocessPlan};
 pub use data::{Dataset, Task};
-use metrics::{CvReport, FoldReport, Predictions};
+use metrics::{CvReport, FoldReport, FoldPredictions};
 
 /// Why training failed: the user's configuration or labels, the data, or writing the bundle.
 #[derive(Debug, thiserror::Error)]
@@ -116,9 +115,25 @@ struct CamSets {
     by_predicted: CamAggregator,
 }
 
+/// One finished training epoch, as reported to the caller of [`train`].
+#[derive(Debug, Clone)]
+pub struct EpochProgress<'a> {
+    /// Which model is training (`fold 2/4`, `final model`).
+    pub model: &'a str,
+    /// Epochs finished.
+    pub epoch: usize,
+    /// Epochs in all.
+    pub epochs: usize,
+    /// Mean training loss of the epoch.
+    pub loss: f64,
+    /// Training accuracy of the epoch.
+    pub accuracy: f64,
+}
+
 /// Trains (cross-validation, then the final model) and writes the bundle into `out`: weights and
-/// manifest (with a final model), `metrics.json`, `metrics.parquet` and `gradcam.json`.
-pub fn train(cfg: &Config, input: &Input, out: &Path) -> Result<TrainReport, TrainError> {
+/// manifest (with a final model), `metrics.json`, `metrics.parquet` and `gradcam.json`. Each
+/// finished epoch is reported to `progress`.
+pub fn train(cfg: &Config, input: &Input, out: &Path, progress: &dyn Fn(&EpochProgress)) -> Result<TrainReport, TrainError> {
     let start = Instant::now();
     let t = &cfg.train;
     model::set_threads(t.threads);
@@ -165,7 +180,7 @@ pub fn train(cfg: &Config, input: &Input, out: &Path) -> Result<TrainReport, Tra
     let per_core_metrics = matches!(source_data, Source::Archive(_));
 
     let mut per_fold = Vec::new();
-    let mut pooled = Predictions::default();
+    let mut pooled = FoldPredictions::default();
     let mut cams = CamSets { by_true: CamAggregator::new(grid.len()), by_predicted: CamAggregator::new(grid.len()) };
     let mut fold_sizes = Vec::new();
     for f in 0..if k >= 2 { k } else { 0 } {
@@ -183,7 +198,7 @@ pub fn train(cfg: &Config, input: &Input, out: &Path) -> Result<TrainReport, Tra
         }
         fold_sizes.push((train_rows.len(), test_rows.len()));
         let label = format!("fold {}/{k}", f + 1);
-        let clf = fit(&ds, &train_rows, &classes, &arch, &grid, t, device, t.seed.wrapping_add(f as u64 + 1), &label)?;
+        let clf = fit(&ds, &train_rows, &classes, &arch, &grid, t, device, t.seed.wrapping_add(f as u64 + 1), &label, progress)?;
         let p = predict_rows(&clf, &ds, &test_rows, &classes, &mut cams)?;
         per_fold.push(FoldReport::new(&(f + 1).to_string(), &p, &classes, per_core_metrics.then_some(core_truth.as_slice())));
         pooled.extend(&p);
@@ -210,7 +225,7 @@ pub fn train(cfg: &Config, input: &Input, out: &Path) -> Result<TrainReport, Tra
         let (ds, emsc) = source_data.dataset(cfg, &all, &grid, "all training data")?;
         let rows: Vec<usize> = (0..ds.rows()).collect();
         final_spectra = rows.len();
-        let clf = fit(&ds, &rows, &classes, &arch, &grid, t, device, t.seed, "final model")?;
+        let clf = fit(&ds, &rows, &classes, &arch, &grid, t, device, t.seed, "final model", progress)?;
         let manifest = Manifest {
             format: bundle::FORMAT,
             task: task_name.clone(),
@@ -289,6 +304,7 @@ fn fit(
     device: Device,
     seed: u64,
     label: &str,
+    progress: &dyn Fn(&EpochProgress),
 ) -> Result<Classifier, TrainError> {
     let mut clf = Classifier::init(arch, classes.to_vec(), grid.to_vec(), device, seed as i64)?;
     let mut opt = tch::nn::Adam::default()
@@ -299,7 +315,6 @@ fn fit(
     let per_class = t.spectra_per_epoch.div_ceil(k);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut pools: Vec<Vec<usize>> = vec![Vec::new(); k];
-    let progress = Progress::new(format!("{label} epochs"), t.epochs as u64);
     for epoch in 0..t.epochs {
         // Balanced draw: per class, cycle through reshuffled copies of its spectra.
         let mut epoch_rows = Vec::with_capacity(per_class * k);
@@ -336,11 +351,10 @@ fn fit(
             correct += pred.eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
             seen += batch.len();
         }
-        let msg = format!("loss {:.4} acc {:.3}", loss_sum / seen.max(1) as f64, correct as f64 / seen.max(1) as f64);
-        progress.set(epoch as u64 + 1, &msg);
-        tracing::debug!("{label} epoch {}: {msg}", epoch + 1);
+        let (loss, accuracy) = (loss_sum / seen.max(1) as f64, correct as f64 / seen.max(1) as f64);
+        tracing::debug!("{label} epoch {}: loss {loss:.4} acc {accuracy:.3}", epoch + 1);
+        progress(&EpochProgress { model: label, epoch: epoch + 1, epochs: t.epochs, loss, accuracy });
     }
-    progress.finish();
     // Precise BN: batch statistics of the final weights over up to 20 training batches.
     let mut order = rows.to_vec();
     order.shuffle(&mut rng);
@@ -351,8 +365,8 @@ fn fit(
 }
 
 /// Predicts `rows` of `ds` with Grad-CAM, adding the maps to `cams`.
-fn predict_rows(clf: &Classifier, ds: &Dataset, rows: &[usize], classes: &[String], cams: &mut CamSets) -> Result<Predictions, TrainError> {
-    let mut p = Predictions::default();
+fn predict_rows(clf: &Classifier, ds: &Dataset, rows: &[usize], classes: &[String], cams: &mut CamSets) -> Result<FoldPredictions, TrainError> {
+    let mut p = FoldPredictions::default();
     for chunk in rows.chunks(1024) {
         let mut x = Vec::with_capacity(chunk.len() * ds.points);
         for &i in chunk {

@@ -71,7 +71,7 @@ pub fn label<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, s: &str, at: (i3
 
 /// A file-name-safe stem for a sample id or class name.
 pub fn safe_name(s: &str) -> String {
-    crate::run::part_name(s)
+    crate::outputs::part_name(s)
 }
 
 /// Formats a value with 3 significant digits.

@@ -1,4 +1,4 @@
-//! The manifest of processed inputs and the output directory's lock (DESIGN.md §8, nightly runs).
+//! The manifest of processed inputs and the output directory's lock (docs/outputs.md, nightly runs).
 //!
 //! Every image a run finishes appends one JSON line to `OUT_DIR/manifest.jsonl` — its sample id,
 //! path, the size and modification time of each of its files, a SHA-256 of their contents, the
@@ -20,6 +20,8 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::error::Error;
 
 /// File name of the manifest inside the output directory.
 pub const MANIFEST: &str = "manifest.jsonl";
@@ -98,7 +100,7 @@ pub fn content_hash(path: &Path) -> std::io::Result<String> {
 /// One processed image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Entry {
+pub struct ManifestEntry {
     /// Sample id (unique in the archive).
     pub sample: String,
     /// The entry file, relative to the archive root.
@@ -117,17 +119,17 @@ pub struct Entry {
 
 /// The manifest as read at the start of a run: the last record of each sample.
 #[derive(Debug, Default)]
-pub struct Manifest {
-    entries: BTreeMap<String, Entry>,
+pub struct RunManifest {
+    entries: BTreeMap<String, ManifestEntry>,
     /// Lines that could not be parsed (a torn last line after a kill).
     pub skipped_lines: usize,
 }
 
-impl Manifest {
+impl RunManifest {
     /// Reads `OUT_DIR/manifest.jsonl` (empty when absent).
     pub fn load(out_dir: &Path) -> std::io::Result<Self> {
         let path = out_dir.join(MANIFEST);
-        let mut m = Manifest::default();
+        let mut m = RunManifest::default();
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(m),
@@ -135,7 +137,7 @@ impl Manifest {
         };
         for line in BufReader::new(file).lines() {
             let line = line?;
-            match serde_json::from_str::<Entry>(&line) {
+            match serde_json::from_str::<ManifestEntry>(&line) {
                 Ok(e) => {
                     m.entries.insert(e.sample.clone(), e);
                 }
@@ -146,7 +148,7 @@ impl Manifest {
     }
 
     /// The record of `sample`, if any.
-    pub fn get(&self, sample: &str) -> Option<&Entry> {
+    pub fn get(&self, sample: &str) -> Option<&ManifestEntry> {
         self.entries.get(sample)
     }
 
@@ -186,7 +188,7 @@ impl ManifestWriter {
     }
 
     /// Appends one entry durably.
-    pub fn append(&mut self, e: &Entry) -> std::io::Result<()> {
+    pub fn append(&mut self, e: &ManifestEntry) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.file.write_all(&line)?;
@@ -195,14 +197,14 @@ impl ManifestWriter {
 }
 
 /// Rewrites the manifest with exactly `entries` (through a temporary file and a rename).
-pub fn compact(out_dir: &Path, entries: &[Entry]) -> std::io::Result<()> {
+pub fn compact(out_dir: &Path, entries: &[ManifestEntry]) -> std::io::Result<()> {
     let path = out_dir.join(MANIFEST);
     let mut text = Vec::new();
     for e in entries {
         text.extend(serde_json::to_vec(e).map_err(std::io::Error::other)?);
         text.push(b'\n');
     }
-    crate::dataflow::write_atomic(&path, &text)
+    crate::io::atomic::write_atomic(&path, &text)
 }
 
 /// The held lock of an output directory (released on drop or when the process ends).
@@ -212,7 +214,7 @@ pub struct DirLock {
 }
 
 /// Takes the lock of `out_dir`, or says who holds it.
-pub fn lock(out_dir: &Path) -> Result<DirLock, String> {
+pub fn lock(out_dir: &Path) -> Result<DirLock, Error> {
     let path = out_dir.join(LOCK);
     let file = OpenOptions::new()
         .create(true)
@@ -220,7 +222,7 @@ pub fn lock(out_dir: &Path) -> Result<DirLock, String> {
         .read(true)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("cannot create the lock file {}: {e}", path.display()))?;
+        .map_err(|e| Error::io("cannot create the lock file", &path, e))?;
     match file.try_lock() {
         Ok(()) => {
             let _ = file.set_len(0);
@@ -229,13 +231,13 @@ pub fn lock(out_dir: &Path) -> Result<DirLock, String> {
         }
         Err(std::fs::TryLockError::WouldBlock) => {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            Err(format!(
+            Err(Error::invalid(format!(
                 "another ftirflow run (pid {}) is writing to {}; wait for it to finish or choose another --out",
                 holder.trim(),
                 out_dir.display()
-            ))
+            )))
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", &path, e)),
     }
 }
 
@@ -267,8 +269,8 @@ pub fn remove_partials(dir: &Path) -> std::io::Result<usize> {
 mod tests {
     use super::*;
 
-    fn entry(sample: &str, spectra: u64) -> Entry {
-        Entry {
+    fn entry(sample: &str, spectra: u64) -> ManifestEntry {
+        ManifestEntry {
             sample: sample.into(),
             path: format!("{sample}.hdr"),
             identity: Identity { files: vec![] },
@@ -289,17 +291,17 @@ mod tests {
         drop(w);
         let mut f = OpenOptions::new().append(true).open(dir.path().join(MANIFEST)).unwrap();
         f.write_all(b"{\"sample\":\"c\",\"pa").unwrap();
-        let m = Manifest::load(dir.path()).unwrap();
+        let m = RunManifest::load(dir.path()).unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m.get("a").unwrap().spectra, 3);
         assert_eq!(m.skipped_lines, 1);
         // The next run's first line is not glued to the torn one.
         ManifestWriter::open(dir.path()).unwrap().append(&entry("d", 4)).unwrap();
-        let m = Manifest::load(dir.path()).unwrap();
+        let m = RunManifest::load(dir.path()).unwrap();
         assert_eq!((m.len(), m.get("d").map(|e| e.spectra), m.skipped_lines), (3, Some(4), 1));
         compact(dir.path(), &[entry("b", 2)]).unwrap();
         assert!(!crate::io::parquet::partial_path(&dir.path().join(MANIFEST)).exists());
-        let m = Manifest::load(dir.path()).unwrap();
+        let m = RunManifest::load(dir.path()).unwrap();
         assert_eq!((m.len(), m.skipped_lines), (1, 0));
     }
 
@@ -340,7 +342,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l = lock(dir.path()).unwrap();
         let e = lock(dir.path()).unwrap_err();
-        assert!(e.contains("another ftirflow run"), "{e}");
+        assert!(e.to_string().contains("another ftirflow run"), "{e}");
         drop(l);
         lock(dir.path()).unwrap();
     }

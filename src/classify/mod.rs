@@ -1,28 +1,33 @@
-//! Classification of one image's preprocessed spectra (DESIGN.md §5, §6, §8): the type model on
-//! its tissue spectra that are not outliers, the subtype model on the same spectra when the core
-//! is called cancer, Grad-CAM maps from the same pass, and the image's summary (core row and exact
-//! Grad-CAM sums per class).
+//! Classification of one image's preprocessed spectra (docs/model.md, docs/outputs.md): the type
+//! model on its tissue spectra that are not outliers, the subtype model on the same spectra when
+//! the core is called cancer, Grad-CAM maps from the same pass, and the image's summary (core row
+//! and exact Grad-CAM sums per class).
 //!
 //! Spectra go to the models in fixed-size batches built from the image's classified rows in row
 //! order, so the predictions do not depend on how the reader or the preprocessing split the
-//! image. The kernel holds the image until `finish` (the core's majority decides whether the
-//! subtype model runs), then emits the prediction batches without the spectra, and leaves the
-//! image's summary in a [`SummaryBox`] for the part writer.
+//! image. The kernel holds the image until [`ClassifyKernel::finish`] (the core's majority decides
+//! whether the subtype model runs), then returns the prediction batches without the spectra and
+//! the image's [`ImageSummary`], which travel on down the stream to the part writer.
+mod models;
+
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::rc::Rc;
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, Float32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use super::summary::CoreRow;
-use crate::bundle::Bundle;
+pub use models::{spawn_service, Engine, Models, Request, Scored, Which, SHAPE_QUANTUM};
+
 use crate::operators::grad_cam::CamStats;
 use crate::operators::outliers::OUTLIER;
 use crate::operators::schema::{sample_column, SPECTRUM};
 use crate::operators::segment::TISSUE;
-use crate::operators::{Kernel, OpError, SpectraLayout};
+use crate::operators::{OpError, SpectraLayout};
+use crate::outputs::records::{ImageCams, ImageSummary, SPECTRUM_SCOPE};
 
-const OP: &str = "classify";
+/// The stage name of classification (in rejects and errors).
+pub const OP: &str = "classify";
 
 /// Column with the type prediction.
 pub const PRED_CLASS: &str = "pred_class";
@@ -30,142 +35,6 @@ pub const PRED_CLASS: &str = "pred_class";
 pub const SUBTYPE: &str = "subtype";
 /// The type class whose cores the subtype model classifies.
 pub const CANCER: &str = "CA";
-
-/// Which model of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Which {
-    /// The type (CA vs AT) model.
-    Type,
-    /// The subtype model.
-    Subtype,
-}
-
-/// One scoring request to a shared inference service.
-pub struct Request {
-    which: Which,
-    values: Vec<f32>,
-    rows: usize,
-    reply: crossbeam_channel::Sender<Result<Scored, OpError>>,
-}
-
-/// Where the networks run: in the worker itself (CPU: every worker has its own copy), or in one
-/// inference service thread per process that owns the networks on the device (CUDA: the workers
-/// send it batches through a channel and go on preprocessing while it computes).
-pub enum Engine {
-    /// The worker's own networks.
-    Local {
-        /// Type model.
-        types: Box<Bundle>,
-        /// Subtype model.
-        subtypes: Option<Box<Bundle>>,
-    },
-    /// A channel to the process's inference service.
-    Shared(crossbeam_channel::Sender<Request>),
-}
-
-impl std::fmt::Debug for Engine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Engine::Local { .. } => "Engine::Local",
-            Engine::Shared(_) => "Engine::Shared",
-        })
-    }
-}
-
-/// The models of a run as a worker sees them: class names and grid of the type model and, when
-/// given, the subtype model, and where they run.
-#[derive(Debug)]
-pub struct Models {
-    /// Type model classes.
-    pub types: Vec<String>,
-    /// Subtype model classes.
-    pub subtypes: Option<Vec<String>>,
-    /// The model grid.
-    pub grid: Vec<f64>,
-    /// Where the networks run.
-    pub engine: Engine,
-    /// Spectra per inference batch.
-    pub batch: usize,
-    /// Whether to compute Grad-CAM maps.
-    pub gradcam: bool,
-}
-
-// SAFETY: libtorch tensors are `Send` but not `Sync` in tch. A `Models` is created by one worker
-// thread and used only by the kernels of that worker (the `Arc` just shares it between the
-// kernels of successive images on that thread), so no two threads ever touch its networks at once.
-unsafe impl Sync for Models {}
-
-impl Models {
-    /// Models that run in the calling worker.
-    pub fn local(types: Bundle, subtypes: Option<Bundle>, batch: usize, gradcam: bool) -> Self {
-        Self {
-            types: types.classifier.classes().to_vec(),
-            subtypes: subtypes.as_ref().map(|b| b.classifier.classes().to_vec()),
-            grid: types.classifier.grid().to_vec(),
-            engine: Engine::Local { types: Box::new(types), subtypes: subtypes.map(Box::new) },
-            batch,
-            gradcam,
-        }
-    }
-
-    /// Scores `rows` spectra with one model (see [`score`]).
-    fn score(&self, which: Which, values: &[f32], rows: usize) -> Result<Scored, OpError> {
-        match &self.engine {
-            Engine::Local { types, subtypes } => {
-                let bundle: &Bundle = match which {
-                    Which::Type => types,
-                    Which::Subtype => subtypes.as_deref().ok_or_else(|| OpError::internal(OP, "no subtype model"))?,
-                };
-                score(bundle, values, rows, self.batch, self.gradcam)
-            }
-            Engine::Shared(tx) => {
-                let (reply, rx) = crossbeam_channel::bounded(1);
-                tx.send(Request { which, values: values.to_vec(), rows, reply })
-                    .map_err(|_| OpError::internal(OP, "the inference service stopped"))?;
-                rx.recv().map_err(|_| OpError::internal(OP, "the inference service stopped"))?
-            }
-        }
-    }
-}
-
-/// Starts the inference service of a process: a thread that owns the networks (loaded by `load`
-/// on the device) and scores the workers' requests in arrival order. It ends when every sender
-/// is dropped.
-pub fn spawn_service(
-    load: impl FnOnce() -> anyhow::Result<(Bundle, Option<Bundle>)> + Send + 'static,
-    batch: usize,
-    gradcam: bool,
-    threads: usize,
-) -> anyhow::Result<(crossbeam_channel::Sender<Request>, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = crossbeam_channel::bounded::<Request>(64);
-    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
-    let handle = std::thread::Builder::new().name("inference".into()).spawn(move || {
-        tch::set_num_threads(threads as i32);
-        let (types, subtypes) = match load() {
-            Ok(m) => {
-                let _ = ready_tx.send(Ok(()));
-                m
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(format!("{e:#}")));
-                return;
-            }
-        };
-        for r in rx {
-            let bundle = match r.which {
-                Which::Type => Some(&types),
-                Which::Subtype => subtypes.as_ref(),
-            };
-            let result = match bundle {
-                Some(b) => score(b, &r.values, r.rows, batch, gradcam),
-                None => Err(OpError::internal(OP, "no subtype model")),
-            };
-            let _ = r.reply.send(result);
-        }
-    })?;
-    ready_rx.recv().map_err(|_| anyhow::anyhow!("the inference service did not start"))?.map_err(anyhow::Error::msg)?;
-    Ok((tx, handle))
-}
 
 /// Truth labels of a sample (from the archive's `labels.csv`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -176,33 +45,8 @@ pub struct Truth {
     pub subtype: Option<String>,
 }
 
-/// The scope of the per-class mean spectra in the Grad-CAM sums (`gradcam.parquet`).
-pub const SPECTRUM_SCOPE: &str = "spectrum";
-
 /// Fixed-point unit of the spectrum sums: 2⁻⁴⁰, as the Grad-CAM maps' (`CamStats`).
 const SPECTRUM_SCALE: f64 = (1u64 << 40) as f64;
-
-/// Exact Grad-CAM sums of one image, by (scope, class).
-#[derive(Debug, Clone, Default)]
-pub struct ImageCams {
-    /// (scope, class) → sums; scope is `predicted`, `true` or `core`, or `spectrum` (the sums of
-    /// the classified spectra themselves per predicted class, not of maps).
-    pub stats: HashMap<(&'static str, String), CamStats>,
-}
-
-/// What an image contributed, besides its prediction rows: its core row (counts, exact
-/// probability sums, majorities and truth; `path` is filled in by the part writer) and its exact
-/// Grad-CAM sums.
-#[derive(Debug, Clone, Default)]
-pub struct ImageSummary {
-    /// The core row.
-    pub row: CoreRow,
-    /// Grad-CAM sums.
-    pub cams: ImageCams,
-}
-
-/// Where classify kernels leave image summaries for the part writer, by sample id.
-pub type SummaryBox = Arc<Mutex<HashMap<String, ImageSummary>>>;
 
 /// Probability as an exact fixed-point integer (2⁻³² units).
 pub fn prob_fixed(p: f32) -> i64 {
@@ -230,66 +74,35 @@ pub fn prediction_schema(input: &Schema, types: &[String], subtypes: Option<&[St
 
 /// The classify kernel of one image.
 pub struct ClassifyKernel {
-    models: Arc<Models>,
+    models: Rc<Models>,
     labels: Arc<HashMap<String, Truth>>,
-    summaries: SummaryBox,
     held: Vec<RecordBatch>,
 }
 
 impl ClassifyKernel {
-    /// A kernel using `models`; summaries go to `summaries`.
-    pub fn new(models: Arc<Models>, labels: Arc<HashMap<String, Truth>>, summaries: SummaryBox) -> Self {
-        Self { models, labels, summaries, held: Vec::new() }
+    /// A kernel using the worker's `models`, with truth `labels` by sample id or file stem.
+    pub fn new(models: Rc<Models>, labels: Arc<HashMap<String, Truth>>) -> Self {
+        Self { models, labels, held: Vec::new() }
     }
-}
 
-/// Probabilities and maps of `rows` spectra from one model, in fixed batches.
-pub struct Scored {
-    probs: Vec<f32>,
-    predicted: Vec<u32>,
-    maps: Vec<f32>,
-}
+    /// The schema of the prediction rows for input batches of `input`.
+    pub fn output_schema(&self, input: &Schema) -> SchemaRef {
+        prediction_schema(input, &self.models.types, self.models.subtypes.as_deref())
+    }
 
-/// Inference batches are padded to a multiple of this many rows.
-///
-/// libtorch (oneDNN) builds and caches a kernel per input shape; with one shape per image's
-/// leftover rows the cache — and the process's memory — grew with the archive. Padding the last
-/// batch of an image to a multiple of 64 rows bounds the shapes to `batch / 64` (the padded rows
-/// are zeros and their outputs are dropped; every row is computed independently in evaluation
-/// mode).
-pub const SHAPE_QUANTUM: usize = 64;
-
-fn score(bundle: &Bundle, values: &[f32], rows: usize, batch: usize, gradcam: bool) -> Result<Scored, OpError> {
-    let n = bundle.classifier.grid().len();
-    let k = bundle.classifier.classes().len();
-    let mut s = Scored { probs: Vec::new(), predicted: Vec::new(), maps: Vec::new() };
-    let mut padded = Vec::new();
-    let mut start = 0;
-    while start < rows {
-        let end = (start + batch).min(rows);
-        let len = end - start;
-        let shape = len.div_ceil(SHAPE_QUANTUM) * SHAPE_QUANTUM;
-        let chunk: &[f32] = if shape == len {
-            &values[start * n..end * n]
-        } else {
-            padded.clear();
-            padded.extend_from_slice(&values[start * n..end * n]);
-            padded.resize(shape * n, 0.0);
-            &padded
-        };
-        if gradcam {
-            let (p, m) = bundle.classifier.predict_values_with_gradcam(chunk, shape)?;
-            s.probs.extend_from_slice(&p.probs[..len * k]);
-            s.predicted.extend_from_slice(&p.predicted[..len]);
-            s.maps.extend_from_slice(&m.maps[..len * m.points]);
-        } else {
-            let p = bundle.classifier.predict_values(chunk, shape)?;
-            s.probs.extend_from_slice(&p.probs[..len * k]);
-            s.predicted.extend_from_slice(&p.predicted[..len]);
+    /// Holds one batch of the current image.
+    pub fn push_batch(&mut self, batch: &RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.held.push(batch.clone());
         }
-        start = end;
     }
-    Ok(s)
+
+    /// Classifies the held image: its prediction batches (one per input batch, in order) and its
+    /// summary; `None` when the image held no rows.
+    pub fn finish(&mut self) -> Result<Option<(Vec<RecordBatch>, ImageSummary)>, OpError> {
+        let held = std::mem::take(&mut self.held);
+        self.classify(held)
+    }
 }
 
 fn majority(counts: &[u64], classes: &[String]) -> Option<String> {
@@ -302,9 +115,9 @@ fn bool_col(b: &RecordBatch, name: &str) -> Option<BooleanArray> {
 }
 
 impl ClassifyKernel {
-    fn finish_image(&mut self, out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
-        let held = std::mem::take(&mut self.held);
-        let Some(first) = held.first() else { return Ok(()) };
+    fn classify(&self, held: Vec<RecordBatch>) -> Result<Option<(Vec<RecordBatch>, ImageSummary)>, OpError> {
+        let Some(first) = held.first() else { return Ok(None) };
+        let mut out = Vec::with_capacity(held.len());
         let m = &self.models;
         let types = m.types.clone();
         let subtypes = m.subtypes.clone();
@@ -461,30 +274,6 @@ impl ClassifyKernel {
             debug_assert_eq!(batch.num_rows(), b.num_rows());
             out.push(batch);
         }
-        self.summaries.lock().map_err(|_| OpError::internal(OP, "summary table poisoned"))?.insert(sample, summary);
-        Ok(())
-    }
-}
-
-impl Kernel for ClassifyKernel {
-    fn name(&self) -> &'static str {
-        OP
-    }
-
-    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef, OpError> {
-        Ok(prediction_schema(input, &self.models.types, self.models.subtypes.as_deref()))
-    }
-
-    fn push_batch(&mut self, batch: &RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
-        if batch.num_rows() > 0 {
-            self.held.push(batch.clone());
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
-        let r = self.finish_image(out);
-        self.held.clear();
-        r
+        Ok(Some((out, summary)))
     }
 }

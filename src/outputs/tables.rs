@@ -1,113 +1,17 @@
-//! The run's keyed summaries (DESIGN.md §8): what each image contributes — its core row, its
-//! exact Grad-CAM sums per (scope, class, wavenumber), or its reject — as records with integer
-//! differences, which the dataflow adds up as a differential collection; and the tables
-//! (`cores.parquet`, `gradcam.parquet`, `bands.parquet`, `rejects.parquet`) written from the
-//! totals.
-//!
-//! Every difference is an integer (counts, and Grad-CAM and probability sums in fixed point), so
-//! the totals — and every number in the tables — are the same for any number of workers or
-//! processes and any order in which images finish. An image's records are also saved beside its
-//! prediction part (`parts/<part>.json`), so that a nightly run that reuses the image feeds the
-//! same records again instead of recomputing them.
+//! The run's tables — `cores.parquet`, `gradcam.parquet`, `bands.parquet` and `rejects.parquet`
+//! (docs/outputs.md) — written from the totals of the summary records.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
-use anyhow::Context;
-use serde::{Deserialize, Serialize};
 
-use super::classify::ImageSummary;
+use super::records::{CoreRow, Diff, Record, SPECTRUM_SCOPE};
+use crate::error::Error;
 use crate::io::parquet::{AtomicParquetWriter, Staged};
 use crate::operators::grad_cam::{top_bands, CamStats};
-
-/// The difference carried by a record: (count, Σ, Σ²) — integers.
-pub type Diff = (i64, i128, i128);
-
-/// A per-core row (counts and exact probability sums; fractions and means are derived).
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct CoreRow {
-    /// Sample id.
-    pub sample: String,
-    /// The image's entry file, relative to the archive.
-    pub path: String,
-    /// Spectra.
-    pub spectra: u64,
-    /// Tissue spectra.
-    pub tissue: u64,
-    /// Paraffin spectra.
-    pub paraffin: u64,
-    /// Outliers.
-    pub outliers: u64,
-    /// Spectra per type class.
-    pub type_counts: Vec<u64>,
-    /// Σ probability per type class (2⁻³² units).
-    pub type_prob_sums: Vec<i64>,
-    /// Majority type class.
-    pub majority: Option<String>,
-    /// Spectra per subtype class (empty when the subtype model did not run).
-    pub subtype_counts: Vec<u64>,
-    /// Σ probability per subtype class (2⁻³² units).
-    pub subtype_prob_sums: Vec<i64>,
-    /// Majority subtype class.
-    pub subtype_majority: Option<String>,
-    /// Truth type label.
-    pub truth_type: Option<String>,
-    /// Truth subtype label.
-    pub truth_subtype: Option<String>,
-}
-
-/// A keyed summary record.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Record {
-    /// One core (difference `(1, 0, 0)`).
-    Core(CoreRow),
-    /// Grad-CAM sums at one point of the model grid: difference (maps, Σ v, Σ v²) with v in units
-    /// of 2⁻⁴⁰. `scope` is `predicted` or `true` (per class over all cores) or `core:<sample>`.
-    Cam {
-        /// `predicted`, `true` or `core:<sample>`.
-        scope: String,
-        /// Class name.
-        class: String,
-        /// Index on the model grid.
-        point: u32,
-    },
-    /// A rejected input (difference `(1, 0, 0)`).
-    Reject {
-        /// The file.
-        path: String,
-        /// The stage that failed.
-        stage: String,
-        /// Why.
-        reason: String,
-    },
-}
-
-impl Record {
-    /// Whether the record is added up across images (per-class Grad-CAM, core rows, rejects);
-    /// per-core Grad-CAM records are not: they stay in the image's part.
-    pub fn is_shared(&self) -> bool {
-        !matches!(self, Record::Cam { scope, .. } if scope.starts_with("core:"))
-    }
-}
-
-/// The records of one classified image.
-pub fn image_records(path: &str, s: &ImageSummary) -> Vec<(Record, Diff)> {
-    let sample = s.row.sample.as_str();
-    let mut out = vec![(Record::Core(CoreRow { path: path.to_string(), ..s.row.clone() }), (1, 0, 0))];
-    let mut keys: Vec<_> = s.cams.stats.keys().collect();
-    keys.sort();
-    for key in keys {
-        let st = &s.cams.stats[key];
-        let scope = if key.0 == "core" { format!("core:{sample}") } else { key.0.to_string() };
-        let (sum, sq) = st.sums();
-        for (p, (&a, &b)) in sum.iter().zip(sq).enumerate() {
-            out.push((Record::Cam { scope: scope.clone(), class: key.1.clone(), point: p as u32 }, (st.count() as i64, a, b)));
-        }
-    }
-    out
-}
+use crate::reject::Reject;
 
 /// Grad-CAM sums by (scope, class): (maps, Σ per point, Σ² per point).
 pub type CamSums = BTreeMap<(String, String), (i64, Vec<i128>, Vec<i128>)>;
@@ -119,8 +23,8 @@ pub struct Totals {
     pub cores: BTreeMap<String, CoreRow>,
     /// (scope, class) → (count, Σ per point, Σ² per point).
     pub cams: CamSums,
-    /// Rejects, sorted.
-    pub rejects: Vec<(String, String, String)>,
+    /// Rejects.
+    pub rejects: Vec<Reject>,
 }
 
 impl Totals {
@@ -144,9 +48,9 @@ impl Totals {
                     e.0 += diff.0;
                 }
             }
-            Record::Reject { path, stage, reason } => {
+            Record::Reject(reject) => {
                 if diff.0 > 0 {
-                    self.rejects.push((path, stage, reason));
+                    self.rejects.push(reject);
                 }
             }
         }
@@ -158,7 +62,7 @@ impl Totals {
     }
 }
 
-fn write(path: &Path, batch: RecordBatch, kv: &[(String, String)]) -> anyhow::Result<Staged> {
+fn write(path: &Path, batch: RecordBatch, kv: &[(String, String)]) -> Result<Staged, Error> {
     let mut w = AtomicParquetWriter::create(path, batch.schema(), kv.to_vec())?;
     w.write(&batch)?;
     Ok(w.finish_staged()?)
@@ -179,7 +83,7 @@ pub fn write_tables(
     subtypes: Option<&[String]>,
     grid: &[f64],
     kv: &[(String, String)],
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     const PROB: f64 = 4_294_967_296.0;
     // cores.parquet
     let cores: Vec<&CoreRow> = totals.cores.values().collect();
@@ -255,7 +159,7 @@ pub fn write_tables(
         Field::new("count", DataType::UInt64, false),
     ]));
     let mut gradcam = AtomicParquetWriter::create(&out.join("gradcam.parquet"), gradcam_schema.clone(), kv.to_vec())?;
-    let write_cams = |w: &mut AtomicParquetWriter, cams: &CamSums| -> anyhow::Result<()> {
+    let write_cams = |w: &mut AtomicParquetWriter, cams: &CamSums| -> Result<(), Error> {
         let (mut scope, mut core, mut class, mut wn, mut mean, mut std, mut count) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((sc, cl), (n, sum, sq)) in cams {
@@ -294,9 +198,9 @@ pub fn write_tables(
     };
     write_cams(&mut gradcam, &totals.cams)?;
     for part in parts {
-        let text = std::fs::read(part).with_context(|| format!("cannot read {}", part.display()))?;
-        let records: Vec<(Record, Diff)> =
-            serde_json::from_slice(&text).with_context(|| format!("{} is not an image summary", part.display()))?;
+        let text = std::fs::read(part).map_err(|e| Error::io("cannot read", part, e))?;
+        let records: Vec<(Record, Diff)> = serde_json::from_slice(&text)
+            .map_err(|e| Error::invalid(format!("{} is not an image summary: {e}", part.display())))?;
         let mut per_core = Totals::default();
         for (r, d) in records.into_iter().filter(|(r, _)| !r.is_shared()) {
             per_core.add(r, d, grid.len());
@@ -306,7 +210,7 @@ pub fn write_tables(
     staged.push(gradcam.finish_staged()?);
     let (mut b_scope, mut b_class, mut b_lo, mut b_hi, mut b_peak, mut b_mean, mut b_assign) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ((sc, cl), (n, sum, sq)) in totals.cams.iter().filter(|((sc, _), _)| sc != super::classify::SPECTRUM_SCOPE) {
+    for ((sc, cl), (n, sum, sq)) in totals.cams.iter().filter(|((sc, _), _)| sc != SPECTRUM_SCOPE) {
         let st = CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?;
         for b in top_bands(grid, &st.mean(), 0.9)? {
             b_scope.push(sc.clone());
@@ -343,7 +247,7 @@ pub fn write_tables(
 
     // rejects.parquet
     let mut rejects = totals.rejects.clone();
-    rejects.sort();
+    crate::reject::sort(&mut rejects);
     let schema = Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("stage", DataType::Utf8, false),
@@ -352,9 +256,9 @@ pub fn write_tables(
     let batch = RecordBatch::try_new(
         Arc::new(schema),
         vec![
-            strings(rejects.iter().map(|r| Some(r.0.as_str()))),
-            strings(rejects.iter().map(|r| Some(r.1.as_str()))),
-            strings(rejects.iter().map(|r| Some(r.2.as_str()))),
+            Arc::new(rejects.iter().map(|r| Some(r.path.to_string_lossy())).collect::<StringArray>()),
+            strings(rejects.iter().map(|r| Some(r.stage.as_str()))),
+            strings(rejects.iter().map(|r| Some(r.reason.as_str()))),
         ],
     )?;
     staged.push(write(&out.join("rejects.parquet"), batch, kv)?);

@@ -1,0 +1,174 @@
+//! The last operator of the graph: once an image has passed every stage, its prediction part and
+//! summary part are written (renamed into place), its manifest line appended, and its summary
+//! records emitted for consolidation — or its reject, when it failed anywhere.
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use super::adapter::{Item, Items};
+use crate::error::Error;
+use crate::io::parquet::AtomicParquetWriter;
+use crate::job::{ImageJob, RunJob};
+use crate::outputs::manifest::{self, ManifestEntry, ManifestWriter};
+use crate::outputs::records::{image_records, Diff, ImageSummary, Record};
+use crate::outputs::{prediction_path, summary_path};
+use crate::reject::Reject;
+
+/// Writing each image's outputs.
+pub trait WriteParts<'scope> {
+    /// Writes each finished image's prediction part and summary part, records it in the
+    /// manifest, and emits its summary records (or its reject). `last_own` is the timestamp of
+    /// this worker's last image, with which the worker's added-up Grad-CAM sums are sent.
+    fn write_parts(self, job: &Arc<RunJob>, last_own: Option<u64>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>>;
+}
+
+impl<'scope> WriteParts<'scope> for Items<'scope> {
+    fn write_parts(self, job: &Arc<RunJob>, last_own: Option<u64>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>> {
+        let job = Arc::clone(job);
+        self.unary_frontier::<CapacityContainerBuilder<Vec<(Record, u64, Diff)>>, _, _, _>(Pipeline, "write_parts", move |_c, _info| {
+            let mut open: BTreeMap<u64, (Capability<u64>, Vec<Item>)> = BTreeMap::new();
+            let mut manifest: Option<ManifestWriter> = None;
+            // Per-class Grad-CAM sums of this worker's images, added up here (exact integers) and
+            // sent once with the worker's last image: per-image updates would pile up in the
+            // consolidation's trace as the archive grows.
+            let mut cams: BTreeMap<Record, Diff> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    let Some(c) = cap.retain_least(output.output_index()) else { return };
+                    let t = *c.time();
+                    let e = open.entry(t).or_insert((c, Vec::new()));
+                    e.1.append(data);
+                });
+                while let Some((&t, _)) = open.first_key_value() {
+                    if frontier.less_equal(&t) {
+                        break;
+                    }
+                    let (cap, items) = open.remove(&t).expect("present");
+                    let image = &job.images[t as usize];
+                    let records = finish_image(&job, image, items, &mut manifest);
+                    job.progress.images.fetch_add(1, Ordering::Relaxed);
+                    let mut now = Vec::new();
+                    for (r, d) in records {
+                        if matches!(r, Record::Cam { .. }) {
+                            let e = cams.entry(r).or_insert((0, 0, 0));
+                            e.0 += d.0;
+                            e.1 += d.1;
+                            e.2 += d.2;
+                        } else {
+                            now.push((r, t, d));
+                        }
+                    }
+                    if Some(t) == last_own {
+                        now.extend(std::mem::take(&mut cams).into_iter().map(|(r, d)| (r, t, d)));
+                    }
+                    output.session(&cap).give_iterator(now.into_iter());
+                }
+            }
+        })
+    }
+}
+
+fn rejected(reject: Reject) -> Vec<(Record, Diff)> {
+    tracing::warn!("rejected: {reject}");
+    vec![(Record::Reject(reject), (1, 0, 0))]
+}
+
+/// Ends one image: its records (written parts and manifest line first).
+fn finish_image(job: &RunJob, image: &ImageJob, items: Vec<Item>, manifest: &mut Option<ManifestWriter>) -> Vec<(Record, Diff)> {
+    let mut batches = Vec::new();
+    let mut summary = None;
+    for item in items {
+        match item {
+            Item::Batch(b) => batches.push(b),
+            Item::Summary(s) => summary = Some(s),
+            Item::Failed(reject) => return rejected(reject),
+            Item::Reused(records) => return records.iter().filter(|(r, _)| r.is_shared()).cloned().collect(),
+        }
+    }
+    let path = &image.entry.path;
+    let Some(summary) = summary else {
+        return rejected(Reject::new(path, "read", "the image holds no spectra"));
+    };
+    // An image without a single classified spectrum has nothing to say about its core (NaN or
+    // inf everywhere, a wrong byte order, a core with no tissue): it is reported, not counted.
+    let r = &summary.row;
+    if r.type_counts.iter().sum::<u64>() == 0 {
+        let reason = if r.tissue == 0 {
+            format!(
+                "no tissue found: {} spectra, {} paraffin, {} outliers (non-finite values), the rest bare slide",
+                r.spectra, r.paraffin, r.outliers
+            )
+        } else {
+            format!(
+                "none of the {} tissue spectra passed the outlier checks (non-finite values, amide I out of range, EMSC \
+                 residual; a wrong byte order looks like this)",
+                r.tissue
+            )
+        };
+        return rejected(Reject::new(path, "classify", reason));
+    }
+    match write_image(job, image, &batches, &summary, manifest) {
+        Ok(records) => records,
+        Err(e) => {
+            // An output that cannot be written is not the image's fault, but the run must not
+            // pretend it has the image: reject it with the reason (the exit code says so). A full
+            // or read-only disk also stops this process's workers: every later write would fail.
+            if e.is_storage() {
+                job.stop(format!("cannot write the outputs of {}: {e}", path.display()));
+            }
+            rejected(Reject::new(path, "write", e.to_string()))
+        }
+    }
+}
+
+fn write_image(
+    job: &RunJob,
+    image: &ImageJob,
+    batches: &[arrow::array::RecordBatch],
+    summary: &ImageSummary,
+    manifest: &mut Option<ManifestWriter>,
+) -> Result<Vec<(Record, Diff)>, Error> {
+    let Some(first) = batches.first() else { return Err(Error::invalid("no prediction rows")) };
+    let mut w = AtomicParquetWriter::create(&prediction_path(&job.out, &image.part), first.schema(), job.key_values.clone())?;
+    let mut rows = 0u64;
+    for b in batches {
+        w.write(b)?;
+        rows += b.num_rows() as u64;
+    }
+    w.finish()?;
+    job.progress.spectra.fetch_add(rows, Ordering::Relaxed);
+    let mut records = image_records(&image.rel_path, summary);
+    let part_path = summary_path(&job.out, &image.part);
+    let text = serde_json::to_vec(&records).map_err(|e| Error::invalid(format!("cannot encode the image summary: {e}")))?;
+    crate::io::atomic::write_atomic(&part_path, &text).map_err(|e| Error::io("cannot write", &part_path, e))?;
+    // Only what is added up across images travels on; the per-core Grad-CAM rows stay in the
+    // part (the tables writer streams them from there), so memory does not grow with the archive.
+    records.retain(|(r, _)| r.is_shared());
+    let path = &image.entry.path;
+    let content_sha256 = manifest::content_hash(path).map_err(|e| Error::io("cannot hash the image", path, e))?;
+    let identity = match &image.identity {
+        Some(i) => i.clone(),
+        None => manifest::identity(path).map_err(|e| Error::io("cannot read", path, e))?,
+    };
+    let entry = ManifestEntry {
+        sample: image.entry.sample.clone(),
+        path: image.rel_path.clone(),
+        identity,
+        content_sha256,
+        model_hash: job.model_hash.clone(),
+        part: image.part.clone(),
+        spectra: rows,
+    };
+    let manifest_path = job.out.join(manifest::MANIFEST);
+    if manifest.is_none() {
+        *manifest = Some(ManifestWriter::open(&job.out).map_err(|e| Error::io("cannot open", &manifest_path, e))?);
+    }
+    manifest.as_mut().expect("opened").append(&entry).map_err(|e| Error::io("cannot append to", &manifest_path, e))?;
+    Ok(records)
+}

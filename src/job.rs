@@ -1,0 +1,165 @@
+//! The description of a nightly run's work that every worker of a process shares: the images and
+//! what to do with each, the preprocessing plan and the models, where the outputs go, the counters
+//! that progress reporting reads, and the one rule that places images on workers. The driver
+//! (`run`) builds it; the dataflow graph (`dataflow`) executes it.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use crate::bundle::{Bundle, BundleError};
+use crate::classify::{Engine, Models, Request, Truth};
+use crate::config::RunConfig;
+use crate::error::Error;
+use crate::io::archive::ImageEntry;
+use crate::operators::model::DeviceChoice;
+use crate::outputs::manifest::Identity;
+use crate::outputs::records::{Diff, Record};
+use crate::plan::PreprocessPlan;
+use crate::reject::Reject;
+
+/// What a run does with one image.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Read, preprocess and classify it.
+    Process,
+    /// Feed the stored summary records of an earlier run (its outputs are current).
+    Reuse(Arc<Vec<(Record, Diff)>>),
+    /// Do not read it: it is rejected (e.g. a file linking outside the archive).
+    Refuse(Reject),
+}
+
+/// One image of the run.
+#[derive(Debug, Clone)]
+pub struct ImageJob {
+    /// The archive entry.
+    pub entry: ImageEntry,
+    /// Its path relative to the archive root.
+    pub rel_path: String,
+    /// Its output part name.
+    pub part: String,
+    /// Its identity (sizes and modification times) when the run started.
+    pub identity: Option<Identity>,
+    /// What to do with it.
+    pub action: Action,
+}
+
+/// Counters that progress reporting reads while the graph runs.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Images finished (processed, reused or rejected) in this process.
+    pub images: AtomicU64,
+    /// Spectra written in this process.
+    pub spectra: AtomicU64,
+}
+
+/// The model bundles of a run.
+#[derive(Debug, Clone)]
+pub struct ModelDirs {
+    /// The type model bundle.
+    pub types: PathBuf,
+    /// The subtype model bundle.
+    pub subtypes: Option<PathBuf>,
+}
+
+impl ModelDirs {
+    /// Loads both bundles onto `device`.
+    pub fn load(&self, device: DeviceChoice) -> Result<(Bundle, Option<Bundle>), BundleError> {
+        let types = Bundle::load(&self.types, device)?;
+        let subtypes = self.subtypes.as_ref().map(|d| Bundle::load(d, device)).transpose()?;
+        Ok((types, subtypes))
+    }
+}
+
+/// What every worker knows of the models without loading them.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// The bundles.
+    pub dirs: ModelDirs,
+    /// Type model classes.
+    pub types: Vec<String>,
+    /// Subtype model classes, when there is a subtype model.
+    pub subtypes: Option<Vec<String>>,
+    /// The model grid (cm⁻¹).
+    pub grid: Vec<f64>,
+}
+
+/// Everything the workers of a process share.
+#[derive(Debug)]
+pub struct RunJob {
+    /// The images, in archive order (image `i` runs at timestamp `i`).
+    pub images: Vec<ImageJob>,
+    /// The output directory.
+    pub out: PathBuf,
+    /// The preprocessing plan (from the type model's bundle).
+    pub plan: Arc<PreprocessPlan>,
+    /// Truth labels by sample.
+    pub labels: Arc<HashMap<String, Truth>>,
+    /// Hash of the model bundle(s).
+    pub model_hash: String,
+    /// Parquet key-value metadata of every output.
+    pub key_values: Vec<(String, String)>,
+    /// Progress counters of this process.
+    pub progress: Arc<Counters>,
+    /// The `[run]` configuration.
+    pub run: RunConfig,
+    /// The models.
+    pub models: ModelInfo,
+    /// The process's inference service, when the networks are shared.
+    pub service: Option<crossbeam_channel::Sender<Request>>,
+    /// Set when the outputs cannot be written any more (a full or read-only disk): the
+    /// process's workers stop reading images and the run ends with this error.
+    pub stopped: Mutex<Option<String>>,
+}
+
+impl RunJob {
+    /// Stops the process's workers after a storage failure (the first reason wins).
+    pub fn stop(&self, reason: String) {
+        if let Ok(mut s) = self.stopped.lock() {
+            if s.is_none() {
+                tracing::error!("{reason}; this process stops reading images");
+                *s = Some(reason);
+            }
+        }
+    }
+
+    /// The reason the run stopped, if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// The images worker `worker` of `peers` runs (see [`worker_of`]), with their indices.
+    pub fn images_of(&self, worker: usize, peers: usize) -> impl Iterator<Item = (usize, &ImageJob)> {
+        self.images.iter().enumerate().filter(move |(i, _)| worker_of(*i, peers) == worker)
+    }
+
+    /// The models as one worker uses them: its own copy, or the process's inference service.
+    pub fn load_models(&self) -> Result<Models, Error> {
+        let run = &self.run;
+        if let Some(tx) = &self.service {
+            return Ok(Models {
+                types: self.models.types.clone(),
+                subtypes: self.models.subtypes.clone(),
+                grid: self.models.grid.clone(),
+                engine: Engine::Shared(tx.clone()),
+                batch: run.batch,
+                gradcam: run.gradcam,
+            });
+        }
+        let (types, subtypes) = self.models.dirs.load(run.device)?;
+        Ok(Models::local(types, subtypes, run.batch, run.gradcam))
+    }
+}
+
+/// The worker that runs image `image` when the run has `peers` workers over all processes
+/// (process `p` holds workers `p·W … p·W + W − 1`): images are dealt round-robin, so a process's
+/// share and the outputs do not depend on how long any image takes.
+pub fn worker_of(image: usize, peers: usize) -> usize {
+    image % peers
+}
+
+/// How many of `images` the process `process` runs with `workers` workers per process of
+/// `processes`.
+pub fn images_of_process(images: usize, workers: usize, processes: usize, process: usize) -> usize {
+    (0..images).filter(|&i| worker_of(i, workers * processes) / workers == process).count()
+}

@@ -1,0 +1,119 @@
+//! The summary records of a run (see `ARCHITECTURE.md`, Invariants): what each image contributes
+//! besides its prediction rows — its core row, its exact Grad-CAM sums per (scope, class,
+//! wavenumber), or its reject — as records with integer differences, which the dataflow adds up as
+//! a differential collection.
+//!
+//! Every difference is an integer (counts, and Grad-CAM and probability sums in fixed point), so
+//! the totals — and every number in the tables — are the same for any number of workers or
+//! processes and any order in which images finish. An image's records are also saved beside its
+//! prediction part (`parts/<part>.json`), so that a nightly run that reuses the image feeds the
+//! same records again instead of recomputing them.
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::operators::grad_cam::CamStats;
+use crate::reject::Reject;
+
+/// The difference carried by a record: (count, Σ, Σ²) — integers.
+pub type Diff = (i64, i128, i128);
+
+/// A per-core row (counts and exact probability sums; fractions and means are derived).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CoreRow {
+    /// Sample id.
+    pub sample: String,
+    /// The image's entry file, relative to the archive.
+    pub path: String,
+    /// Spectra.
+    pub spectra: u64,
+    /// Tissue spectra.
+    pub tissue: u64,
+    /// Paraffin spectra.
+    pub paraffin: u64,
+    /// Outliers.
+    pub outliers: u64,
+    /// Spectra per type class.
+    pub type_counts: Vec<u64>,
+    /// Σ probability per type class (2⁻³² units).
+    pub type_prob_sums: Vec<i64>,
+    /// Majority type class.
+    pub majority: Option<String>,
+    /// Spectra per subtype class (empty when the subtype model did not run).
+    pub subtype_counts: Vec<u64>,
+    /// Σ probability per subtype class (2⁻³² units).
+    pub subtype_prob_sums: Vec<i64>,
+    /// Majority subtype class.
+    pub subtype_majority: Option<String>,
+    /// Truth type label.
+    pub truth_type: Option<String>,
+    /// Truth subtype label.
+    pub truth_subtype: Option<String>,
+}
+
+/// A keyed summary record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Record {
+    /// One core (difference `(1, 0, 0)`).
+    Core(CoreRow),
+    /// Grad-CAM sums at one point of the model grid: difference (maps, Σ v, Σ v²) with v in units
+    /// of 2⁻⁴⁰. `scope` is `predicted` or `true` (per class over all cores) or `core:<sample>`.
+    Cam {
+        /// `predicted`, `true` or `core:<sample>`.
+        scope: String,
+        /// Class name.
+        class: String,
+        /// Index on the model grid.
+        point: u32,
+    },
+    /// A rejected input (difference `(1, 0, 0)`).
+    Reject(Reject),
+}
+
+impl Record {
+    /// Whether the record is added up across images (per-class Grad-CAM, core rows, rejects);
+    /// per-core Grad-CAM records are not: they stay in the image's part.
+    pub fn is_shared(&self) -> bool {
+        !matches!(self, Record::Cam { scope, .. } if scope.starts_with("core:"))
+    }
+}
+
+/// The scope of the per-class mean spectra in the Grad-CAM sums (`gradcam.parquet`).
+pub const SPECTRUM_SCOPE: &str = "spectrum";
+
+/// Exact Grad-CAM sums of one image, by (scope, class).
+#[derive(Debug, Clone, Default)]
+pub struct ImageCams {
+    /// (scope, class) → sums; scope is `predicted`, `true` or `core`, or `spectrum` (the sums of
+    /// the classified spectra themselves per predicted class, not of maps).
+    pub stats: HashMap<(&'static str, String), CamStats>,
+}
+
+/// What an image contributed, besides its prediction rows: its core row (counts, exact
+/// probability sums, majorities and truth; `path` is filled in by the part writer) and its exact
+/// Grad-CAM sums.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSummary {
+    /// The core row.
+    pub row: CoreRow,
+    /// Grad-CAM sums.
+    pub cams: ImageCams,
+}
+
+/// The records of one classified image.
+pub fn image_records(path: &str, s: &ImageSummary) -> Vec<(Record, Diff)> {
+    let sample = s.row.sample.as_str();
+    let mut out = vec![(Record::Core(CoreRow { path: path.to_string(), ..s.row.clone() }), (1, 0, 0))];
+    let mut keys: Vec<_> = s.cams.stats.keys().collect();
+    keys.sort();
+    for key in keys {
+        let st = &s.cams.stats[key];
+        let scope = if key.0 == "core" { format!("core:{sample}") } else { key.0.to_string() };
+        let (sum, sq) = st.sums();
+        for (p, (&a, &b)) in sum.iter().zip(sq).enumerate() {
+            out.push((Record::Cam { scope: scope.clone(), class: key.1.clone(), point: p as u32 }, (st.count() as i64, a, b)));
+        }
+    }
+    out
+}
+
