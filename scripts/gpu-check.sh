@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of a `--features cuda` build, as one script for a machine with an NVIDIA GPU, a
-# CUDA torch 2.11 and python3 with that torch (the checks issue 4 asks for; README "GPU"):
+# CUDA torch 2.11 and python3 with that torch (docs/performance.md and docs/outputs.md, GPU):
 #   1. CaReNet-V1 inference and inference + Grad-CAM on CUDA beside PyTorch eager on the same GPU
 #      (the model bench, batch 250 and 4096), and on the machine's CPU cores;
 #   2. `ftirflow demo` (synthesize, train two models on the GPU, run the pipeline);

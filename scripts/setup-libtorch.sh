@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the lean CPU libtorch 2.11.0 that ftirflow links against (DESIGN.md §2) into a cache
+# Installs the lean CPU libtorch 2.11.0 that ftirflow links against (ARCHITECTURE.md, Dependencies) into a cache
 # directory owned by the project, and links it into the checkout as `.libtorch`, where
 # `.cargo/config.toml` points LIBTORCH. Skips the download when the cache already holds it.
 #

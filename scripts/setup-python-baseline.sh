@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Python side of the benches (DESIGN.md §10): PyTorch 2.11.0 — the same wheel that
+# Installs the Python side of the benches (docs/performance.md): PyTorch 2.11.0 — the same wheel that
 # setup-libtorch.sh unpacked, so nothing is downloaded twice — with the runtime libraries it needs
 # to import (its CUDA wheels, even on a CPU-only machine), plus numpy, scikit-learn and pyarrow
 # from benches/python/requirements.txt. Everything goes into the cache directory, nothing into the

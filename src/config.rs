@@ -1,4 +1,4 @@
-//! The configuration file (one TOML file, DESIGN.md §7): parsed with unknown keys rejected, every
+//! The configuration file (one TOML file, docs/configuration.md): parsed with unknown keys rejected, every
 //! field defaulted and documented, validated as a whole before any spectrum is read.
 //! `examples/ftirflow.toml` is the documented example; a test parses it.
 use std::path::Path;
@@ -96,18 +96,18 @@ impl Default for RunConfig {
 }
 
 impl RunConfig {
-    /// Checks the values.
-    pub fn validate(&self) -> Result<(), OpError> {
+    /// Validates the section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, v) in [("workers", self.workers), ("batch", self.batch), ("threads", self.threads), ("batch_rows", self.batch_rows)] {
             if v == 0 {
-                return Err(OpError::config("run", format!("[run] {name} must be at least 1")));
+                return Err(ConfigError::Invalid(OpError::config("run", format!("[run] {name} must be at least 1"))));
             }
         }
         Ok(())
     }
 }
 
-/// `[train]`: CaReNet-V1 training and cross-validation (DESIGN.md §5).
+/// `[train]`: CaReNet-V1 training and cross-validation (docs/model.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -363,7 +363,10 @@ mod tests {
         assert!(e.to_string().contains("reaches outside emsc_range"), "{e}");
         let e = Config::parse("[preprocess.emsc]\nparaffin = \"interferents\"\ninterferent_components = 0\n", "t").unwrap_err();
         assert!(e.to_string().contains("interferent_components"), "{e}");
+        let e = Config::parse("[run]\nworkers = 0\n", "t").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid(_)) && e.to_string().contains("[run] workers must be at least 1"), "{e}");
         let e = Config::parse("[train]\nfolds = 1\n", "t").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid(_)), "[run] and [train] faults are one kind: {e}");
         assert!(e.to_string().contains("folds"), "{e}");
         let e = Config::parse("[train]\ndevice = \"tpu\"\n", "t").unwrap_err();
         assert!(e.to_string().contains("tpu"), "{e}");

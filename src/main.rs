@@ -1,4 +1,4 @@
-//! The `ftirflow` command line (DESIGN.md §7).
+//! The `ftirflow` command line (README.md, Commands).
 
 // mimalloc keeps freed pages for reuse: batches of ~2 MB allocated per step then do not
 // page-fault afresh (the preprocessing chain runs about a third faster than on glibc malloc).

@@ -1,4 +1,4 @@
-//! The real `ftirflow` binary in a temp dir: files written and exit codes (DESIGN.md §7).
+//! The real `ftirflow` binary in a temp dir: files written and exit codes (README.md, Commands).
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -1,5 +1,5 @@
 //! Model bundles (round trip and every refusal), `ftirflow train` on a small synthetic archive and
-//! on the real collagen table (DESIGN.md §5–§7).
+//! on the real collagen table (docs/model.md, README.md).
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -15,3 +15,4 @@ mod model;
 mod baseline;
 mod report;
 mod robust;
+mod layers;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CaReNet-V1 in PyTorch eager: the baseline a user would otherwise write (DESIGN.md §10).
+"""CaReNet-V1 in PyTorch eager: the baseline a user would otherwise write (docs/performance.md).
 
 The same architecture as ftirflow's operators/src/model/arch.rs (stem, three residual stages,
 global average pooling, two dense layers, head), loaded with the weights ftirflow saved

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Batched numpy least-squares EMSC: the baseline a user would otherwise write (DESIGN.md §10).
+"""Batched numpy least-squares EMSC: the baseline a user would otherwise write (docs/performance.md).
 
 Same model and formulas as ftirflow's EMSC (operators/src/emsc.rs): model matrix
 M = [reference, x^0..x^order, interferents] (n x k), weights w, true weighted least squares

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The whole ftirflow pipeline as a lab would write it in Python (DESIGN.md §10; issue 6).
+"""The whole ftirflow pipeline as a lab would write it in Python (docs/performance.md).
 
 numpy reads each ENVI image of the archive; scikit-learn K-means (k = 2) finds tissue on the
 amide I/II band and paraffin on the CH2 band of the non-tissue spectra; spectra whose amide I peak

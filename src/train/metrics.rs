@@ -1,4 +1,4 @@
-//! Classification metrics (DESIGN.md §5), per spectrum and per core (majority vote): accuracy,
+//! Classification metrics (docs/model.md), per spectrum and per core (majority vote): accuracy,
 //! one-vs-rest accuracy per class (as the paper reports), sensitivity, specificity, ROC AUC and the
 //! confusion matrix; printed as a table and saved as JSON and Parquet.
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Training CaReNet-V1 (DESIGN.md §5): patient-grouped, class-stratified k-fold cross-validation
+//! Training CaReNet-V1 (docs/model.md): patient-grouped, class-stratified k-fold cross-validation
 //! and a final model on all the data, saved as a model bundle ([`crate::bundle`]).
 //!
 //! For an archive, every fold fits the EMSC reference (and paraffin interferents) on its training
