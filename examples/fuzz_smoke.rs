@@ -64,17 +64,7 @@ fn target(name: &str, data: &[u8]) {
             let p = common::split(data, 2);
             common::read_files(&[("tile.bsp", p[0]), ("tile.dat", p[1])], "tile.dat");
         }
-        "agilent_mosaic" => {
-            let p = common::split(data, 4);
-            let names = ["m_0000_0000.dmd", "m_0001_0000.dmd", "m_0000_0001.dmd"];
-            let mut files: Vec<(&str, &[u8])> = vec![("m.dmt", p[0])];
-            for (name, bytes) in names.iter().zip(&p[1..]) {
-                if !bytes.is_empty() {
-                    files.push((name, bytes));
-                }
-            }
-            common::read_files(&files, "m.dmt");
-        }
+        "agilent_mosaic" => common::read_mosaic(data),
         "orange_csv" => common::read_files(&[("table.csv", data)], "table.csv"),
         "parquet_spectra" => common::read_files(&[("spectra.parquet", data)], "spectra.parquet"),
         "config" => {

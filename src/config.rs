@@ -288,6 +288,11 @@ impl Config {
         Self::parse(&text, &path.display().to_string())
     }
 
+    /// Reads and validates `path`, or the defaults when there is none.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self, ConfigError> {
+        path.map_or_else(|| Ok(Self::default()), Self::load)
+    }
+
     /// Validates everything that needs no data.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.preprocess.validate()?;

@@ -53,3 +53,17 @@ pub fn read_files(files: &[(&str, &[u8])], entry: &str) {
         }
     }
 }
+
+/// An Agilent mosaic input: `.dmt` header, SEP, tile 0000_0000, SEP, tile 0001_0000, SEP, tile
+/// 0000_0001 (empty tiles are left out), read completely.
+pub fn read_mosaic(data: &[u8]) {
+    let p = split(data, 4);
+    let names = ["m_0000_0000.dmd", "m_0001_0000.dmd", "m_0000_0001.dmd"];
+    let mut files: Vec<(&str, &[u8])> = vec![("m.dmt", p[0])];
+    for (name, bytes) in names.iter().zip(&p[1..]) {
+        if !bytes.is_empty() {
+            files.push((name, bytes));
+        }
+    }
+    read_files(&files, "m.dmt");
+}

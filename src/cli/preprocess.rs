@@ -50,10 +50,7 @@ enum KeepArg {
 }
 
 pub(super) fn run(args: PreprocessArgs) -> anyhow::Result<Outcome> {
-    let mut cfg = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let mut cfg = Config::load_or_default(args.config.as_deref())?;
     if let Some(steps) = &args.steps {
         cfg.preprocess.steps = steps
             .iter()

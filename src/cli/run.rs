@@ -43,10 +43,7 @@ pub struct RunArgs {
 }
 
 pub(super) fn run(args: RunArgs) -> anyhow::Result<Outcome> {
-    let mut config = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
+    let mut config = Config::load_or_default(args.config.as_deref())?;
     if let Some(w) = args.workers {
         config.run.workers = w;
     }

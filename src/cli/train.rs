@@ -53,10 +53,7 @@ pub(super) struct TrainArgs {
 }
 
 pub(super) fn run(args: TrainArgs) -> anyhow::Result<Outcome> {
-    let mut cfg = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let mut cfg = Config::load_or_default(args.config.as_deref())?;
     let t = &mut cfg.train;
     if let Some(v) = args.epochs {
         t.epochs = v;
