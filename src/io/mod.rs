@@ -7,6 +7,7 @@ mod layout;
 
 pub mod agilent;
 pub mod archive;
+pub mod atomic;
 pub mod envi;
 pub mod inspect;
 pub mod orange;
