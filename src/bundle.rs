@@ -235,12 +235,10 @@ impl Manifest {
     pub fn save(mut self, dir: &Path, classifier: &Classifier) -> Result<Manifest, BundleError> {
         std::fs::create_dir_all(dir).map_err(|source| BundleError::Io { path: dir.to_path_buf(), source })?;
         let weights = dir.join(WEIGHTS);
-        let tmp = dir.join(".weights.tmp.safetensors");
-        classifier
-            .var_store()
-            .save(&tmp)
-            .map_err(|e| BundleError::Io { path: tmp.clone(), source: std::io::Error::other(e.to_string()) })?;
-        std::fs::rename(&tmp, &weights).map_err(|source| BundleError::Io { path: weights.clone(), source })?;
+        // Not `VarStore::save`: it picks the format from the extension, which the `.partial` name hides.
+        let vars: Vec<(String, tch::Tensor)> = classifier.var_store().variables().into_iter().collect();
+        let save = |tmp: &Path| tch::Tensor::write_safetensors(&vars, tmp).map_err(|e| std::io::Error::other(e.to_string()));
+        crate::io::atomic::write_atomic_at(&weights, save).map_err(|source| BundleError::Io { path: weights.clone(), source })?;
         self.weights_sha256 = sha256_file(&weights)?;
         let manifest = dir.join(MANIFEST);
         let json = serde_json::to_vec_pretty(&self).map_err(|e| BundleError::Manifest { path: manifest.clone(), reason: e.to_string() })?;
@@ -249,11 +247,9 @@ impl Manifest {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary name.
+/// Writes `bytes` to `path` atomically ([`crate::io::atomic::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
-    let tmp = crate::io::parquet::partial_path(path);
-    std::fs::write(&tmp, bytes).map_err(|source| BundleError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })
+    crate::io::atomic::write_atomic(path, bytes).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })
 }
 
 impl Bundle {

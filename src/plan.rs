@@ -45,11 +45,9 @@ impl EmscState {
         serde_json::from_str(&text).with_context(|| format!("{} is not an EMSC state file", path.display()))
     }
 
-    /// Writes a state file (through a temporary name).
+    /// Writes a state file atomically ([`crate::io::atomic::write_atomic`]).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = crate::io::parquet::partial_path(path);
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("state serializes"))?;
-        std::fs::rename(tmp, path)
+        crate::io::atomic::write_atomic(path, &serde_json::to_vec_pretty(self).expect("state serializes"))
     }
 }
 
