@@ -29,14 +29,14 @@
 //! [`ReadError::Truncated`] item.
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
+use super::atomic::{write_atomic, write_atomic_with};
 use super::layout::{transpose_append, ROW_PAD};
 use super::{Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader};
 use crate::operators::schema::{check_axis, image_batch, spectra_schema, SchemaError};
@@ -1014,29 +1014,10 @@ fn write_values<'a>(
     }
 }
 
-/// A temporary name beside `path` (hidden, unique in this process).
-fn temp_name(path: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.{n}.partial", std::process::id()))
-}
-
-/// Writes `path` through a temporary file that `contents` fills and that is then renamed into
-/// place; the temporary file is removed on error.
-fn write_atomically(path: &Path, contents: impl FnOnce(&File) -> std::io::Result<()>) -> std::io::Result<()> {
-    let tmp = temp_name(path);
-    let result = File::create(&tmp).and_then(|file| contents(&file)).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// Writes `cube` as an ENVI image: the header `hdr_path` (with the `wavelength` list in
 /// cm⁻¹ and `wavelength units = Wavenumber`) and the data file `hdr_path.with_extension("img")`,
-/// whose path is returned. Both are written under temporary names and renamed into place (the data
-/// file first), so a file appears only when complete. Values are converted to
+/// whose path is returned. Both are written atomically ([`crate::io::atomic`]; the data file
+/// first), so a file appears only when complete. Values are converted to
 /// `opts.data_type`; integer types round and saturate (NaN becomes 0).
 pub fn write_cube(hdr_path: &Path, cube: &ImageCube, opts: &EnviWriteOptions) -> std::io::Result<PathBuf> {
     use std::io::{Error, ErrorKind};
@@ -1074,33 +1055,27 @@ pub fn write_cube(hdr_path: &Path, cube: &ImageCube, opts: &EnviWriteOptions) ->
     let values = &cube.values;
     let npix = w * cube.height as usize;
     let size = dt.size() as u64;
-    write_atomically(&data_path, |file| {
-        let mut zeros = BufWriter::new(file);
-        std::io::copy(&mut std::io::repeat(0).take(opts.header_offset), &mut zeros)?;
-        zeros.flush()?;
-        drop(zeros);
+    // `out` buffers what goes through `Write`; bsq writes at offsets into the file itself.
+    write_atomic_with(&data_path, |out| {
+        std::io::copy(&mut std::io::repeat(0).take(opts.header_offset), out)?;
         match opts.interleave {
-            Interleave::Bip => {
-                let mut out = BufWriter::with_capacity(1 << 20, file);
-                write_values(values.iter(), dt, order, &mut Vec::with_capacity(1 << 16), &mut out)?;
-                out.flush()
-            }
+            Interleave::Bip => write_values(values.iter(), dt, order, &mut Vec::with_capacity(1 << 16), out),
             Interleave::Bil => {
                 // Each line transposed to band-major order: exactly the bil layout of that line.
-                let mut out = BufWriter::with_capacity(1 << 20, file);
                 let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
                 let mut line = Vec::with_capacity(w * n);
                 for y in 0..cube.height as usize {
                     line.clear();
                     transpose_append(values, y * w * n, n, n, w, &mut line);
-                    write_values(line.iter(), dt, order, &mut buf, &mut out)?;
+                    write_values(line.iter(), dt, order, &mut buf, out)?;
                 }
-                out.flush()
+                Ok(())
             }
             Interleave::Bsq => {
                 // Blocks of pixels transposed to band-major order; each band's run is written at
                 // its place in its band plane.
                 const PIXELS: usize = 4096;
+                let file = out.file()?;
                 let mut block = Vec::with_capacity(PIXELS * n);
                 let mut buf: Vec<u8> = Vec::with_capacity(PIXELS * dt.size());
                 let mut p0 = 0;
@@ -1120,7 +1095,7 @@ pub fn write_cube(hdr_path: &Path, cube: &ImageCube, opts: &EnviWriteOptions) ->
         }
     })?;
     let text = header.to_text();
-    if let Err(e) = write_atomically(hdr_path, |mut file| file.write_all(text.as_bytes())) {
+    if let Err(e) = write_atomic(hdr_path, text.as_bytes()) {
         // Without its header the data file is an orphan: take it away again.
         let _ = std::fs::remove_file(&data_path);
         return Err(e);
