@@ -17,7 +17,7 @@ pub const DATA_EXTENSIONS: [&str; 6] = ["img", "dat", "raw", "bsq", "bil", "bip"
 
 /// ENVI data types ftirflow reads and writes (the value is the ENVI `data type` code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DataType {
+pub enum ValueType {
     /// 8-bit unsigned integer (code 1).
     U8 = 1,
     /// 16-bit signed integer (code 2).
@@ -32,10 +32,10 @@ pub enum DataType {
     U16 = 12,
 }
 
-impl DataType {
+impl ValueType {
     /// Every supported data type.
-    pub const ALL: [DataType; 6] =
-        [DataType::U8, DataType::I16, DataType::I32, DataType::F32, DataType::F64, DataType::U16];
+    pub const ALL: [ValueType; 6] =
+        [ValueType::U8, ValueType::I16, ValueType::I32, ValueType::F32, ValueType::F64, ValueType::U16];
 
     /// The ENVI `data type` code.
     pub fn code(self) -> u32 {
@@ -45,10 +45,10 @@ impl DataType {
     /// Bytes per value.
     pub fn size(self) -> usize {
         match self {
-            DataType::U8 => 1,
-            DataType::I16 | DataType::U16 => 2,
-            DataType::I32 | DataType::F32 => 4,
-            DataType::F64 => 8,
+            ValueType::U8 => 1,
+            ValueType::I16 | ValueType::U16 => 2,
+            ValueType::I32 | ValueType::F32 => 4,
+            ValueType::F64 => 8,
         }
     }
 
@@ -61,18 +61,18 @@ impl DataType {
     /// Short name (`u8`, `i16`, …).
     pub fn name(self) -> &'static str {
         match self {
-            DataType::U8 => "u8",
-            DataType::I16 => "i16",
-            DataType::I32 => "i32",
-            DataType::F32 => "f32",
-            DataType::F64 => "f64",
-            DataType::U16 => "u16",
+            ValueType::U8 => "u8",
+            ValueType::I16 => "i16",
+            ValueType::I32 => "i32",
+            ValueType::F32 => "f32",
+            ValueType::F64 => "f64",
+            ValueType::U16 => "u16",
         }
     }
 
     /// True for the integer types (values written to them are rounded and saturated).
     pub fn is_integer(self) -> bool {
-        !matches!(self, DataType::F32 | DataType::F64)
+        !matches!(self, ValueType::F32 | ValueType::F64)
     }
 }
 
@@ -199,7 +199,7 @@ pub struct EnviHeader {
     /// Bytes to skip at the start of the data file.
     pub header_offset: u64,
     /// The type of the stored values.
-    pub data_type: DataType,
+    pub data_type: ValueType,
     /// The layout of the stored values.
     pub interleave: Interleave,
     /// The byte order of the stored values.
@@ -289,7 +289,7 @@ pub fn parse_header_str(hdr_path: &Path, text: &str) -> Result<EnviHeader, ReadE
     let bands = dimension(path, "bands", required("bands")?)?;
 
     let code = integer(path, "data type", required("data type")?)?;
-    let data_type = DataType::from_code(code).ok_or_else(|| {
+    let data_type = ValueType::from_code(code).ok_or_else(|| {
         ReadError::header(
             path,
             "data type",

@@ -36,7 +36,7 @@ mod reader;
 mod writer;
 
 pub use header::{
-    data_file_for, header_for, parse_header, parse_header_str, ByteOrder, EnviHeader, Interleave, DataType, WavelengthUnits,
+    data_file_for, header_for, parse_header, parse_header_str, ByteOrder, EnviHeader, Interleave, ValueType, WavelengthUnits,
     DATA_EXTENSIONS, MAX_HEADER_BYTES,
 };
 pub use reader::EnviReader;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
-use super::header::{data_file_for, header_candidates, header_for, is_hdr, parse_header, ByteOrder, EnviHeader, Interleave, DataType};
+use super::header::{data_file_for, header_candidates, header_for, is_hdr, parse_header, ByteOrder, EnviHeader, Interleave, ValueType};
 use crate::io::layout::{transpose_append, ROW_PAD};
 use crate::io::{Format, ImageInfo, ReadError, ReadOptions, SpectraReader};
 use crate::operators::schema::{image_batch, spectra_schema};
@@ -73,7 +73,7 @@ impl Source {
 }
 
 /// Appends the values of `raw` (whole values of `dt` in `order`) to `out` as `f32`.
-fn decode(raw: &[u8], dt: DataType, order: ByteOrder, out: &mut Vec<f32>) {
+fn decode(raw: &[u8], dt: ValueType, order: ByteOrder, out: &mut Vec<f32>) {
     macro_rules! conv {
         ($t:ty, $n:literal) => {{
             let (chunks, _) = raw.as_chunks::<$n>();
@@ -84,12 +84,12 @@ fn decode(raw: &[u8], dt: DataType, order: ByteOrder, out: &mut Vec<f32>) {
         }};
     }
     match dt {
-        DataType::U8 => out.extend(raw.iter().map(|&b| f32::from(b))),
-        DataType::I16 => conv!(i16, 2),
-        DataType::U16 => conv!(u16, 2),
-        DataType::I32 => conv!(i32, 4),
-        DataType::F64 => conv!(f64, 8),
-        DataType::F32 => {
+        ValueType::U8 => out.extend(raw.iter().map(|&b| f32::from(b))),
+        ValueType::I16 => conv!(i16, 2),
+        ValueType::U16 => conv!(u16, 2),
+        ValueType::I32 => conv!(i32, 4),
+        ValueType::F64 => conv!(f64, 8),
+        ValueType::F32 => {
             let (chunks, _) = raw.as_chunks::<4>();
             match order {
                 ByteOrder::Little => out.extend(chunks.iter().map(|c| f32::from_le_bytes(*c))),
@@ -214,7 +214,7 @@ impl EnviReader {
         let n_vals = count * bands;
         let mut values: Vec<f32> = Vec::with_capacity(n_vals);
         match h.interleave {
-            Interleave::Bip if dt == DataType::F32 && order == ByteOrder::NATIVE => {
+            Interleave::Bip if dt == ValueType::F32 && order == ByteOrder::NATIVE => {
                 // The common instrument layout: read straight into the output values, no copy
                 // and no zeroing first (that memset cost 15 % of the read).
                 let at = offset + p0 * (bands * size) as u64;

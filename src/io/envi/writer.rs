@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::header::{ByteOrder, EnviHeader, Interleave, DataType, WavelengthUnits};
+use super::header::{ByteOrder, EnviHeader, Interleave, ValueType, WavelengthUnits};
 use crate::io::atomic::{write_atomic, write_atomic_with};
 use crate::io::layout::transpose_append;
 use crate::io::ImageCube;
@@ -16,7 +16,7 @@ pub struct EnviWriteOptions {
     /// Layout of the data file.
     pub interleave: Interleave,
     /// Stored type; integer types round to the nearest integer and saturate (NaN becomes 0).
-    pub data_type: DataType,
+    pub data_type: ValueType,
     /// Byte order of multi-byte values.
     pub byte_order: ByteOrder,
     /// Zero bytes written before the data (recorded as `header offset`).
@@ -26,13 +26,13 @@ pub struct EnviWriteOptions {
 impl Default for EnviWriteOptions {
     /// `bip`, `f32`, little endian, no offset.
     fn default() -> Self {
-        Self { interleave: Interleave::Bip, data_type: DataType::F32, byte_order: ByteOrder::Little, header_offset: 0 }
+        Self { interleave: Interleave::Bip, data_type: ValueType::F32, byte_order: ByteOrder::Little, header_offset: 0 }
     }
 }
 
 /// Appends `vals` converted to `dt` in `order` to `out` (integer types: rounded, saturated at the
 /// type's bounds, NaN as 0 — what `as` does from a float).
-fn encode<'a>(vals: impl Iterator<Item = &'a f32>, dt: DataType, order: ByteOrder, out: &mut Vec<u8>) {
+fn encode<'a>(vals: impl Iterator<Item = &'a f32>, dt: ValueType, order: ByteOrder, out: &mut Vec<u8>) {
     macro_rules! put {
         (|$v:ident| $conv:expr) => {
             match order {
@@ -42,19 +42,19 @@ fn encode<'a>(vals: impl Iterator<Item = &'a f32>, dt: DataType, order: ByteOrde
         };
     }
     match dt {
-        DataType::U8 => vals.for_each(|&v| out.push(v.round() as u8)),
-        DataType::I16 => put!(|v| (v.round() as i16)),
-        DataType::U16 => put!(|v| (v.round() as u16)),
-        DataType::I32 => put!(|v| (v.round() as i32)),
-        DataType::F32 => put!(|v| v),
-        DataType::F64 => put!(|v| f64::from(v)),
+        ValueType::U8 => vals.for_each(|&v| out.push(v.round() as u8)),
+        ValueType::I16 => put!(|v| (v.round() as i16)),
+        ValueType::U16 => put!(|v| (v.round() as u16)),
+        ValueType::I32 => put!(|v| (v.round() as i32)),
+        ValueType::F32 => put!(|v| v),
+        ValueType::F64 => put!(|v| f64::from(v)),
     }
 }
 
 /// Encodes `vals` and writes them to `out`, in runs of at most 8192 values through `buf`.
 fn write_values<'a>(
     mut vals: impl Iterator<Item = &'a f32>,
-    dt: DataType,
+    dt: ValueType,
     order: ByteOrder,
     buf: &mut Vec<u8>,
     out: &mut impl Write,
