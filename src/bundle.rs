@@ -1,4 +1,4 @@
-//! Model bundles (DESIGN.md §5): a directory with the CaReNet-V1 weights (`weights.safetensors`)
+//! Model bundles (docs/model.md): a directory with the CaReNet-V1 weights (`weights.safetensors`)
 //! and a JSON manifest (`manifest.json`: architecture, task, class names, wavenumber grid,
 //! preprocessing with the EMSC reference and interferents, normalization, training metrics, seed,
 //! library versions and the SHA-256 of the weights), plus the training metrics

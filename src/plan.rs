@@ -1,4 +1,4 @@
-//! The preprocessing plan (DESIGN.md §4): the chain of operator kernels that a configuration
+//! The preprocessing plan (docs/configuration.md): the chain of operator kernels that a configuration
 //! calls for — segment → outlier checks → truncate + EMSC → residual outliers → resample →
 //! normalize — and the EMSC state (reference and paraffin interferents) that the chain needs,
 //! fitted on training data or loaded from a saved state file.

@@ -1,4 +1,4 @@
-//! Spectra tables in Parquet (the DESIGN.md §3 layout, also what `ftirflow convert` writes): a
+//! Spectra tables in Parquet (the layout of ARCHITECTURE.md, also what `ftirflow convert` writes): a
 //! streaming reader that accepts what a user builds with pyarrow alone, and a writer that makes a
 //! file appear only when it is complete.
 //!

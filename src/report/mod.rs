@@ -1,4 +1,4 @@
-//! The report (`ftirflow report OUT_DIR`, DESIGN.md §8): PNG and SVG figures drawn with
+//! The report (`ftirflow report OUT_DIR`, docs/outputs.md): PNG and SVG figures drawn with
 //! `plotters` and an `index.html` that shows them with the numbers, written into `OUT_DIR/report/`
 //! for a run directory (class maps, Grad-CAM profiles, confusion matrices, run summary) or a
 //! model bundle (cross-validation metrics, confusion matrices, Grad-CAM profiles).

@@ -61,7 +61,7 @@ pub enum SynthFormat {
     /// Agilent mosaic: `.dmt` header + `<stem>_XXXX_YYYY.dmd` FPA tiles (see
     /// [`SynthConfig::agilent_fpa`]).
     Agilent,
-    /// Spectra Parquet table (DESIGN.md §3 layout).
+    /// Spectra Parquet table (the layout in ARCHITECTURE.md).
     Parquet,
 }
 
