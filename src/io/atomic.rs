@@ -60,9 +60,9 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut AtomicFile) -> io::
 /// `save(path)`): `write` is given the temporary path and must create the file there.
 pub fn write_atomic_at(path: &Path, write: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
     // From here on, dropping `staged` (on any error) removes whatever `write` left behind.
-    let staged = Staged { tmp: partial_path(path), path: path.to_path_buf() };
-    write(&staged.tmp)?;
-    File::open(&staged.tmp)?.sync_all()?;
+    let staged = Staged(Pending { tmp: partial_path(path), path: path.to_path_buf() });
+    write(staged.partial_path())?;
+    File::open(staged.partial_path())?.sync_all()?;
     staged.commit()
 }
 
@@ -113,7 +113,7 @@ impl AtomicFile {
     pub fn finish(mut self) -> io::Result<Staged> {
         let file = self.writer.take().expect("finished once").into_inner().map_err(io::IntoInnerError::into_error);
         // The temporary file belongs to `staged` now: its drop removes it if syncing fails.
-        let staged = Staged { tmp: std::mem::take(&mut self.tmp), path: std::mem::take(&mut self.path) };
+        let staged = Staged(Pending { tmp: std::mem::take(&mut self.tmp), path: std::mem::take(&mut self.path) });
         file?.sync_all()?;
         Ok(staged)
     }
@@ -148,39 +148,52 @@ impl Drop for AtomicFile {
     }
 }
 
-/// A complete, durable file under its temporary name: [`Staged::commit`] renames it into place;
-/// dropped uncommitted, it is removed.
+/// A temporary file or directory and the path it is to become; dropped before
+/// [`Pending::rename_into_place`] succeeds, the temporary is removed (a directory with its contents).
 #[derive(Debug)]
-pub struct Staged {
+struct Pending {
     tmp: PathBuf,
     path: PathBuf,
 }
 
-impl Staged {
-    /// The file this one will become.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Where the complete file lies until it is committed.
-    pub fn partial_path(&self) -> &Path {
-        &self.tmp
-    }
-
-    /// Renames the file over its target and fsyncs the directory. If the rename fails, the
-    /// temporary file is removed and the target is left as it was.
-    pub fn commit(mut self) -> io::Result<()> {
+impl Pending {
+    /// Renames the temporary over `path`, then fsyncs the directory that holds it.
+    fn rename_into_place(mut self) -> io::Result<()> {
         std::fs::rename(&self.tmp, &self.path)?;
         self.tmp = PathBuf::new();
         sync_dir(parent_dir(&self.path))
     }
 }
 
-impl Drop for Staged {
+impl Drop for Pending {
     fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
+        if self.tmp.as_os_str().is_empty() {
+            return;
         }
+        let _ = if self.tmp.is_dir() { std::fs::remove_dir_all(&self.tmp) } else { std::fs::remove_file(&self.tmp) };
+    }
+}
+
+/// A complete, durable file under its temporary name: [`Staged::commit`] renames it into place;
+/// dropped uncommitted, it is removed.
+#[derive(Debug)]
+pub struct Staged(Pending);
+
+impl Staged {
+    /// The file this one will become.
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// Where the complete file lies until it is committed.
+    pub fn partial_path(&self) -> &Path {
+        &self.0.tmp
+    }
+
+    /// Renames the file over its target and fsyncs the directory. If the rename fails, the
+    /// temporary file is removed and the target is left as it was.
+    pub fn commit(self) -> io::Result<()> {
+        self.0.rename_into_place()
     }
 }
 
@@ -188,10 +201,7 @@ impl Drop for Staged {
 /// `report/`). [`AtomicDir::commit`] replaces the target with it; dropped uncommitted, it is
 /// removed with everything in it.
 #[derive(Debug)]
-pub struct AtomicDir {
-    path: PathBuf,
-    tmp: PathBuf,
-}
+pub struct AtomicDir(Pending);
 
 impl AtomicDir {
     /// Creates the temporary directory of `path`, empty (a leftover of an earlier attempt is
@@ -202,38 +212,28 @@ impl AtomicDir {
             std::fs::remove_dir_all(&tmp)?;
         }
         std::fs::create_dir(&tmp)?;
-        Ok(Self { path: path.to_path_buf(), tmp })
+        Ok(Self(Pending { tmp, path: path.to_path_buf() }))
     }
 
     /// The directory this one will become.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.0.path
     }
 
     /// Where its files are to be written.
     pub fn partial_path(&self) -> &Path {
-        &self.tmp
+        &self.0.tmp
     }
 
     /// Fsyncs every file and directory in it, removes the target (if any) and renames this
     /// directory into its place, then fsyncs the parent. On error the temporary directory is
     /// removed (the old target may be gone by then, if the rename itself failed).
-    pub fn commit(mut self) -> io::Result<()> {
-        sync_tree(&self.tmp)?;
-        if self.path.is_dir() {
-            std::fs::remove_dir_all(&self.path)?;
+    pub fn commit(self) -> io::Result<()> {
+        sync_tree(&self.0.tmp)?;
+        if self.0.path.is_dir() {
+            std::fs::remove_dir_all(&self.0.path)?;
         }
-        std::fs::rename(&self.tmp, &self.path)?;
-        self.tmp = PathBuf::new();
-        sync_dir(parent_dir(&self.path))
-    }
-}
-
-impl Drop for AtomicDir {
-    fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_dir_all(&self.tmp);
-        }
+        self.0.rename_into_place()
     }
 }
 
