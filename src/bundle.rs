@@ -1,4 +1,4 @@
-//! Model bundles (DESIGN.md §5): a directory with the CaReNet-V1 weights (`weights.safetensors`)
+//! Model bundles (docs/model.md): a directory with the CaReNet-V1 weights (`weights.safetensors`)
 //! and a JSON manifest (`manifest.json`: architecture, task, class names, wavenumber grid,
 //! preprocessing with the EMSC reference and interferents, normalization, training metrics, seed,
 //! library versions and the SHA-256 of the weights), plus the training metrics
@@ -53,7 +53,7 @@ impl Versions {
 /// The manifest of a bundle (`manifest.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Manifest {
+pub struct BundleManifest {
     /// Bundle layout version ([`FORMAT`]).
     pub format: u32,
     /// `type`, `subtype`, or `table` for a model trained on a labelled spectra table.
@@ -151,7 +151,7 @@ pub struct Bundle {
     /// The bundle directory.
     pub dir: PathBuf,
     /// The manifest.
-    pub manifest: Manifest,
+    pub manifest: BundleManifest,
     /// The network with the bundle's weights, on the chosen device.
     pub classifier: Classifier,
 }
@@ -168,7 +168,7 @@ fn major_minor(v: &str) -> &str {
     }
 }
 
-impl Manifest {
+impl BundleManifest {
     /// Checks the manifest's internal consistency (everything but the weights).
     pub fn validate(&self, path: &Path) -> Result<(), BundleError> {
         let bad = |reason: String| Err(BundleError::Manifest { path: path.to_path_buf(), reason });
@@ -232,15 +232,13 @@ impl Manifest {
 
     /// Writes the bundle: `weights.safetensors` from `classifier`, then the manifest with the
     /// weights' hash (each through a temporary name). `dir` is created.
-    pub fn save(mut self, dir: &Path, classifier: &Classifier) -> Result<Manifest, BundleError> {
+    pub fn save(mut self, dir: &Path, classifier: &Classifier) -> Result<BundleManifest, BundleError> {
         std::fs::create_dir_all(dir).map_err(|source| BundleError::Io { path: dir.to_path_buf(), source })?;
         let weights = dir.join(WEIGHTS);
-        let tmp = dir.join(".weights.tmp.safetensors");
-        classifier
-            .var_store()
-            .save(&tmp)
-            .map_err(|e| BundleError::Io { path: tmp.clone(), source: std::io::Error::other(e.to_string()) })?;
-        std::fs::rename(&tmp, &weights).map_err(|source| BundleError::Io { path: weights.clone(), source })?;
+        // Not `VarStore::save`: it picks the format from the extension, which the `.partial` name hides.
+        let vars: Vec<(String, tch::Tensor)> = classifier.var_store().variables().into_iter().collect();
+        let save = |tmp: &Path| tch::Tensor::write_safetensors(&vars, tmp).map_err(|e| std::io::Error::other(e.to_string()));
+        crate::io::atomic::write_atomic_at(&weights, save).map_err(|source| BundleError::Io { path: weights.clone(), source })?;
         self.weights_sha256 = sha256_file(&weights)?;
         let manifest = dir.join(MANIFEST);
         let json = serde_json::to_vec_pretty(&self).map_err(|e| BundleError::Manifest { path: manifest.clone(), reason: e.to_string() })?;
@@ -249,11 +247,9 @@ impl Manifest {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary name.
+/// Writes `bytes` to `path` atomically ([`crate::io::atomic::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
-    let tmp = crate::io::parquet::partial_path(path);
-    std::fs::write(&tmp, bytes).map_err(|source| BundleError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })
+    crate::io::atomic::write_atomic(path, bytes).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })
 }
 
 impl Bundle {
@@ -297,7 +293,7 @@ impl Bundle {
                 });
             }
         }
-        let manifest: Manifest =
+        let manifest: BundleManifest =
             serde_json::from_value(raw).map_err(|e| BundleError::Manifest { path: manifest_path.clone(), reason: e.to_string() })?;
         manifest.validate(&manifest_path)?;
         let found = sha256_file(&weights_path)?;

@@ -1,4 +1,4 @@
-//! The preprocessing plan (DESIGN.md §4): the chain of operator kernels that a configuration
+//! The preprocessing plan (docs/configuration.md): the chain of operator kernels that a configuration
 //! calls for — segment → outlier checks → truncate + EMSC → residual outliers → resample →
 //! normalize — and the EMSC state (reference and paraffin interferents) that the chain needs,
 //! fitted on training data or loaded from a saved state file.
@@ -48,11 +48,9 @@ impl EmscState {
         })
     }
 
-    /// Writes a state file (through a temporary name).
+    /// Writes a state file atomically ([`crate::io::atomic::write_atomic`]).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = crate::io::parquet::partial_path(path);
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("state serializes"))?;
-        std::fs::rename(tmp, path)
+        crate::io::atomic::write_atomic(path, &serde_json::to_vec_pretty(self).expect("state serializes"))
     }
 }
 

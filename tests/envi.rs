@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::AsArray;
 use arrow::datatypes::UInt32Type;
 use ftirflow::io::envi::{
-    data_file_for, header_for, parse_header, write_cube, ByteOrder, DataType, EnviReader, EnviWriteOptions, Interleave,
+    data_file_for, header_for, parse_header, write_cube, ByteOrder, ValueType, EnviReader, EnviWriteOptions, Interleave,
     WavelengthUnits,
 };
 use ftirflow::io::{Format, ImageCube, ReadError, ReadOptions, SpectraReader};
@@ -77,18 +77,18 @@ fn raster(width: u32, height: u32) -> Vec<(u32, u32)> {
 
 /// Values representable exactly in `dt` (integer-valued and in range for integers; floats with
 /// NaN, ±inf and -0.0 mixed in, which the reader passes on as they are).
-fn values_for(dt: DataType, n: usize, seed: u64) -> Vec<f32> {
+fn values_for(dt: ValueType, n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|i| {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let r = (state >> 33) as i64;
             match dt {
-                DataType::U8 => (r % 256) as f32,
-                DataType::I16 => (r % 65536 - 32768) as f32,
-                DataType::U16 => (r % 65536) as f32,
-                DataType::I32 => (r % 16_000_000 - 8_000_000) as f32,
-                DataType::F32 | DataType::F64 => match i % 23 {
+                ValueType::U8 => (r % 256) as f32,
+                ValueType::I16 => (r % 65536 - 32768) as f32,
+                ValueType::U16 => (r % 65536) as f32,
+                ValueType::I32 => (r % 16_000_000 - 8_000_000) as f32,
+                ValueType::F32 | ValueType::F64 => match i % 23 {
                     3 => f32::NAN,
                     5 => f32::INFINITY,
                     7 => f32::NEG_INFINITY,
@@ -104,7 +104,7 @@ fn axis(n: usize) -> Vec<f64> {
     (0..n).map(|k| 3999.123456789 - 1.928_571_428_571_4 * k as f64).collect()
 }
 
-fn cube(width: u32, height: u32, bands: usize, dt: DataType, seed: u64) -> ImageCube {
+fn cube(width: u32, height: u32, bands: usize, dt: ValueType, seed: u64) -> ImageCube {
     ImageCube {
         width,
         height,
@@ -119,7 +119,7 @@ fn round_trip_every_layout_type_order_offset_and_batch_size() {
     let (w, h, n) = (5u32, 3u32, 7usize);
     let mut files = 0;
     for interleave in Interleave::ALL {
-        for data_type in DataType::ALL {
+        for data_type in ValueType::ALL {
             for byte_order in ByteOrder::ALL {
                 for header_offset in [0u64, 1020] {
                     let c = cube(w, h, n, data_type, files);
@@ -173,7 +173,7 @@ fn round_trip_every_layout_type_order_offset_and_batch_size() {
 }
 
 /// The ENVI byte encoding of one value, written out independently of the library.
-fn hand_encode(v: f32, dt: DataType, big: bool) -> Vec<u8> {
+fn hand_encode(v: f32, dt: ValueType, big: bool) -> Vec<u8> {
     macro_rules! b {
         ($x:expr) => {
             if big {
@@ -184,12 +184,12 @@ fn hand_encode(v: f32, dt: DataType, big: bool) -> Vec<u8> {
         };
     }
     match dt {
-        DataType::U8 => vec![v as u8],
-        DataType::I16 => b!(v as i16),
-        DataType::U16 => b!(v as u16),
-        DataType::I32 => b!(v as i32),
-        DataType::F32 => b!(v),
-        DataType::F64 => b!(v as f64),
+        ValueType::U8 => vec![v as u8],
+        ValueType::I16 => b!(v as i16),
+        ValueType::U16 => b!(v as u16),
+        ValueType::I32 => b!(v as i32),
+        ValueType::F32 => b!(v),
+        ValueType::F64 => b!(v as f64),
     }
 }
 
@@ -227,7 +227,7 @@ fn reader_and_writer_agree_with_hand_built_files() {
     let dir = tempfile::tempdir().unwrap();
     let (w, h, n) = (3u32, 2u32, 4usize);
     for il in Interleave::ALL {
-        for dt in DataType::ALL {
+        for dt in ValueType::ALL {
             for big in [false, true] {
                 let c = cube(w, h, n, dt, 3);
                 let offset = 7usize;
@@ -269,7 +269,7 @@ fn round_trip_many_bands_and_wide_lines() {
     let (w, h, n) = (41u32, 3u32, 37usize);
     for interleave in Interleave::ALL {
         for byte_order in ByteOrder::ALL {
-            let c = cube(w, h, n, DataType::F32, 77);
+            let c = cube(w, h, n, ValueType::F32, 77);
             let hdr = dir.path().join(format!("wide_{}_{}.hdr", interleave.name(), byte_order.code()));
             write_cube(&hdr, &c, &EnviWriteOptions { interleave, byte_order, ..Default::default() }).unwrap();
             for batch_rows in [1usize, 16, 17, 40, 41, 64, 100, 123] {
@@ -288,9 +288,9 @@ fn round_trip_many_bands_and_wide_lines() {
 #[test]
 fn info_and_generic_open() {
     let dir = tempfile::tempdir().unwrap();
-    let c = cube(4, 2, 3, DataType::I16, 9);
+    let c = cube(4, 2, 3, ValueType::I16, 9);
     let hdr = dir.path().join("core.hdr");
-    write_cube(&hdr, &c, &EnviWriteOptions { data_type: DataType::I16, ..Default::default() }).unwrap();
+    write_cube(&hdr, &c, &EnviWriteOptions { data_type: ValueType::I16, ..Default::default() }).unwrap();
     let reader = ftirflow::io::open(&hdr, &ReadOptions::new("x")).unwrap();
     let info = reader.info();
     assert_eq!(info.format, Format::Envi);
@@ -308,21 +308,21 @@ fn default_write_options_are_bip_f32_little_no_offset() {
     let d = EnviWriteOptions::default();
     assert_eq!(
         (d.interleave, d.data_type, d.byte_order, d.header_offset),
-        (Interleave::Bip, DataType::F32, ByteOrder::Little, 0)
+        (Interleave::Bip, ValueType::F32, ByteOrder::Little, 0)
     );
-    assert_eq!(DataType::ALL.map(DataType::code), [1, 2, 3, 4, 5, 12]);
-    assert_eq!(DataType::ALL.map(DataType::size), [1, 2, 4, 4, 8, 2]);
+    assert_eq!(ValueType::ALL.map(ValueType::code), [1, 2, 3, 4, 5, 12]);
+    assert_eq!(ValueType::ALL.map(ValueType::size), [1, 2, 4, 4, 8, 2]);
 }
 
 #[test]
 fn integer_types_round_and_saturate() {
     let dir = tempfile::tempdir().unwrap();
     let raw = [300.0, -5.0, 2.5, -2.5, 1.4, f32::NAN, 70000.0, -1e10];
-    let cases: [(DataType, [f32; 8]); 4] = [
-        (DataType::U8, [255.0, 0.0, 3.0, 0.0, 1.0, 0.0, 255.0, 0.0]),
-        (DataType::I16, [300.0, -5.0, 3.0, -3.0, 1.0, 0.0, 32767.0, -32768.0]),
-        (DataType::U16, [300.0, 0.0, 3.0, 0.0, 1.0, 0.0, 65535.0, 0.0]),
-        (DataType::I32, [300.0, -5.0, 3.0, -3.0, 1.0, 0.0, 70000.0, i32::MIN as f32]),
+    let cases: [(ValueType, [f32; 8]); 4] = [
+        (ValueType::U8, [255.0, 0.0, 3.0, 0.0, 1.0, 0.0, 255.0, 0.0]),
+        (ValueType::I16, [300.0, -5.0, 3.0, -3.0, 1.0, 0.0, 32767.0, -32768.0]),
+        (ValueType::U16, [300.0, 0.0, 3.0, 0.0, 1.0, 0.0, 65535.0, 0.0]),
+        (ValueType::I32, [300.0, -5.0, 3.0, -3.0, 1.0, 0.0, 70000.0, i32::MIN as f32]),
     ];
     for (dt, want) in cases {
         let c = ImageCube { width: 2, height: 1, wavenumbers: axis(4), values: raw.to_vec() };
@@ -356,7 +356,7 @@ proptest! {
         batch_rows in 1usize..100, seed in any::<u64>(),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let data_type = DataType::ALL[dt];
+        let data_type = ValueType::ALL[dt];
         let opts = EnviWriteOptions {
             interleave: Interleave::ALL[il],
             data_type,
@@ -395,7 +395,7 @@ fn check_reference(hdr_name: &str, key: &str, data_name: &str) {
     let hdr = dir.join(hdr_name);
     let header = parse_header(&hdr).unwrap();
     assert_eq!((header.lines, header.samples, header.bands as usize), (rows, cols, points));
-    assert_eq!((header.header_offset, header.interleave, header.data_type), (1020, Interleave::Bsq, DataType::F32));
+    assert_eq!((header.header_offset, header.interleave, header.data_type), (1020, Interleave::Bsq, ValueType::F32));
     let data = data_file_for(&hdr).unwrap();
     assert_eq!(data.file_name().unwrap(), data_name, "data file found beside {hdr_name}");
     for batch_rows in [1, 5, 4096] {
@@ -456,7 +456,7 @@ fn header_syntax_braces_case_comments_units() {
     fs::write(&hdr, text).unwrap();
     let h = parse_header(&hdr).unwrap();
     assert_eq!((h.samples, h.lines, h.bands, h.header_offset), (2, 1, 3, 4));
-    assert_eq!((h.data_type, h.interleave, h.byte_order), (DataType::I16, Interleave::Bil, ByteOrder::Big));
+    assert_eq!((h.data_type, h.interleave, h.byte_order), (ValueType::I16, Interleave::Bil, ByteOrder::Big));
     assert_eq!(h.wavelength_units, WavelengthUnits::Micrometers);
     assert_eq!(h.wavenumbers, vec![4000.0, 2000.0, 1000.0]);
     assert_eq!(h.description.as_deref(), Some("multi-line\ntext = with equals"));
@@ -483,7 +483,7 @@ fn header_syntax_braces_case_comments_units() {
 fn header_and_data_file_discovery() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    let c = cube(2, 2, 3, DataType::F32, 1);
+    let c = cube(2, 2, 3, ValueType::F32, 1);
     // foo.img.hdr describes foo.img.
     let data = write_cube(&p.join("a.hdr"), &c, &EnviWriteOptions::default()).unwrap();
     fs::rename(p.join("a.hdr"), p.join("a.img.hdr")).unwrap();
@@ -543,7 +543,7 @@ fn truncated_data_file() {
 #[test]
 fn header_claiming_more_data_than_the_file_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let c = cube(4, 3, 5, DataType::F32, 2);
+    let c = cube(4, 3, 5, ValueType::F32, 2);
     let hdr = dir.path().join("m.hdr");
     write_cube(&hdr, &c, &EnviWriteOptions::default()).unwrap();
     let text = fs::read_to_string(&hdr).unwrap().replace("lines = 3", "lines = 300");
@@ -693,7 +693,7 @@ fn missing_data_file_lists_what_was_tried() {
 fn file_shrinking_while_reading_ends_with_an_error_item() {
     let dir = tempfile::tempdir().unwrap();
     for interleave in Interleave::ALL {
-        let c = cube(4, 4, 3, DataType::F32, 5);
+        let c = cube(4, 4, 3, ValueType::F32, 5);
         let hdr = dir.path().join(format!("s_{}.hdr", interleave.name()));
         let data = write_cube(&hdr, &c, &EnviWriteOptions { interleave, ..Default::default() }).unwrap();
         let mut reader = EnviReader::open(&hdr, &ReadOptions { batch_rows: 3, sample: "x".into() }).unwrap();

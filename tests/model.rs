@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use ftirflow::bundle::{self, Bundle, BundleError, Manifest, Versions};
+use ftirflow::bundle::{self, Bundle, BundleError, BundleManifest, Versions};
 use ftirflow::config::{PreprocessConfig, Step, TrainConfig};
 use ftirflow::operators::model::{self, ArchConfig, Classifier, DeviceChoice};
 use ftirflow::operators::schema::{spectra_schema, SpectraBatchBuilder};
@@ -26,7 +26,7 @@ fn save_bundle(dir: &Path) -> Classifier {
     let arch = ArchConfig::carenet_v1(2);
     let clf = Classifier::init(&arch, vec!["AT".into(), "CA".into()], grid(), tch::Device::Cpu, 3).unwrap();
     let preprocess = PreprocessConfig { steps: vec![Step::Resample, Step::Normalize], ..Default::default() };
-    let manifest = Manifest {
+    let manifest = BundleManifest {
         format: bundle::FORMAT,
         task: "type".into(),
         classes: clf.classes().to_vec(),

@@ -99,7 +99,7 @@ fn same_seed_same_bytes_for_any_thread_count_and_other_seed_differs() {
     for expected in ["images/P01_CA.hdr", "images/P02_AT.img", "labels.csv", "truth/masks.parquet", "truth/planted_bands.json", "synth.json"] {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
-    assert!(!names.iter().any(|n| n.contains(".tmp")), "temporary files left: {names:?}");
+    assert!(!names.iter().any(|n| n.contains(".tmp") || n.ends_with(".partial")), "temporary files left: {names:?}");
     assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
     for (k, v) in &ta {
         assert!(v == &tb[k], "{} differs between 1 and 2 threads", k.display());

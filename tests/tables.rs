@@ -26,7 +26,7 @@ fn parquet_cube_round_trip_any_batch_size() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.parquet");
     write_cube(&path, &cube(), "slide1/A01").unwrap();
-    assert!(!io::parquet::partial_path(&path).exists());
+    assert!(!io::atomic::partial_path(&path).exists());
     for batch_rows in [1, 4, 100] {
         let batches = io::read_all(&path, &ReadOptions { batch_rows, sample: "ignored".into() }).unwrap();
         assert!(batches.iter().all(|b| b.num_rows() <= batch_rows));

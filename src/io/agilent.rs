@@ -11,13 +11,13 @@
 //! image rows `(ytiles − 1 − y) × fpa ..` and columns `x × fpa ..`.
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
+use super::atomic::write_atomic;
 use super::layout::{transpose_append, ROW_PAD};
 use super::{Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader};
 use crate::operators::schema::{image_batch, spectra_schema};
@@ -411,19 +411,6 @@ fn header_bytes(h: &AgilentHeader) -> Vec<u8> {
     buf[OFFSET_START as usize..][..4].copy_from_slice(&h.start.to_le_bytes());
     buf[OFFSET_POINTS as usize..][..4].copy_from_slice(&(h.points as i32).to_le_bytes());
     buf
-}
-
-/// Writes `bytes` to `path` through a temporary name, so the file appears only when complete.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.partial",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("tmp")
-    ));
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_data()?;
-    drop(f);
-    std::fs::rename(tmp, path)
 }
 
 /// The tile file bytes of the `fpa × fpa` block at image column `x0`, row `y0`.

@@ -36,7 +36,7 @@ pub enum Format {
     AgilentTile,
     /// Agilent mosaic (`.dmt` + `.dmd` tiles).
     AgilentMosaic,
-    /// Spectra table in Parquet (DESIGN.md §3 layout).
+    /// Spectra table in Parquet (the layout in ARCHITECTURE.md).
     Parquet,
     /// Orange-style CSV table (wavenumbers as column names).
     OrangeCsv,

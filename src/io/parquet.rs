@@ -1,4 +1,4 @@
-//! Spectra tables in Parquet (the DESIGN.md §3 layout, also what `ftirflow convert` writes): a
+//! Spectra tables in Parquet (the layout of ARCHITECTURE.md, also what `ftirflow convert` writes): a
 //! streaming reader that accepts what a user builds with pyarrow alone, and a writer that makes a
 //! file appear only when it is complete.
 //!
@@ -18,6 +18,9 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use super::atomic::{self, AtomicFile};
+// Kept for `crate::run::manifest` and `crate::dataflow`, which name it here.
+use super::atomic::partial_path;
 use super::{Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader};
 use crate::operators::schema::{self, image_batch, spectra_schema, SchemaError, SAMPLE, SPECTRUM, X, Y};
 
@@ -59,31 +62,27 @@ pub fn writer_properties(key_values: Vec<(String, String)>) -> WriterProperties 
         .build()
 }
 
-/// A Parquet file being written: batches go to `<path>.partial`, which is renamed to `path` by
+/// A Parquet file being written: batches go to an [`AtomicFile`], which is renamed to `path` by
 /// [`AtomicParquetWriter::finish`]. Dropped unfinished, the partial file is removed.
 pub struct AtomicParquetWriter {
     path: PathBuf,
-    tmp: PathBuf,
-    writer: Option<ArrowWriter<File>>,
+    writer: ArrowWriter<AtomicFile>,
     rows: u64,
 }
 
 impl AtomicParquetWriter {
     /// Starts a file for `schema` with extra key-value metadata.
     pub fn create(path: &Path, schema: SchemaRef, key_values: Vec<(String, String)>) -> Result<Self, WriteError> {
-        let tmp = partial_path(path);
-        let file = File::create(&tmp).map_err(|source| WriteError::Io { path: tmp.clone(), source })?;
-        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties(key_values))).map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            WriteError::Parquet { path: path.to_path_buf(), source }
-        })?;
-        Ok(Self { path: path.to_path_buf(), tmp, writer: Some(writer), rows: 0 })
+        let file = AtomicFile::create(path).map_err(|source| WriteError::Io { path: partial_path(path), source })?;
+        // On error the encoder drops `file`, which removes it.
+        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties(key_values)))
+            .map_err(|source| WriteError::Parquet { path: path.to_path_buf(), source })?;
+        Ok(Self { path: path.to_path_buf(), writer, rows: 0 })
     }
 
     /// Appends a batch.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
-        let w = self.writer.as_mut().expect("not finished");
-        w.write(batch).map_err(|source| WriteError::Parquet { path: self.path.clone(), source })?;
+        self.writer.write(batch).map_err(|source| WriteError::Parquet { path: self.path.clone(), source })?;
         self.rows += batch.num_rows() as u64;
         Ok(())
     }
@@ -103,56 +102,25 @@ impl AtomicParquetWriter {
     /// Closes the file durably under its temporary name; [`Staged::commit`] renames it into
     /// place (so that several files can appear together, or none when one of them fails). On
     /// error (a full disk, say) the temporary file is removed.
-    pub fn finish_staged(mut self) -> Result<Staged, WriteError> {
-        let w = self.writer.take().expect("not finished");
-        let tmp = std::mem::take(&mut self.tmp);
-        let staged = Staged { tmp, path: self.path.clone() };
-        let file = w.into_inner().map_err(|source| WriteError::Parquet { path: self.path.clone(), source })?;
-        file.sync_all().map_err(|source| WriteError::Io { path: staged.tmp.clone(), source })?;
-        Ok(staged)
+    pub fn finish_staged(self) -> Result<Staged, WriteError> {
+        let Self { path, writer, .. } = self;
+        let file = writer.into_inner().map_err(|source| WriteError::Parquet { path: path.clone(), source })?;
+        let staged = file.finish().map_err(|source| WriteError::Io { path: partial_path(&path), source })?;
+        Ok(Staged(staged))
     }
 }
 
 /// A complete file under its temporary name, renamed into place by [`Staged::commit`] and
 /// removed when dropped uncommitted.
 #[derive(Debug)]
-pub struct Staged {
-    tmp: PathBuf,
-    path: PathBuf,
-}
+pub struct Staged(atomic::Staged);
 
 impl Staged {
     /// Renames the file into place.
-    pub fn commit(mut self) -> Result<(), WriteError> {
-        let tmp = std::mem::take(&mut self.tmp);
-        std::fs::rename(&tmp, &self.path).map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            WriteError::Io { path: self.path.clone(), source }
-        })
+    pub fn commit(self) -> Result<(), WriteError> {
+        let path = self.0.path().to_path_buf();
+        self.0.commit().map_err(|source| WriteError::Io { path, source })
     }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-impl Drop for AtomicParquetWriter {
-    fn drop(&mut self) {
-        if self.writer.is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-/// `<path>.partial`: where a file is written before it is renamed into place.
-pub fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".partial");
-    path.with_file_name(name)
 }
 
 /// Writes a whole image as a spectra table (rows in image order) under `sample`.

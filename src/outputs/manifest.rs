@@ -300,7 +300,7 @@ mod tests {
         let m = RunManifest::load(dir.path()).unwrap();
         assert_eq!((m.len(), m.get("d").map(|e| e.spectra), m.skipped_lines), (3, Some(4), 1));
         compact(dir.path(), &[entry("b", 2)]).unwrap();
-        assert!(!crate::io::parquet::partial_path(&dir.path().join(MANIFEST)).exists());
+        assert!(!crate::io::atomic::partial_path(&dir.path().join(MANIFEST)).exists());
         let m = RunManifest::load(dir.path()).unwrap();
         assert_eq!((m.len(), m.skipped_lines), (1, 0));
     }

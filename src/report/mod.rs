@@ -1,4 +1,4 @@
-//! The report (`ftirflow report OUT_DIR`, DESIGN.md §8): PNG and SVG figures drawn with
+//! The report (`ftirflow report OUT_DIR`, docs/outputs.md): PNG and SVG figures drawn with
 //! `plotters` and an `index.html` that shows them with the numbers, written into `OUT_DIR/report/`
 //! for a run directory (class maps, Grad-CAM profiles, confusion matrices, run summary) or a
 //! model bundle (cross-validation metrics, confusion matrices, Grad-CAM profiles).
@@ -6,7 +6,7 @@
 //! Everything the report shows is read back from the files the run or the training wrote; the
 //! report needs no model, no archive and no network (the HTML references only files inside
 //! `report/`). The directory appears complete or not at all: it is written as `report.partial/`
-//! and renamed.
+//! and renamed ([`crate::io::atomic::AtomicDir`]).
 pub mod figures;
 mod html;
 pub mod load;
@@ -16,6 +16,8 @@ pub mod style;
 mod train_report;
 
 use std::path::{Path, PathBuf};
+
+use crate::io::atomic::{partial_path, AtomicDir};
 
 /// What went wrong while writing a report, and whose fault it is.
 #[derive(Debug, thiserror::Error)]
@@ -100,28 +102,17 @@ pub fn write_report(out_dir: &Path) -> Result<ReportSummary, ReportError> {
     };
     style::register_fonts();
     let dir = out_dir.join("report");
-    let partial = out_dir.join("report.partial");
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(|e| ReportError::write(&partial, e))?;
-    }
-    std::fs::create_dir_all(partial.join("figures")).map_err(|e| ReportError::write(&partial, e))?;
+    let staged = AtomicDir::create(&dir).map_err(|e| ReportError::write(&partial_path(&dir), e))?;
+    let partial = staged.partial_path();
+    std::fs::create_dir(partial.join("figures")).map_err(|e| ReportError::write(partial, e))?;
+    // On an error `staged` is dropped, which removes `report.partial/`.
     let page = match kind {
-        ReportKind::Run => run_report::build(out_dir, &partial),
-        ReportKind::Train => train_report::build(out_dir, &partial),
-    };
-    let page = match page {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&partial);
-            return Err(e);
-        }
+        ReportKind::Run => run_report::build(out_dir, partial)?,
+        ReportKind::Train => train_report::build(out_dir, partial)?,
     };
     let index = partial.join("index.html");
     std::fs::write(&index, page.html).map_err(|e| ReportError::write(&index, e))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| ReportError::write(&dir, e))?;
-    }
-    std::fs::rename(&partial, &dir).map_err(|e| ReportError::write(&dir, e))?;
+    staged.commit().map_err(|e| ReportError::write(&dir, e))?;
     Ok(ReportSummary { kind, dir, figures: page.figures, seconds: start.elapsed().as_secs_f64() })
 }
 

@@ -61,7 +61,7 @@ pub enum SynthFormat {
     /// Agilent mosaic: `.dmt` header + `<stem>_XXXX_YYYY.dmd` FPA tiles (see
     /// [`SynthConfig::agilent_fpa`]).
     Agilent,
-    /// Spectra Parquet table (DESIGN.md §3 layout).
+    /// Spectra Parquet table (the layout in ARCHITECTURE.md).
     Parquet,
 }
 
@@ -532,8 +532,10 @@ pub fn generate_with_threads(
 /// Names a previous run may have left in the output directory.
 const MANAGED: [&str; 4] = ["images", "truth", "labels.csv", "synth.json"];
 
+/// A file a killed run may have left half-written: `*.partial` ([`crate::io::atomic`]), or the
+/// `.*.tmp` name that earlier versions wrote through.
 fn is_temp(name: &str) -> bool {
-    name.starts_with('.') && name.ends_with(".tmp")
+    name.ends_with(".partial") || (name.starts_with('.') && name.ends_with(".tmp"))
 }
 
 /// Creates `out`, or clears what an earlier run left there; refuses a directory with other content.

@@ -1,9 +1,8 @@
 //! Writers of the archive's side files: `labels.csv`, `truth/masks.parquet`, the JSON records, and
-//! the images through the format writers of [`crate::io`]; every file is written under a temporary
-//! name and renamed into place when complete.
+//! the images through the format writers of [`crate::io`]; every file is written atomically
+//! ([`crate::io::atomic`]).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,26 +12,16 @@ use parquet::arrow::ArrowWriter;
 
 use super::core::{CoreTruth, BACKGROUND, PARAFFIN};
 use super::{SampleLabel, SynthError, SynthFormat};
+use crate::io::atomic::{self, AtomicFile};
 use crate::io::ImageCube;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
     move |source| SynthError::Io { path: path.to_path_buf(), source }
 }
 
-/// The hidden temporary name of `path` (same directory).
-pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
-}
-
-/// Writes `bytes` to `path` atomically (temporary name, then rename); returns the size.
+/// Writes `bytes` to `path` atomically ([`crate::io::atomic::write_atomic`]); returns the size.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<u64, SynthError> {
-    let tmp = temp_path(path);
-    let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().ok();
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
+    atomic::write_atomic(path, bytes).map_err(io_err(path))?;
     Ok(bytes.len() as u64)
 }
 
@@ -68,11 +57,10 @@ fn mask_name(m: u8) -> &'static str {
 /// Writes `truth/masks.parquet` (zstd): one row per pixel of every core, in core order, each core
 /// row-major.
 pub(crate) fn write_masks(path: &Path, size: u32, cores: &[(String, CoreTruth)]) -> Result<u64, SynthError> {
-    let tmp = temp_path(path);
     let werr = |e: parquet::errors::ParquetError| SynthError::Write { path: path.to_path_buf(), reason: e.to_string() };
     let schema = masks_schema();
     let props = crate::io::parquet::writer_properties(Vec::new());
-    let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let file = AtomicFile::create(path).map_err(io_err(path))?;
     let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(werr)?;
     let n_px = size as usize * size as usize;
     let xs: ArrayRef = Arc::new(UInt32Array::from_iter_values((0..n_px).map(|p| (p % size as usize) as u32)));
@@ -90,9 +78,9 @@ pub(crate) fn write_masks(path: &Path, size: u32, cores: &[(String, CoreTruth)])
             .map_err(|e| SynthError::Internal(format!("masks batch for {sample}: {e}")))?;
         writer.write(&batch).map_err(werr)?;
     }
-    writer.close().map_err(werr)?;
-    let bytes = fs::metadata(&tmp).map_err(io_err(&tmp))?.len();
-    fs::rename(&tmp, path).map_err(io_err(path))?;
+    let staged = writer.into_inner().map_err(werr)?.finish().map_err(io_err(path))?;
+    let bytes = fs::metadata(staged.partial_path()).map_err(io_err(path))?.len();
+    staged.commit().map_err(io_err(path))?;
     Ok(bytes)
 }
 
@@ -141,5 +129,6 @@ fn write_image_in(images: &Path, tmp_dir: &Path, sample: &str, cube: &ImageCube,
         fs::rename(f, &dest).map_err(io_err(&dest))?;
     }
     fs::remove_dir(tmp_dir).map_err(io_err(tmp_dir))?;
+    atomic::sync_dir(images).map_err(io_err(images))?;
     Ok(bytes)
 }

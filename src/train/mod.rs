@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-use crate::bundle::{self, BundleError, Manifest, Versions};
+use crate::bundle::{self, BundleError, BundleManifest, Versions};
 use crate::config::{Config, TrainConfig};
 use crate::operators::grad_cam::{self, CamAggregator, TopBand};
 use crate::operators::model::{self, ArchConfig, Classifier};
@@ -226,7 +226,7 @@ pub fn train(cfg: &Config, input: &Input, out: &Path, progress: &dyn Fn(&EpochPr
         let rows: Vec<usize> = (0..ds.rows()).collect();
         final_spectra = rows.len();
         let clf = fit(&ds, &rows, &classes, &arch, &grid, t, device, t.seed, "final model", progress)?;
-        let manifest = Manifest {
+        let manifest = BundleManifest {
             format: bundle::FORMAT,
             task: task_name.clone(),
             classes: classes.clone(),
