@@ -125,18 +125,15 @@ impl SegmentParams {
             OpError::Config { reason, .. } => OpError::config(OP, reason),
             other => other,
         };
-        let tissue = KMeans::params(2)
-            .max_iter(self.max_iter)
-            .tolerance(self.tolerance)
-            .seed(derive_seed(self.seed, TISSUE_STREAM))
-            .check()
-            .map_err(reword)?;
-        let paraffin = KMeans::params(2)
-            .max_iter(self.max_iter)
-            .tolerance(self.tolerance)
-            .seed(derive_seed(self.seed, PARAFFIN_STREAM))
-            .check()
-            .map_err(reword)?;
-        Ok(Segmenter { params: self.clone(), tissue, paraffin })
+        // Both steps run k = 2 with the same iteration limits; only their seed streams differ.
+        let kmeans = |stream: u64| {
+            KMeans::params(2)
+                .max_iter(self.max_iter)
+                .tolerance(self.tolerance)
+                .seed(derive_seed(self.seed, stream))
+                .check()
+                .map_err(reword)
+        };
+        Ok(Segmenter { params: self.clone(), tissue: kmeans(TISSUE_STREAM)?, paraffin: kmeans(PARAFFIN_STREAM)? })
     }
 }
