@@ -1,6 +1,6 @@
-//! The kernel contract every operator follows (DESIGN.md §9): a synchronous push/finish kernel on
-//! Arrow record batches, in the manner of arrow-rs's `BatchCoalescer`, that the engine wraps in one
-//! generic timely adapter.
+//! The kernel contract every operator follows (ARCHITECTURE.md): a synchronous push/finish kernel
+//! on Arrow record batches, in the manner of arrow-rs's `BatchCoalescer`, that the engine wraps in
+//! one generic timely adapter.
 //!
 //! The engine feeds a kernel the batches of one image (one timestamp) with
 //! [`Kernel::push_batch`], then calls [`Kernel::finish`] once the frontier has passed that image;

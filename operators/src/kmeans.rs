@@ -1,6 +1,6 @@
 //! A small, fast, deterministic K-means (Lloyd's algorithm with k-means++ seeding) on `f32` rows
 //! with `f64` arithmetic: the clustering kernel behind the tissue and paraffin masks of
-//! [`crate::segment`] (DESIGN.md §4 steps 1–2).
+//! [`crate::segment`] (preprocessing steps 1–2, docs/configuration.md).
 //!
 //! Parameters follow linfa's pattern: [`KMeans::params`] gives a [`KMeansParams`] builder,
 //! [`KMeansParams::check`] validates it into a [`KMeans`], and [`KMeans::fit`] returns a

@@ -1,6 +1,6 @@
 //! Pure numerical kernels of ftirflow on Arrow record batches: the spectra schema and, one module
 //! per operator, the preprocessing, model and Grad-CAM kernels. No timely dependency: the engine
-//! wraps these kernels in dataflow operators (DESIGN.md §1, §9).
+//! wraps these kernels in dataflow operators (ARCHITECTURE.md).
 #![warn(missing_docs)]
 
 pub mod axis;

@@ -1,5 +1,5 @@
-//! Spectrum normalization (DESIGN.md §4 step 6): vector (L2, the default), SNV, min-max and amide I
-//! peak.
+//! Spectrum normalization (preprocessing step 6, docs/configuration.md): vector (L2, the default),
+//! SNV, min-max and amide I peak.
 //!
 //! | method | output |
 //! |---|---|

@@ -1,7 +1,8 @@
-//! Outlier flags (DESIGN.md §4 step 3): tissue spectra whose amide I peak absorbance is outside
-//! `[min, max]` (defaults 0.05 and 2.5), spectra that contain NaN/inf, and tissue spectra whose
-//! EMSC residual RMS is above a robust per-image threshold (median + k × MAD, k = 5) are flagged
-//! `outlier = true`. Flagged spectra stay in the outputs; classification skips them.
+//! Outlier flags (preprocessing step 3, docs/configuration.md): tissue spectra whose amide I peak
+//! absorbance is outside `[min, max]` (defaults 0.05 and 2.5), spectra that contain NaN/inf, and
+//! tissue spectra whose EMSC residual RMS is above a robust per-image threshold (median + k × MAD,
+//! k = 5) are flagged `outlier = true`. Flagged spectra stay in the outputs; classification skips
+//! them.
 //!
 //! Two kernels, because the checks need different inputs:
 //! - [`AmideCheckKernel`] runs before EMSC on raw absorbance: appends `amide_i` (the peak

@@ -1,5 +1,6 @@
-//! Truncation and resampling by linear interpolation onto a target grid (DESIGN.md §4 step 5):
-//! by default the model's 467-point grid over 900–1800 cm⁻¹ (the biofingerprint).
+//! Truncation and resampling by linear interpolation onto a target grid (preprocessing step 5,
+//! docs/configuration.md): by default the model's 467-point grid over 900–1800 cm⁻¹ (the
+//! biofingerprint).
 //!
 //! The input axis may run in either direction; so may the target grid. Each target point is
 //! interpolated between the two input points that bracket it. A target point outside the input
@@ -269,8 +270,8 @@ impl Kernel for ResampleKernel {
     }
 }
 
-/// Truncation to a band: keeps the axis points inside `band` (DESIGN.md §4 step 5, and the EMSC
-/// fit range). Per spectrum; `finish` emits nothing.
+/// Truncation to a band: keeps the axis points inside `band` (preprocessing step 5,
+/// docs/configuration.md, and the EMSC fit range). Per spectrum; `finish` emits nothing.
 #[derive(Debug)]
 pub struct TruncateKernel {
     band: crate::axis::Band,

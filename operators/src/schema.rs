@@ -1,4 +1,4 @@
-//! The spectra batch contract of DESIGN.md §3: column names, the wavenumber axis in the schema
+//! The spectra batch contract of ARCHITECTURE.md: column names, the wavenumber axis in the schema
 //! metadata, a builder for batches and a validator with clear errors.
 //!
 //! A spectra batch has the columns `sample` (Utf8, dictionary allowed on input), `x`, `y`

@@ -1,4 +1,4 @@
-//! Extended multiplicative signal correction (EMSC; DESIGN.md §4 step 4).
+//! Extended multiplicative signal correction (EMSC; preprocessing step 4, docs/configuration.md).
 //!
 //! EMSC (H. Martens & E. Stark, *J. Pharm. Biomed. Anal.* 9 (1991) 625–635; in the form of Achim
 //! Kohler's EMSC for FTIR microscopy of biological tissue, A. Kohler et al., *Appl. Spectrosc.* 59

@@ -11,7 +11,7 @@ use crate::schema::check_axis;
 /// the conditioning check usually refuses much lower ones).
 pub const MAX_ORDER: i64 = 32;
 
-/// How EMSC handles the paraffin bands (DESIGN.md §4).
+/// How EMSC handles the paraffin bands (docs/configuration.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ParaffinMode {

@@ -1,6 +1,6 @@
-//! CaReNet-V1 (DESIGN.md §5) on `tch`: the architecture ([`CareNet`], [`ArchConfig`]) and batched
+//! CaReNet-V1 (docs/model.md) on `tch`: the architecture ([`CareNet`], [`ArchConfig`]) and batched
 //! inference ([`Classifier`]): class probabilities under `no_grad`, or probabilities and 1D
-//! Grad-CAM maps (DESIGN.md §6) from one forward pass and a backward pass through the head only.
+//! Grad-CAM maps (docs/model.md) from one forward pass and a backward pass through the head only.
 //!
 //! Why the head suffices: the network ends in global average pooling `g_k = (1/L) Σ_l A_k(l)`
 //! followed by dense layers, so `∂y_c/∂A_k(l) = (1/L)·∂y_c/∂g_k` for every position `l`, and
@@ -368,7 +368,7 @@ impl Classifier {
         Ok((probs.detach(), predicted, scores.detach(), raw))
     }
 
-    /// Class probabilities and Grad-CAM maps (DESIGN.md §6) of `rows` spectra: one forward, one
+    /// Class probabilities and Grad-CAM maps (docs/model.md) of `rows` spectra: one forward, one
     /// backward through the head; the maps are ReLU'd, linearly interpolated onto the input
     /// points and divided by their maximum ([`grad_cam::postprocess`]).
     pub fn predict_values_with_gradcam(&self, values: &[f32], rows: usize) -> Result<(Predictions, CamMaps), OpError> {

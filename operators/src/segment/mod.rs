@@ -1,5 +1,5 @@
-//! Tissue and paraffin masks by dual K-means (DESIGN.md §4 steps 1–2), as in CaReNet-V1
-//! (del-Valle, Bernardes & Zezell, arXiv 2310.15094): per image,
+//! Tissue and paraffin masks by dual K-means (preprocessing steps 1–2, docs/configuration.md), as
+//! in CaReNet-V1 (del-Valle, Bernardes & Zezell, arXiv 2310.15094): per image,
 //!
 //! 1. **tissue**: K-means with k = 2 on the spectra truncated to the amide I/II band
 //!    (default 1700–1500 cm⁻¹); tissue is the cluster with the larger mean absorbance there;
