@@ -3,6 +3,7 @@
 //! (900–3800 cm⁻¹, instrument step 1.9285 cm⁻¹) with tissue, paraffin and bare-slide regions; no
 //! I/O. Also the tissue K-means fit alone. Reports spectra/s.
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ftirflow_operators::kernel::run_image;
@@ -79,7 +80,7 @@ fn bench(c: &mut Criterion) {
         .step_by(rows)
         .map(|s| {
             let e = (s + rows).min(spectra);
-            image_batch(schema.clone(), "bench/A01", xs[s..e].to_vec(), ys[s..e].to_vec(), values[s * n..e * n].to_vec()).unwrap()
+            image_batch(Arc::clone(&schema), "bench/A01", xs[s..e].to_vec(), ys[s..e].to_vec(), values[s * n..e * n].to_vec()).unwrap()
         })
         .collect();
     drop(values);

@@ -111,7 +111,7 @@ impl FusedKernel {
             k.push(Box::new(TruncateKernel::new(band)?));
         }
         if let Some(c) = &steps.emsc {
-            k.push(Box::new(EmscKernel::new(c.clone())));
+            k.push(Box::new(EmscKernel::new(Arc::clone(c))));
         }
         if let Some(grid) = &steps.resample {
             k.push(Box::new(ResampleKernel::new(grid.clone())?));
@@ -144,7 +144,7 @@ impl FusedKernel {
         let n_out = out_axis.len();
         self.scratch = vec![0.0; truncate.len()];
         self.prepared = Some(Prepared {
-            input: schema.clone(),
+            input: Arc::clone(schema),
             output,
             spectrum: layout.spectrum,
             n_in: axis.len(),
@@ -164,7 +164,7 @@ impl Kernel for FusedKernel {
     }
 
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef, OpError> {
-        let mut schema = input.clone();
+        let mut schema = Arc::clone(input);
         for k in Self::sequential(&self.steps)? {
             schema = k.output_schema(&schema)?;
         }
@@ -233,7 +233,7 @@ impl Kernel for FusedKernel {
                 columns.extend(crate::emsc::coefficient_columns(coefs, k)?);
             }
         }
-        out.push(RecordBatch::try_new(p.output.clone(), columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
+        out.push(RecordBatch::try_new(Arc::clone(&p.output), columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
         Ok(())
     }
 
@@ -298,7 +298,7 @@ mod tests {
             let base = b.finish().unwrap();
             let mut cols = base.columns().to_vec();
             cols.push(Arc::new(BooleanArray::from(tissue)));
-            out.push(RecordBatch::try_new(schema.clone(), cols).unwrap());
+            out.push(RecordBatch::try_new(Arc::clone(&schema), cols).unwrap());
             row += n;
         }
         out

@@ -166,7 +166,7 @@ impl Kernel for NormalizeKernel {
 
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef, OpError> {
         SpectraLayout::of(input).map_err(|e| OpError::schema(OP, e))?;
-        Ok(input.clone())
+        Ok(Arc::clone(input))
     }
 
     fn push_batch(&mut self, batch: &RecordBatch, out: &mut Vec<RecordBatch>) -> Result<(), OpError> {

@@ -251,7 +251,7 @@ impl Kernel for ResidualOutlierKernel {
                 return Err(OpError::data(OP, format!("residual check needs the `{col}` column (run the amide check and EMSC first)")));
             }
         }
-        Ok(input.clone())
+        Ok(Arc::clone(input))
     }
 
     fn push_batch(&mut self, batch: &RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {

@@ -442,7 +442,7 @@ mod tests {
         b.push("s", 0, 0, &[3.0, 2.0, 1.0, 0.0]);
         let batch = b.finish().unwrap();
         let mut k = TruncateKernel::new(crate::axis::Band::new(1000.5, 1002.5)).unwrap();
-        let out = crate::kernel::run_image(&mut k, &[batch.clone()]).unwrap();
+        let out = crate::kernel::run_image(&mut k, std::slice::from_ref(&batch)).unwrap();
         assert_eq!(SpectraLayout::values(&out[0]).unwrap(), &[2.0, 1.0]);
         assert_eq!(SpectraLayout::of(&out[0].schema()).unwrap().wavenumbers, vec![1002.0, 1001.0]);
         let mut far = TruncateKernel::new(crate::axis::Band::new(900.0, 1002.0)).unwrap();

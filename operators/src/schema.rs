@@ -238,7 +238,7 @@ impl SpectraLayout {
 
 /// The `spectrum` column for `values` (`rows × n` row-major).
 pub fn spectrum_array(values: Vec<f32>, n: usize) -> Result<FixedSizeListArray, SchemaError> {
-    if n == 0 || values.len() % n != 0 {
+    if n == 0 || !values.len().is_multiple_of(n) {
         return Err(SchemaError::Arrow(format!("{} values do not split into spectra of {n}", values.len())));
     }
     FixedSizeListArray::try_new(
@@ -303,7 +303,7 @@ impl SpectraBatchBuilder {
         let samples = std::mem::take(&mut self.samples);
         let sample = StringArray::from(samples);
         Self::from_columns(
-            self.schema.clone(),
+            Arc::clone(&self.schema),
             Arc::new(sample),
             std::mem::take(&mut self.xs),
             std::mem::take(&mut self.ys),

@@ -45,11 +45,11 @@ impl EmscKernel {
         let layout = SpectraLayout::of(input).map_err(|e| OpError::schema(OP, e))?;
         if let Some((i, o)) = &self.cached {
             if i == input {
-                return Ok((o.clone(), layout));
+                return Ok((Arc::clone(o), layout));
             }
         }
         let out = self.output_schema(input)?;
-        self.cached = Some((input.clone(), out.clone()));
+        self.cached = Some((Arc::clone(input), Arc::clone(&out)));
         Ok((out, layout))
     }
 }

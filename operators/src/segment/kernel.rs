@@ -67,12 +67,12 @@ impl SegmentKernel {
     fn layout(&mut self, schema: &SchemaRef) -> Result<(SpectraLayout, SchemaRef), OpError> {
         if let Some((input, layout, out)) = &self.cache {
             if Arc::ptr_eq(input, schema) || **input == **schema {
-                return Ok((layout.clone(), out.clone()));
+                return Ok((layout.clone(), Arc::clone(out)));
             }
         }
         let layout = SpectraLayout::of(schema).map_err(|e| OpError::schema(OP, e))?;
         let out = self.output_schema(schema)?;
-        self.cache = Some((schema.clone(), layout.clone(), out.clone()));
+        self.cache = Some((Arc::clone(schema), layout.clone(), Arc::clone(&out)));
         Ok((layout, out))
     }
 
@@ -135,7 +135,7 @@ impl SegmentKernel {
             let end = start + b.num_rows();
             let classes = &masks.classes[start..end];
             start = end;
-            let schema = h.out.clone();
+            let schema = Arc::clone(&h.out);
             let flag = |c: PixelClass| -> ArrayRef {
                 Arc::new(BooleanArray::new(BooleanBuffer::collect_bool(classes.len(), |i| classes[i] == c), None))
             };

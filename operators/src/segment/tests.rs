@@ -1,6 +1,7 @@
 //! Unit tests of the segmentation: synthetic cores of tissue, paraffin and slide.
 use super::seed::{derive_seed, TISSUE_STREAM};
 use super::*;
+use std::sync::Arc;
 use crate::axis::Band;
 use crate::error::OpError;
 use crate::kernel::{run_image, Kernel};
@@ -100,7 +101,7 @@ fn batches(s: &Scene, rows: usize) -> Vec<RecordBatch> {
         .step_by(rows)
         .map(|a| {
             let b = (a + rows).min(s.xs.len());
-            image_batch(schema.clone(), "core", s.xs[a..b].to_vec(), s.ys[a..b].to_vec(), s.values[a * n..b * n].to_vec()).unwrap()
+            image_batch(Arc::clone(&schema), "core", s.xs[a..b].to_vec(), s.ys[a..b].to_vec(), s.values[a * n..b * n].to_vec()).unwrap()
         })
         .collect()
 }
@@ -332,7 +333,7 @@ fn an_axis_without_a_band_is_a_data_error_naming_it() {
 
     let mut kernel = SegmentParams::default().check().unwrap().kernel();
     let schema = spectra_schema(&short).unwrap();
-    let batch = image_batch(schema.clone(), "core", vec![0], vec![0], vec![0.1; 100]).unwrap();
+    let batch = image_batch(Arc::clone(&schema), "core", vec![0], vec![0], vec![0.1; 100]).unwrap();
     assert!(kernel.output_schema(&schema).unwrap_err().to_string().contains("paraffin band"));
     let err = run_image(&mut kernel, &[batch]).unwrap_err();
     assert!(matches!(err, OpError::Data { operator: "segment", .. }), "{err:?}");
