@@ -139,7 +139,7 @@ impl KMeans {
     pub fn fit(&self, rows: &[f32], dim: usize) -> Result<KMeansModel, OpError> {
         #[cfg(target_arch = "x86_64")]
         if avx2() {
-            // SAFETY: AVX2 is present (checked above).
+            // SAFETY: `avx2()` just detected AVX2 at run time, the only requirement of `fit_avx2`.
             return unsafe { self.fit_avx2(rows, dim) };
         }
         self.fit_inline::<false>(rows, dim)

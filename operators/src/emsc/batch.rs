@@ -149,8 +149,10 @@ impl BatchPlan {
                     ($($kk:literal)*) => {
                         match k {
                             $($kk => {
-                                // SAFETY: this path is only chosen when AVX2 and FMA were detected
-                                // at run time (`Path::detect`), and the lengths were checked above.
+                                // SAFETY: `Path::detect` picks `Avx2Fma` only when AVX2 and FMA were
+                                // detected at run time (tests force only `Portable`); the lengths
+                                // of `values`, `out`, `rms` and `coefficients` were asserted above
+                                // for `k` columns, and this arm runs with `K = k`.
                                 unsafe { avx2::run::<$kk>(self, values, rows, out, coefficients, rms) }
                             })*
                             _ => self.run_portable(values, rows, out, coefficients, rms),
@@ -294,6 +296,9 @@ mod avx2 {
     use super::BatchPlan;
 
     /// Sum of 8 lanes in the same pairwise order as the portable `hsum`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA (the features this function is compiled with).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {

@@ -91,7 +91,8 @@ impl Segmenter {
     ) -> Result<Masks, OpError> {
         #[cfg(target_arch = "x86_64")]
         if avx2() {
-            // SAFETY: AVX2 is present (checked above).
+            // SAFETY: `avx2()` just detected AVX2 at run time, the only requirement of
+            // `segment_parts_avx2`.
             return unsafe { self.segment_parts_avx2(wavenumbers, parts, reads, visit) };
         }
         self.segment_parts_inline::<false, F>(wavenumbers, parts, reads, visit)
