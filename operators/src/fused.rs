@@ -246,11 +246,11 @@ impl Kernel for FusedKernel {
 mod tests {
     use super::*;
     use crate::emsc::EmscParams;
-    use arrow::datatypes::{DataType, Field};
     use crate::kernel::{run_chain, run_image};
     use crate::normalize::Method;
     use crate::outliers::OutlierParams;
     use crate::schema::{spectra_schema_with, SpectraBatchBuilder};
+    use arrow::datatypes::{DataType, Field};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -286,7 +286,7 @@ mod tests {
                     })
                     .collect();
                 match (row + i) % 17 {
-                    3 => s[10] = f32::NAN,     // outside 900–1800: ignored by a checking(band) kernel
+                    3 => s[10] = f32::NAN,       // outside 900–1800: ignored by a checking(band) kernel
                     5 => s[600] = f32::INFINITY, // 1400 cm⁻¹: inside
                     7 => s.fill(0.0),
                     11 => s.iter_mut().for_each(|v| *v *= 40.0),
@@ -366,7 +366,8 @@ mod tests {
             assert_eq!(a.schema(), o.schema());
             let tissue = a.column_by_name(TISSUE).unwrap().as_any().downcast_ref::<BooleanArray>().unwrap();
             let (va, vo) = (SpectraLayout::values(a).unwrap(), SpectraLayout::values(o).unwrap());
-            let rms = |b: &RecordBatch| b.column_by_name("emsc_residual_rms").unwrap().as_any().downcast_ref::<Float32Array>().unwrap().clone();
+            let rms =
+                |b: &RecordBatch| b.column_by_name("emsc_residual_rms").unwrap().as_any().downcast_ref::<Float32Array>().unwrap().clone();
             let (ra, ro) = (rms(a), rms(o));
             for r in 0..a.num_rows() {
                 let (sa, so) = (&va[r * 467..(r + 1) * 467], &vo[r * 467..(r + 1) * 467]);
@@ -388,9 +389,7 @@ mod tests {
     #[test]
     fn batch_size_does_not_change_the_bytes() {
         let steps = all_steps(true, Method::Vector);
-        let rows = |bs: Vec<RecordBatch>| -> Vec<f32> {
-            bs.iter().flat_map(|b| SpectraLayout::values(b).unwrap().to_vec()).collect()
-        };
+        let rows = |bs: Vec<RecordBatch>| -> Vec<f32> { bs.iter().flat_map(|b| SpectraLayout::values(b).unwrap().to_vec()).collect() };
         let a = run_image(&mut FusedKernel::new(steps.clone()).unwrap(), &batches(200, 7, 3)).unwrap();
         let b = run_image(&mut FusedKernel::new(steps).unwrap(), &batches(200, 200, 3)).unwrap();
         assert_eq!(rows(a).iter().map(|v| v.to_bits()).collect::<Vec<_>>(), rows(b).iter().map(|v| v.to_bits()).collect::<Vec<_>>());

@@ -266,10 +266,7 @@ impl CamAggregator {
 
     /// Mean, standard deviation and count per key, keys in order.
     pub fn summaries(&self) -> Vec<CamSummary> {
-        self.groups
-            .iter()
-            .map(|(k, s)| CamSummary { key: k.clone(), count: s.count(), mean: s.mean(), std: s.std() })
-            .collect()
+        self.groups.iter().map(|(k, s)| CamSummary { key: k.clone(), count: s.count(), mean: s.mean(), std: s.std() }).collect()
     }
 }
 

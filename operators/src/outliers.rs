@@ -105,7 +105,11 @@ pub fn robust_threshold(values: &[f32], k: f64) -> Option<f64> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 pub(crate) fn bool_column(batch: &RecordBatch, name: &str) -> Option<BooleanArray> {
@@ -136,9 +140,11 @@ impl AmideCheckKernel {
 
     /// The per-spectrum check for `axis`: where to look for non-finite values and the peak.
     pub fn check_for(&self, axis: &[f64]) -> Result<AmideCheck, OpError> {
-        let amide = self.params.amide_band.indices(axis).ok_or_else(|| {
-            OpError::data(OP, format!("the axis holds no point of the amide I window {}", self.params.amide_band))
-        })?;
+        let amide = self
+            .params
+            .amide_band
+            .indices(axis)
+            .ok_or_else(|| OpError::data(OP, format!("the axis holds no point of the amide I window {}", self.params.amide_band)))?;
         let finite = match self.checked {
             None => 0..axis.len(),
             Some(band) => band.indices(axis).unwrap_or(0..0),
@@ -322,7 +328,8 @@ mod tests {
     #[test]
     fn amide_range_and_non_finite() {
         let mut k = AmideCheckKernel::new(OutlierParams::default()).unwrap();
-        let out = crate::kernel::run_image(&mut k, &[batch(&[[0.1, 0.5, 0.2], [0.0, 0.01, 0.0], [0.1, 3.0, 0.1], [f32::NAN, 0.5, 0.1]])]).unwrap();
+        let out = crate::kernel::run_image(&mut k, &[batch(&[[0.1, 0.5, 0.2], [0.0, 0.01, 0.0], [0.1, 3.0, 0.1], [f32::NAN, 0.5, 0.1]])])
+            .unwrap();
         assert_eq!(flags(&out[0]), vec![false, true, true, true]);
         let peaks = out[0].column_by_name(AMIDE_I).unwrap().as_primitive::<arrow::datatypes::Float32Type>().clone();
         assert_eq!(peaks.value(0), 0.5);

@@ -103,10 +103,7 @@ impl Resampler {
         let (tlo, thi) = min_max(target).expect("checked non-empty");
         let half_step = if input.len() > 1 { (hi - lo) / (input.len() - 1) as f64 / 2.0 } else { 0.0 };
         if tlo < lo - half_step || thi > hi + half_step {
-            return Err(OpError::data(
-                OP,
-                format!("target grid {tlo:.2}–{thi:.2} cm⁻¹ is outside the data's axis {lo:.2}–{hi:.2} cm⁻¹"),
-            ));
+            return Err(OpError::data(OP, format!("target grid {tlo:.2}–{thi:.2} cm⁻¹ is outside the data's axis {lo:.2}–{hi:.2} cm⁻¹")));
         }
         // Work on an ascending view of the input.
         let ascending = input.len() < 2 || input[1] > input[0];
@@ -125,7 +122,11 @@ impl Resampler {
             let (mut a, mut b) = (0usize, n - 1);
             while b - a > 1 {
                 let mid = (a + b) / 2;
-                if value(mid) <= t { a = mid } else { b = mid }
+                if value(mid) <= t {
+                    a = mid
+                } else {
+                    b = mid
+                }
             }
             let (x0, x1) = (value(a), value(a + 1));
             let w = ((t - x0) / (x1 - x0)).clamp(0.0, 1.0) as f32;
@@ -140,10 +141,7 @@ impl Resampler {
                 exact.push((j as u32, l as u32 + 1));
             }
         }
-        let runs = left
-            .chunks_exact(BLOCK)
-            .map(|b| b.iter().enumerate().all(|(k, &l)| l == b[0] + k as u32).then_some(b[0]))
-            .collect();
+        let runs = left.chunks_exact(BLOCK).map(|b| b.iter().enumerate().all(|(k, &l)| l == b[0] + k as u32).then_some(b[0])).collect();
         Ok(Self { left, weight, exact, runs, input: input.to_vec(), target: target.to_vec() })
     }
 

@@ -44,10 +44,7 @@ impl Path {
     pub(crate) fn detect(k: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if k <= MAX_SIMD_COEFFICIENTS
-                && std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if k <= MAX_SIMD_COEFFICIENTS && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 return Path::Avx2Fma;
             }
         }
@@ -126,14 +123,7 @@ impl BatchPlan {
     }
 
     /// Corrects `rows` spectra (lengths are checked by the caller).
-    pub(crate) fn run(
-        &self,
-        values: &[f32],
-        rows: usize,
-        out: &mut [f32],
-        coefficients: Option<&mut [f32]>,
-        rms: &mut [f32],
-    ) {
+    pub(crate) fn run(&self, values: &[f32], rows: usize, out: &mut [f32], coefficients: Option<&mut [f32]>, rms: &mut [f32]) {
         let (n, k) = (self.n, self.k);
         assert!(values.len() == rows * n && out.len() == rows * n && rms.len() == rows);
         if let Some(c) = coefficients.as_deref() {
@@ -208,14 +198,7 @@ impl BatchPlan {
     }
 
     /// The portable loop: the same formulas with 8-lane arrays and separate multiply and add.
-    fn run_portable(
-        &self,
-        values: &[f32],
-        rows: usize,
-        out: &mut [f32],
-        mut coefficients: Option<&mut [f32]>,
-        rms: &mut [f32],
-    ) {
+    fn run_portable(&self, values: &[f32], rows: usize, out: &mut [f32], mut coefficients: Option<&mut [f32]>, rms: &mut [f32]) {
         let (n, k) = (self.n, self.k);
         let chunks = n.div_ceil(8);
         let mut acc = vec![[0.0f32; 8]; k];

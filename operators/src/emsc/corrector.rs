@@ -67,10 +67,7 @@ impl EmscCorrector {
         }
         let col_norms: Vec<f64> = (0..k).map(|j| linalg::norm(&a[j * n..(j + 1) * n])).collect();
         if let Some(j) = col_norms.iter().position(|&c| c == 0.0) {
-            return Err(config(format!(
-                "singular model: {} is zero wherever the weights are non-zero",
-                column_label(j, order)
-            )));
+            return Err(config(format!("singular model: {} is zero wherever the weights are non-zero", column_label(j, order))));
         }
         let linalg::Qr { q, r } = linalg::householder_qr(&a, n, k);
         // Condition number of the column-scaled problem: singular values of R·D, D = 1/‖aⱼ‖.
@@ -85,8 +82,7 @@ impl EmscCorrector {
         if condition.is_nan() || condition > MAX_CONDITION {
             let null = &v[(k - 1) * k..k * k];
             let peak = null.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-            let involved: Vec<String> =
-                (0..k).filter(|&j| null[j].abs() >= 0.1 * peak).map(|j| column_label(j, order)).collect();
+            let involved: Vec<String> = (0..k).filter(|&j| null[j].abs() >= 0.1 * peak).map(|j| column_label(j, order)).collect();
             return Err(config(format!(
                 "singular model: condition number {condition:.3e} exceeds {MAX_CONDITION:e}; {} are (nearly) linearly \
                  dependent where the weights are non-zero (e.g. an interferent equal to the reference, or a polynomial \
@@ -113,18 +109,7 @@ impl EmscCorrector {
             }
         }
         let plan = batch::BatchPlan::new(&g, &model[..n], &weights, &rinv, n, k);
-        Ok(Self {
-            wavenumbers,
-            model,
-            weights,
-            projection,
-            names,
-            order,
-            n_interferents,
-            condition,
-            output_coefficients,
-            plan,
-        })
+        Ok(Self { wavenumbers, model, weights, projection, names, order, n_interferents, condition, output_coefficients, plan })
     }
 
     /// The axis this corrector was built for (cm⁻¹).
@@ -192,8 +177,7 @@ impl EmscCorrector {
     pub fn correct_f64(&self, s: &[f64]) -> EmscFit {
         let (n, k) = (self.n_points(), self.n_coefficients());
         assert_eq!(s.len(), n, "spectrum length must match the EMSC axis");
-        let coefficients: Vec<f64> =
-            (0..k).map(|j| self.projection[j * n..(j + 1) * n].iter().zip(s).map(|(p, x)| p * x).sum()).collect();
+        let coefficients: Vec<f64> = (0..k).map(|j| self.projection[j * n..(j + 1) * n].iter().zip(s).map(|(p, x)| p * x).sum()).collect();
         let b = coefficients[0];
         if !s.iter().all(|x| x.is_finite()) || !coefficients.iter().all(|c| c.is_finite()) || !b.is_normal() {
             return EmscFit {
@@ -203,8 +187,7 @@ impl EmscCorrector {
                 residual_rms: f64::NAN,
             };
         }
-        let residual: Vec<f64> =
-            (0..n).map(|i| s[i] - (0..k).map(|j| self.model[j * n + i] * coefficients[j]).sum::<f64>()).collect();
+        let residual: Vec<f64> = (0..n).map(|i| s[i] - (0..k).map(|j| self.model[j * n + i] * coefficients[j]).sum::<f64>()).collect();
         let corrected = residual.iter().zip(self.reference()).map(|(r, re)| re + r / b).collect();
         let sum_w2: f64 = self.weights.iter().map(|w| w * w).sum();
         let ss: f64 = residual.iter().zip(&self.weights).map(|(r, w)| (w * r) * (w * r)).sum();
@@ -219,14 +202,7 @@ impl EmscCorrector {
     ///
     /// # Panics
     /// When a slice length does not match `rows`, the axis length and `k`.
-    pub fn correct_batch(
-        &self,
-        values: &[f32],
-        rows: usize,
-        out: &mut [f32],
-        coefficients: Option<&mut [f32]>,
-        residual_rms: &mut [f32],
-    ) {
+    pub fn correct_batch(&self, values: &[f32], rows: usize, out: &mut [f32], coefficients: Option<&mut [f32]>, residual_rms: &mut [f32]) {
         let n = self.n_points();
         assert_eq!(values.len(), rows * n, "values must hold rows × n points");
         assert_eq!(out.len(), rows * n, "out must hold rows × n points");
@@ -244,7 +220,6 @@ impl EmscCorrector {
 
     /// True when `axis` is this corrector's axis (to rounding of the JSON round trip).
     pub(super) fn same_axis(&self, axis: &[f64]) -> bool {
-        axis.len() == self.wavenumbers.len()
-            && axis.iter().zip(&self.wavenumbers).all(|(a, b)| (a - b).abs() <= 1e-9 * b.abs().max(1.0))
+        axis.len() == self.wavenumbers.len() && axis.iter().zip(&self.wavenumbers).all(|(a, b)| (a - b).abs() <= 1e-9 * b.abs().max(1.0))
     }
 }

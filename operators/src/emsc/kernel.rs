@@ -85,10 +85,7 @@ impl Kernel for EmscKernel {
             added.push(
                 Field::new(
                     COEFFICIENTS,
-                    DataType::FixedSizeList(
-                        Arc::new(Field::new_list_field(DataType::Float32, true)),
-                        c.n_coefficients() as i32,
-                    ),
+                    DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, true)), c.n_coefficients() as i32),
                     false,
                 )
                 .with_metadata(std::collections::HashMap::from([(TERMS_KEY.to_string(), terms)])),
@@ -96,10 +93,7 @@ impl Kernel for EmscKernel {
         }
         for f in &added {
             if input.index_of(f.name()).is_ok() {
-                return Err(OpError::data(
-                    OP,
-                    format!("input already has a `{}` column (EMSC applied twice?)", f.name()),
-                ));
+                return Err(OpError::data(OP, format!("input already has a `{}` column (EMSC applied twice?)", f.name())));
             }
         }
         fields.extend(added);

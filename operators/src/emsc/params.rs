@@ -1,8 +1,8 @@
 //! The `[preprocess.emsc]` parameters ([`EmscParams`], [`ParaffinMode`]) and their check, which
 //! builds the model matrix and hands it to [`EmscCorrector`] to factor.
+use super::config;
 use super::corrector::EmscCorrector;
 use super::spectra::pure_paraffin_components;
-use super::config;
 use crate::axis::{self, Band};
 use crate::error::OpError;
 use crate::schema::check_axis;
@@ -76,15 +76,10 @@ impl EmscParams {
             return Err(config(format!("interferent_components must be ≥ 0, got {}", self.interferent_components)));
         }
         if self.paraffin == ParaffinMode::Interferents && self.interferent_components == 0 {
-            return Err(config(
-                "paraffin = \"interferents\" needs interferent_components ≥ 1 (use paraffin = \"mask\" for none)",
-            ));
+            return Err(config("paraffin = \"interferents\" needs interferent_components ≥ 1 (use paraffin = \"mask\" for none)"));
         }
         if !(self.pure_paraffin_amide_ratio.is_finite() && self.pure_paraffin_amide_ratio > 0.0) {
-            return Err(config(format!(
-                "pure_paraffin_amide_ratio must be a positive number, got {}",
-                self.pure_paraffin_amide_ratio
-            )));
+            return Err(config(format!("pure_paraffin_amide_ratio must be a positive number, got {}", self.pure_paraffin_amide_ratio)));
         }
         let band = self.paraffin_band;
         if !(band.lo.is_finite() && band.hi.is_finite()) {
@@ -105,12 +100,7 @@ impl EmscParams {
     /// (the paraffin-cluster pixels, row-major `rows × n`): none in `mask` mode; in `interferents`
     /// mode the first `interferent_components` principal components of the pure ones
     /// ([`pure_paraffin_components`] with `pure_paraffin_amide_ratio`).
-    pub fn paraffin_interferents(
-        &self,
-        candidates: &[f32],
-        rows: usize,
-        wavenumbers: &[f64],
-    ) -> Result<Vec<Vec<f64>>, OpError> {
+    pub fn paraffin_interferents(&self, candidates: &[f32], rows: usize, wavenumbers: &[f64]) -> Result<Vec<Vec<f64>>, OpError> {
         self.validate()?;
         match self.paraffin {
             ParaffinMode::Mask => Ok(Vec::new()),
@@ -128,19 +118,12 @@ impl EmscParams {
     pub fn effective_weights(&self, wavenumbers: &[f64]) -> Result<Vec<f64>, OpError> {
         if let Some(w) = &self.weights {
             if w.len() != wavenumbers.len() {
-                return Err(config(format!(
-                    "weights have {} values but the axis has {} wavenumbers",
-                    w.len(),
-                    wavenumbers.len()
-                )));
+                return Err(config(format!("weights have {} values but the axis has {} wavenumbers", w.len(), wavenumbers.len())));
             }
             return Ok(w.clone());
         }
         let band = Band::new(self.paraffin_band.lo, self.paraffin_band.hi);
-        Ok(wavenumbers
-            .iter()
-            .map(|&nu| if self.paraffin == ParaffinMode::Mask && band.contains(nu) { 0.0 } else { 1.0 })
-            .collect())
+        Ok(wavenumbers.iter().map(|&nu| if self.paraffin == ParaffinMode::Mask && band.contains(nu) { 0.0 } else { 1.0 }).collect())
     }
 
     /// Validates everything against the axis, the reference and the interferents, builds the
@@ -154,12 +137,7 @@ impl EmscParams {
     /// in `mask` mode); fewer points with non-zero weight than model columns; and a singular or
     /// nearly singular model (condition number of the weighted, column-scaled model above
     /// [`MAX_CONDITION`](super::MAX_CONDITION), e.g. an interferent equal to the reference).
-    pub fn check(
-        &self,
-        wavenumbers: &[f64],
-        reference: &[f64],
-        interferents: &[Vec<f64>],
-    ) -> Result<EmscCorrector, OpError> {
+    pub fn check(&self, wavenumbers: &[f64], reference: &[f64], interferents: &[Vec<f64>]) -> Result<EmscCorrector, OpError> {
         self.validate()?;
         check_axis(wavenumbers).map_err(|e| config(format!("wavenumber axis: {e}")))?;
         let n = wavenumbers.len();
@@ -174,11 +152,7 @@ impl EmscParams {
         }
         for (j, v) in interferents.iter().enumerate() {
             if v.len() != n {
-                return Err(config(format!(
-                    "interferent {} has {} values but the axis has {n} wavenumbers",
-                    j + 1,
-                    v.len()
-                )));
+                return Err(config(format!("interferent {} has {} values but the axis has {n} wavenumbers", j + 1, v.len())));
             }
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 return Err(config(format!("interferent {} value {i} is not finite", j + 1)));
@@ -241,14 +215,6 @@ impl EmscParams {
         let mut names = vec!["b".to_string()];
         names.extend((0..=order).map(|p| format!("a{p}")));
         names.extend((1..=interferents.len()).map(|j| format!("d{j}")));
-        EmscCorrector::factor(
-            wavenumbers.to_vec(),
-            model,
-            weights,
-            names,
-            order,
-            interferents.len(),
-            self.output_coefficients,
-        )
+        EmscCorrector::factor(wavenumbers.to_vec(), model, weights, names, order, interferents.len(), self.output_coefficients)
     }
 }

@@ -71,19 +71,12 @@ pub fn pure_paraffin_components(
         return Err(config(format!("pure_paraffin_amide_ratio must be a positive number, got {amide_ratio}")));
     }
     let amide = AMIDE_I_WINDOW.indices(wavenumbers).ok_or_else(|| {
-        OpError::data(
-            OP,
-            format!("the axis has no point in the amide I window {AMIDE_I_WINDOW}: cannot tell pure paraffin"),
-        )
+        OpError::data(OP, format!("the axis has no point in the amide I window {AMIDE_I_WINDOW}: cannot tell pure paraffin"))
     })?;
     let ch2 = CH2_WINDOW.indices(wavenumbers).ok_or_else(|| {
-        OpError::data(
-            OP,
-            format!("the axis has no point in the paraffin CH₂ window {CH2_WINDOW}: cannot tell pure paraffin"),
-        )
+        OpError::data(OP, format!("the axis has no point in the paraffin CH₂ window {CH2_WINDOW}: cannot tell pure paraffin"))
     })?;
-    let window_max =
-        |s: &[f32], r: &std::ops::Range<usize>| s[r.clone()].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let window_max = |s: &[f32], r: &std::ops::Range<usize>| s[r.clone()].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     let pure: Vec<usize> = (0..rows)
         .filter(|&i| {
             let s = &values[i * n..(i + 1) * n];
@@ -112,11 +105,8 @@ pub fn pure_paraffin_components(
     if m > n {
         return Err(OpError::data(OP, format!("{m} principal components cannot come from {n}-point spectra")));
     }
-    let chosen: Vec<usize> = if pure.len() > MAX_PCA_SPECTRA {
-        (0..MAX_PCA_SPECTRA).map(|i| pure[i * pure.len() / MAX_PCA_SPECTRA]).collect()
-    } else {
-        pure
-    };
+    let chosen: Vec<usize> =
+        if pure.len() > MAX_PCA_SPECTRA { (0..MAX_PCA_SPECTRA).map(|i| pure[i * pure.len() / MAX_PCA_SPECTRA]).collect() } else { pure };
     let r = chosen.len();
     let mut x = Array2::<f64>::zeros((r, n));
     for (dst, &src) in chosen.iter().enumerate() {
@@ -157,8 +147,7 @@ fn top_components(x: &Array2<f64>, m: usize) -> (Vec<Vec<f64>>, Vec<f64>) {
         vt = ut.dot(x);
         let sigma = linalg::orthonormalize(vt.as_slice_mut().expect("standard layout"), n, b, &mut seed);
         let top = sigma[0].max(f64::MIN_POSITIVE);
-        let converged =
-            previous.len() == b && (0..m).all(|j| (sigma[j] - previous[j]).abs() <= 1e-13 * sigma[j] + 1e-15 * top);
+        let converged = previous.len() == b && (0..m).all(|j| (sigma[j] - previous[j]).abs() <= 1e-13 * sigma[j] + 1e-15 * top);
         previous = sigma;
         if converged && it >= 2 {
             break;

@@ -6,8 +6,7 @@ use crate::axis::{self, Band};
 fn toy() -> (Vec<f64>, Vec<f64>, Vec<Vec<f64>>) {
     let axis: Vec<f64> = (0..131).map(|i| 1800.0 - 7.0 * i as f64).collect();
     let g = |w: f64, c: f64, s: f64| (-((w - c) / s).powi(2)).exp();
-    let reference =
-        axis.iter().map(|&w| g(w, 1655.0, 25.0) + 0.6 * g(w, 1545.0, 20.0) + 0.2 * g(w, 1240.0, 30.0)).collect();
+    let reference = axis.iter().map(|&w| g(w, 1655.0, 25.0) + 0.6 * g(w, 1545.0, 20.0) + 0.2 * g(w, 1240.0, 30.0)).collect();
     let interferents = vec![
         axis.iter().map(|&w| g(w, 1462.0, 8.0) + 0.5 * g(w, 1373.0, 6.0)).collect(),
         axis.iter().map(|&w| g(w, 1473.0, 5.0)).collect(),

@@ -204,7 +204,10 @@ impl Classifier {
             return Err(OpError::config(OP, format!("{} class names for a {}-class network", classes.len(), arch.classes)));
         }
         if grid.len() != arch.input_points {
-            return Err(OpError::config(OP, format!("a grid of {} points for a network of {} input points", grid.len(), arch.input_points)));
+            return Err(OpError::config(
+                OP,
+                format!("a grid of {} points for a network of {} input points", grid.len(), arch.input_points),
+            ));
         }
         crate::schema::check_axis(&grid).map_err(|e| OpError::config(OP, format!("model grid: {e}")))?;
         Ok(Self { vs, net, classes, grid, frozen: None })
@@ -380,8 +383,8 @@ impl Classifier {
         let (probs, predicted, scores, raw) = self.forward_with_raw_cam(&x)?;
         let pred = self.predictions(&probs, &predicted, &scores)?;
         let length = raw.size()[1] as usize;
-        let raw: Vec<f32> =
-            Vec::<f32>::try_from(raw.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).map_err(|e| OpError::internal(OP, e.to_string()))?;
+        let raw: Vec<f32> = Vec::<f32>::try_from(raw.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
+            .map_err(|e| OpError::internal(OP, e.to_string()))?;
         let maps = grad_cam::postprocess_batch(&raw, rows, length, points);
         Ok((pred, CamMaps { points, maps }))
     }

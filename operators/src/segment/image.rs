@@ -35,13 +35,7 @@ pub struct Segmenter {
 
 /// [`SegmentParams::check`] then [`Segmenter::segment`]: the masks of one image given as one
 /// row-major slice of spectra (`xs.len() × wavenumbers.len()` values) and pixel coordinates.
-pub fn segment_image(
-    params: &SegmentParams,
-    wavenumbers: &[f64],
-    values: &[f32],
-    xs: &[u32],
-    ys: &[u32],
-) -> Result<Masks, OpError> {
+pub fn segment_image(params: &SegmentParams, wavenumbers: &[f64], values: &[f32], xs: &[u32], ys: &[u32]) -> Result<Masks, OpError> {
     params.check()?.segment(wavenumbers, values, xs, ys)
 }
 
@@ -133,12 +127,7 @@ impl Segmenter {
             if p.xs.len() != p.ys.len() || p.values.len() != p.xs.len() * n {
                 return Err(OpError::data(
                     OP,
-                    format!(
-                        "part {i}: {} x, {} y and {} values do not make spectra of {n} points",
-                        p.xs.len(),
-                        p.ys.len(),
-                        p.values.len()
-                    ),
+                    format!("part {i}: {} x, {} y and {} values do not make spectra of {n} points", p.xs.len(), p.ys.len(), p.values.len()),
                 ));
             }
             total += p.xs.len();
@@ -229,8 +218,7 @@ impl Segmenter {
             }
             let model = self.paraffin.fit(&feats, dp)?;
             let eligible: Vec<bool> = sample_tissue.iter().map(|&t| !t).collect();
-            paraffin_rule =
-                judge::<AVX2>(model, &feats, &eligible, self.params.min_paraffin_absorbance, &self.params, &mut paraffin_step);
+            paraffin_rule = judge::<AVX2>(model, &feats, &eligible, self.params.min_paraffin_absorbance, &self.params, &mut paraffin_step);
         }
 
         // Assign every spectrum (one fetch each: validity and both rules while it is in L1).

@@ -106,7 +106,13 @@ pub(super) fn judge<const AVX2: bool>(
         band: step.band,
         points: dim,
         case,
-        real_clusters: if eligible_n == 0 { 0 } else if two { 2 } else { 1 },
+        real_clusters: if eligible_n == 0 {
+            0
+        } else if two {
+            2
+        } else {
+            1
+        },
         fitted: feats.len() / dim,
         eligible: eligible_n,
         sizes: [count[dimc], count[bright]],

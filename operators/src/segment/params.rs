@@ -116,10 +116,7 @@ impl SegmentParams {
             return Err(OpError::config(OP, format!("min_separation must be ≥ 0 (got {})", self.min_separation)));
         }
         if !(0.0..0.5).contains(&self.min_cluster_fraction) {
-            return Err(OpError::config(
-                OP,
-                format!("min_cluster_fraction must be in [0, 0.5) (got {})", self.min_cluster_fraction),
-            ));
+            return Err(OpError::config(OP, format!("min_cluster_fraction must be in [0, 0.5) (got {})", self.min_cluster_fraction)));
         }
         let reword = |e: OpError| match e {
             OpError::Config { reason, .. } => OpError::config(OP, reason),
@@ -127,12 +124,7 @@ impl SegmentParams {
         };
         // Both steps run k = 2 with the same iteration limits; only their seed streams differ.
         let kmeans = |stream: u64| {
-            KMeans::params(2)
-                .max_iter(self.max_iter)
-                .tolerance(self.tolerance)
-                .seed(derive_seed(self.seed, stream))
-                .check()
-                .map_err(reword)
+            KMeans::params(2).max_iter(self.max_iter).tolerance(self.tolerance).seed(derive_seed(self.seed, stream)).check().map_err(reword)
         };
         Ok(Segmenter { params: self.clone(), tissue: kmeans(TISSUE_STREAM)?, paraffin: kmeans(PARAFFIN_STREAM)? })
     }

@@ -1,7 +1,6 @@
 //! Unit tests of the segmentation: synthetic cores of tissue, paraffin and slide.
 use super::seed::{derive_seed, TISSUE_STREAM};
 use super::*;
-use std::sync::Arc;
 use crate::axis::Band;
 use crate::error::OpError;
 use crate::kernel::{run_image, Kernel};
@@ -12,6 +11,7 @@ use arrow::datatypes::UInt32Type;
 use proptest::prelude::{any, prop_assert_eq, proptest, ProptestConfig, Strategy};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -230,9 +230,18 @@ fn all_tissue_image_is_all_tissue() {
 
 #[test]
 fn tissue_in_paraffin_without_slide_is_all_paraffin_outside_tissue() {
-    let s = scene(30, 30, 7, |x, _, rng| {
-        if x < 15 { Kind::Tissue(rng.random_range(0.4..1.2)) } else { Kind::Paraffin(rng.random_range(0.5..1.2)) }
-    });
+    let s = scene(
+        30,
+        30,
+        7,
+        |x, _, rng| {
+            if x < 15 {
+                Kind::Tissue(rng.random_range(0.4..1.2))
+            } else {
+                Kind::Paraffin(rng.random_range(0.5..1.2))
+            }
+        },
+    );
     let masks = run(&s, &SegmentParams::default());
     assert_eq!(masks.summary.paraffin_step.case, Clusters::AllClass, "{:?}", masks.summary.paraffin_step);
     assert_eq!(masks.summary.paraffin_step.real_clusters, 1);
@@ -362,10 +371,8 @@ fn contradictory_config_is_rejected() {
 
 #[test]
 fn toml_section_parses_and_rejects_unknown_keys_and_k() {
-    let p: SegmentParams = toml::from_str(
-        "tissue_band = { lo = 1520.0, hi = 1700.0 }\nfit_sample = 5000\nseed = 9\nmin_separation = 2.0\n",
-    )
-    .unwrap();
+    let p: SegmentParams =
+        toml::from_str("tissue_band = { lo = 1520.0, hi = 1700.0 }\nfit_sample = 5000\nseed = 9\nmin_separation = 2.0\n").unwrap();
     assert_eq!(p.tissue_band, Band::new(1520.0, 1700.0));
     assert_eq!((p.fit_sample, p.seed, p.min_separation), (5000, 9, 2.0));
     assert_eq!(p.paraffin_band, SegmentParams::default().paraffin_band);
