@@ -43,7 +43,7 @@ use arrow::datatypes::SchemaRef;
 use crate::axis::Band;
 use crate::emsc::{EmscCorrector, EmscKernel};
 use crate::error::OpError;
-use crate::kernel::Kernel;
+use crate::kernel::{emit, Kernel};
 use crate::normalize::{NormalizeKernel, NormalizeParams, Normalizer};
 use crate::outliers::{bool_column, AmideCheck, AmideCheckKernel, TISSUE};
 use crate::resample::{ResampleKernel, Resampler, TruncateKernel};
@@ -233,8 +233,7 @@ impl Kernel for FusedKernel {
                 columns.extend(crate::emsc::coefficient_columns(coefs, k)?);
             }
         }
-        out.push(RecordBatch::try_new(Arc::clone(&p.output), columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
-        Ok(())
+        emit(out, OP, Arc::clone(&p.output), columns)
     }
 
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {

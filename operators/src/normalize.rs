@@ -31,7 +31,7 @@ use arrow::datatypes::SchemaRef;
 
 use crate::axis::Band;
 use crate::error::OpError;
-use crate::kernel::Kernel;
+use crate::kernel::{emit, Kernel};
 use crate::schema::{spectrum_array, SpectraLayout};
 
 const OP: &str = "normalize";
@@ -182,8 +182,7 @@ impl Kernel for NormalizeKernel {
         }
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns[layout.spectrum] = Arc::new(spectrum_array(values, n).map_err(|e| OpError::schema(OP, e))?);
-        out.push(RecordBatch::try_new(batch.schema(), columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
-        Ok(())
+        emit(out, OP, batch.schema(), columns)
     }
 
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {

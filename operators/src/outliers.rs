@@ -28,7 +28,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::axis::Band;
 use crate::error::OpError;
-use crate::kernel::Kernel;
+use crate::kernel::{emit, Kernel};
 use crate::prefetch::{prefetch, AHEAD};
 use crate::schema::SpectraLayout;
 
@@ -222,8 +222,7 @@ impl Kernel for AmideCheckKernel {
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns.push(Arc::new(Float32Array::from(peaks)));
         columns.push(Arc::new(BooleanArray::from(flags)));
-        out.push(RecordBatch::try_new(schema, columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
-        Ok(())
+        emit(out, OP, schema, columns)
     }
 
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
@@ -302,7 +301,7 @@ impl Kernel for ResidualOutlierKernel {
             let idx = b.schema().index_of(OUTLIER).expect("checked above");
             let mut columns = b.columns().to_vec();
             columns[idx] = Arc::new(flags);
-            out.push(RecordBatch::try_new(b.schema(), columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
+            emit(out, OP, b.schema(), columns)?;
         }
         Ok(())
     }

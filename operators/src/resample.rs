@@ -23,7 +23,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::axis::min_max;
 use crate::error::OpError;
-use crate::kernel::Kernel;
+use crate::kernel::{emit, Kernel};
 use crate::schema::{self, spectrum_array, spectrum_field, SpectraLayout, WAVENUMBERS_KEY};
 
 const OP: &str = "resample";
@@ -259,8 +259,7 @@ impl Kernel for ResampleKernel {
         r.apply_batch(values, &mut resampled);
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns[layout.spectrum] = Arc::new(spectrum_array(resampled, self.target.len()).map_err(|e| OpError::schema(OP, e))?);
-        out.push(RecordBatch::try_new(schema, columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
-        Ok(())
+        emit(out, OP, schema, columns)
     }
 
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
@@ -315,8 +314,7 @@ impl Kernel for TruncateKernel {
         }
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns[layout.spectrum] = Arc::new(spectrum_array(kept, r.len()).map_err(|e| OpError::schema(OP, e))?);
-        out.push(RecordBatch::try_new(schema, columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
-        Ok(())
+        emit(out, OP, schema, columns)
     }
 
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {

@@ -7,7 +7,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use super::corrector::EmscCorrector;
 use super::OP;
 use crate::error::OpError;
-use crate::kernel::Kernel;
+use crate::kernel::{emit, Kernel};
 use crate::schema::{spectrum_array, SpectraLayout};
 
 /// Column appended with the residual RMS of each spectrum (Float32; NaN for non-finite input).
@@ -115,8 +115,7 @@ impl Kernel for EmscKernel {
         if c.output_coefficients() {
             columns.extend(coefficient_columns(coefs, k)?);
         }
-        out.push(RecordBatch::try_new(schema, columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
-        Ok(())
+        emit(out, OP, schema, columns)
     }
 
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {

@@ -10,7 +10,7 @@ use super::image::{ImagePart, Segmenter};
 use super::summary::{PixelClass, SegmentSummary};
 use super::{OP, PARAFFIN, SEGMENT_INVALID, TISSUE};
 use crate::error::OpError;
-use crate::kernel::Kernel;
+use crate::kernel::{emit, Kernel};
 use crate::outliers::AmideCheckKernel;
 use crate::schema::SpectraLayout;
 
@@ -147,7 +147,7 @@ impl SegmentKernel {
                 cols.push(Arc::new(Float32Array::from(peaks[start - b.num_rows()..start].to_vec())));
                 cols.push(Arc::new(BooleanArray::from(flags[start - b.num_rows()..start].to_vec())));
             }
-            out.push(RecordBatch::try_new(schema, cols).map_err(|e| OpError::internal(OP, e.to_string()))?);
+            emit(out, OP, schema, cols)?;
         }
         self.last = Some(masks.summary);
         Ok(())
