@@ -1,8 +1,9 @@
 // Links the binaries, tests, examples and benches of a package to libtorch with an rpath
-// (torch-sys, with `links = "tch"`, exports the library directory to direct dependents), so
-// that no `LD_LIBRARY_PATH` is needed, and keeps `libtorch_cuda.so` linked in `cuda` builds
-// (DESIGN.md §2: `--as-needed` drops it otherwise, and `Device::cuda_if_available()` then sees
-// no GPU). The root package's `build.rs` includes this file, so both packages link alike.
+// (torch-sys, with `links = "tch"`, exports the library directory to direct dependents), so that no
+// `LD_LIBRARY_PATH` is needed, and keeps `libtorch_cuda.so` linked in `cuda` builds
+// (ARCHITECTURE.md, Dependencies: `--as-needed` drops it otherwise, and
+// `Device::cuda_if_available()` then sees no GPU). The root package's `build.rs` includes this
+// file, so both packages link alike.
 fn main() {
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
 use ftirflow_operators::axis::scaled;
-use ftirflow_operators::emsc::{
-    mean_reference, pure_paraffin_components, EmscCorrector, EmscKernel, EmscParams, ParaffinMode,
-};
+use ftirflow_operators::emsc::{mean_reference, pure_paraffin_components, EmscCorrector, EmscKernel, EmscParams, ParaffinMode};
 use ftirflow_operators::kernel::Kernel;
 use ftirflow_operators::schema::{image_batch, spectra_schema};
 
@@ -73,12 +71,7 @@ fn setup() -> (Vec<f64>, Vec<f32>, EmscCorrector) {
         let (a0, a1, a2) = (rng.range(-0.05, 0.2), rng.range(-0.1, 0.1), rng.range(-0.05, 0.05));
         let (p, sh) = (rng.range(0.0, 0.6), rng.range(-2.0, 2.0));
         for (i, &w) in axis.iter().enumerate() {
-            let v = b * tissue(w, sh)
-                + a0
-                + a1 * x[i]
-                + a2 * x[i] * x[i]
-                + p * paraffin(w, 0.0, 1.0)
-                + 2e-3 * (rng.next() - 0.5);
+            let v = b * tissue(w, sh) + a0 + a1 * x[i] + a2 * x[i] * x[i] + p * paraffin(w, 0.0, 1.0) + 2e-3 * (rng.next() - 0.5);
             values.push(v as f32);
         }
     }
@@ -107,25 +100,19 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("emsc_spectra");
     g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Elements(ROWS as u64));
-    g.bench_function("correct_batch_k7", |b| {
-        b.iter(|| corrector.correct_batch(black_box(&values), ROWS, &mut out, None, &mut rms))
-    });
+    g.bench_function("correct_batch_k7", |b| b.iter(|| corrector.correct_batch(black_box(&values), ROWS, &mut out, None, &mut rms)));
     // The same work on 128 spectra that stay in L2: the compute alone, without DRAM traffic.
     const HOT: usize = 128;
     g.throughput(Throughput::Elements(HOT as u64));
     g.bench_function("correct_batch_k7_cache_resident_128", |b| {
-        b.iter(|| {
-            corrector.correct_batch(black_box(&values[..HOT * N]), HOT, &mut out[..HOT * N], None, &mut rms[..HOT])
-        })
+        b.iter(|| corrector.correct_batch(black_box(&values[..HOT * N]), HOT, &mut out[..HOT * N], None, &mut rms[..HOT]))
     });
     g.throughput(Throughput::Elements(ROWS as u64));
     let mut coefs = vec![0.0f32; ROWS * corrector.n_coefficients()];
     g.bench_function("correct_batch_k7_with_coefficients", |b| {
         b.iter(|| corrector.correct_batch(black_box(&values), ROWS, &mut out, Some(&mut coefs), &mut rms))
     });
-    let batch =
-        image_batch(spectra_schema(&axis).unwrap(), "core", (0..ROWS as u32).collect(), vec![0; ROWS], values.clone())
-            .unwrap();
+    let batch = image_batch(spectra_schema(&axis).unwrap(), "core", (0..ROWS as u32).collect(), vec![0; ROWS], values.clone()).unwrap();
     let mut kernel = EmscKernel::new(corrector.clone());
     g.bench_function("kernel_push_batch", |b| {
         b.iter(|| {
@@ -140,9 +127,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::BytesDecimal((ROWS * N * 4) as u64));
     g.bench_function("memcpy", |b| b.iter(|| copy.copy_from_slice(black_box(&values))));
-    g.bench_function("correct_batch_k7", |b| {
-        b.iter(|| corrector.correct_batch(black_box(&values), ROWS, &mut out, None, &mut rms))
-    });
+    g.bench_function("correct_batch_k7", |b| b.iter(|| corrector.correct_batch(black_box(&values), ROWS, &mut out, None, &mut rms)));
     g.finish();
 }
 
@@ -200,13 +185,9 @@ fn comparison() {
     let t_emsc = median_secs(21, || corrector.correct_batch(black_box(&values), ROWS, &mut out, None, &mut rms));
     let rust_sps = ROWS as f64 / t_emsc;
     const HOT: usize = 128;
-    let t_hot = median_secs(501, || {
-        corrector.correct_batch(black_box(&values[..HOT * N]), HOT, &mut out[..HOT * N], None, &mut rms[..HOT])
-    });
-    println!(
-        "\n== EMSC same-run comparison ({ROWS} spectra × {N} points, k = {}, one core) ==",
-        corrector.n_coefficients()
-    );
+    let t_hot =
+        median_secs(501, || corrector.correct_batch(black_box(&values[..HOT * N]), HOT, &mut out[..HOT * N], None, &mut rms[..HOT]));
+    println!("\n== EMSC same-run comparison ({ROWS} spectra × {N} points, k = {}, one core) ==", corrector.n_coefficients());
     println!("memcpy of the same bytes : {:8.2} GB/s ({:.3} ms)", bytes / t_copy / 1e9, t_copy * 1e3);
     println!(
         "ftirflow EMSC f32 batch  : {:8.0} spectra/s, {:.2} GB/s of spectra read ({:.3} ms; SIMD {})",
@@ -272,8 +253,7 @@ fn comparison() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let value = |key: &str| stdout.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<f64>().ok()));
     let Some(numpy_sps) = value("spectra_per_s=") else {
-        let why =
-            stdout.lines().chain(String::from_utf8_lossy(&output.stderr).lines()).last().unwrap_or("").to_string();
+        let why = stdout.lines().chain(String::from_utf8_lossy(&output.stderr).lines()).last().unwrap_or("").to_string();
         println!("numpy baseline           : skipped ({why})");
         return;
     };

@@ -37,7 +37,10 @@ fn spectra(rows: usize) -> Vec<f32> {
         let s: Vec<f64> = axis
             .iter()
             .map(|&w| {
-                0.05 + bands.iter().map(|&(c, wd, h)| if (w - c).abs() < 6.0 * wd { h * (-((w - c) / wd).powi(2)).exp() } else { 0.0 }).sum::<f64>()
+                0.05 + bands
+                    .iter()
+                    .map(|&(c, wd, h)| if (w - c).abs() < 6.0 * wd { h * (-((w - c) / wd).powi(2)).exp() } else { 0.0 })
+                    .sum::<f64>()
                     + rng.random_range(-0.01..0.01)
             })
             .collect();

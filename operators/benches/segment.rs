@@ -3,6 +3,7 @@
 //! (900–3800 cm⁻¹, instrument step 1.9285 cm⁻¹) with tissue, paraffin and bare-slide regions; no
 //! I/O. Also the tissue K-means fit alone. Reports spectra/s.
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ftirflow_operators::kernel::run_image;
@@ -29,13 +30,19 @@ fn image() -> (Vec<f64>, Vec<f32>, Vec<u32>, Vec<u32>) {
     let axis = axis();
     let f = |g: &dyn Fn(f64) -> f64| axis.iter().map(|&w| g(w) as f32).collect::<Vec<f32>>();
     let tissue = f(&|w| {
-        band(w, 1655.0, 40.0) + 0.6 * band(w, 1545.0, 40.0) + 0.15 * band(w, 1450.0, 25.0) + 0.3 * band(w, 3300.0, 250.0)
+        band(w, 1655.0, 40.0)
+            + 0.6 * band(w, 1545.0, 40.0)
+            + 0.15 * band(w, 1450.0, 25.0)
+            + 0.3 * band(w, 3300.0, 250.0)
             + 0.1 * band(w, 2930.0, 30.0)
             + 0.3 * band(w, 1240.0, 40.0)
             + 0.25 * band(w, 1080.0, 30.0)
     });
     let paraffin = f(&|w| {
-        band(w, 2920.0, 18.0) + 0.65 * band(w, 2850.0, 14.0) + 0.22 * band(w, 1472.0, 7.0) + 0.26 * band(w, 1462.0, 9.0)
+        band(w, 2920.0, 18.0)
+            + 0.65 * band(w, 2850.0, 14.0)
+            + 0.22 * band(w, 1472.0, 7.0)
+            + 0.26 * band(w, 1462.0, 9.0)
             + 0.07 * band(w, 1375.0, 8.0)
     });
     let n = axis.len();
@@ -79,7 +86,7 @@ fn bench(c: &mut Criterion) {
         .step_by(rows)
         .map(|s| {
             let e = (s + rows).min(spectra);
-            image_batch(schema.clone(), "bench/A01", xs[s..e].to_vec(), ys[s..e].to_vec(), values[s * n..e * n].to_vec()).unwrap()
+            image_batch(Arc::clone(&schema), "bench/A01", xs[s..e].to_vec(), ys[s..e].to_vec(), values[s * n..e * n].to_vec()).unwrap()
         })
         .collect();
     drop(values);

@@ -57,10 +57,7 @@ pub fn min_max(axis: &[f64]) -> Option<(f64, f64)> {
 
 /// The index of the axis point nearest to `w`.
 pub fn nearest(axis: &[f64], w: f64) -> Option<usize> {
-    axis.iter()
-        .enumerate()
-        .min_by(|a, b| (a.1 - w).abs().total_cmp(&(b.1 - w).abs()))
-        .map(|(i, _)| i)
+    axis.iter().enumerate().min_by(|a, b| (a.1 - w).abs().total_cmp(&(b.1 - w).abs())).map(|(i, _)| i)
 }
 
 /// The scaled wavenumber `x̃ = (ν − (ν_min+ν_max)/2) / (|ν_first − ν_last|/2)` in `[-1, 1]`, as in

@@ -43,7 +43,7 @@ use arrow::datatypes::SchemaRef;
 use crate::axis::Band;
 use crate::emsc::{EmscCorrector, EmscKernel};
 use crate::error::OpError;
-use crate::kernel::Kernel;
+use crate::kernel::{emit, Kernel};
 use crate::normalize::{NormalizeKernel, NormalizeParams, Normalizer};
 use crate::outliers::{bool_column, AmideCheck, AmideCheckKernel, TISSUE};
 use crate::resample::{ResampleKernel, Resampler, TruncateKernel};
@@ -111,7 +111,7 @@ impl FusedKernel {
             k.push(Box::new(TruncateKernel::new(band)?));
         }
         if let Some(c) = &steps.emsc {
-            k.push(Box::new(EmscKernel::new(c.clone())));
+            k.push(Box::new(EmscKernel::new(Arc::clone(c))));
         }
         if let Some(grid) = &steps.resample {
             k.push(Box::new(ResampleKernel::new(grid.clone())?));
@@ -144,7 +144,7 @@ impl FusedKernel {
         let n_out = out_axis.len();
         self.scratch = vec![0.0; truncate.len()];
         self.prepared = Some(Prepared {
-            input: schema.clone(),
+            input: Arc::clone(schema),
             output,
             spectrum: layout.spectrum,
             n_in: axis.len(),
@@ -164,7 +164,7 @@ impl Kernel for FusedKernel {
     }
 
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef, OpError> {
-        let mut schema = input.clone();
+        let mut schema = Arc::clone(input);
         for k in Self::sequential(&self.steps)? {
             schema = k.output_schema(&schema)?;
         }
@@ -233,8 +233,7 @@ impl Kernel for FusedKernel {
                 columns.extend(crate::emsc::coefficient_columns(coefs, k)?);
             }
         }
-        out.push(RecordBatch::try_new(p.output.clone(), columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
-        Ok(())
+        emit(out, OP, Arc::clone(&p.output), columns)
     }
 
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
@@ -246,11 +245,11 @@ impl Kernel for FusedKernel {
 mod tests {
     use super::*;
     use crate::emsc::EmscParams;
-    use arrow::datatypes::{DataType, Field};
     use crate::kernel::{run_chain, run_image};
     use crate::normalize::Method;
     use crate::outliers::OutlierParams;
     use crate::schema::{spectra_schema_with, SpectraBatchBuilder};
+    use arrow::datatypes::{DataType, Field};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -286,7 +285,7 @@ mod tests {
                     })
                     .collect();
                 match (row + i) % 17 {
-                    3 => s[10] = f32::NAN,     // outside 900–1800: ignored by a checking(band) kernel
+                    3 => s[10] = f32::NAN,       // outside 900–1800: ignored by a checking(band) kernel
                     5 => s[600] = f32::INFINITY, // 1400 cm⁻¹: inside
                     7 => s.fill(0.0),
                     11 => s.iter_mut().for_each(|v| *v *= 40.0),
@@ -298,7 +297,7 @@ mod tests {
             let base = b.finish().unwrap();
             let mut cols = base.columns().to_vec();
             cols.push(Arc::new(BooleanArray::from(tissue)));
-            out.push(RecordBatch::try_new(schema.clone(), cols).unwrap());
+            out.push(RecordBatch::try_new(Arc::clone(&schema), cols).unwrap());
             row += n;
         }
         out
@@ -366,7 +365,8 @@ mod tests {
             assert_eq!(a.schema(), o.schema());
             let tissue = a.column_by_name(TISSUE).unwrap().as_any().downcast_ref::<BooleanArray>().unwrap();
             let (va, vo) = (SpectraLayout::values(a).unwrap(), SpectraLayout::values(o).unwrap());
-            let rms = |b: &RecordBatch| b.column_by_name("emsc_residual_rms").unwrap().as_any().downcast_ref::<Float32Array>().unwrap().clone();
+            let rms =
+                |b: &RecordBatch| b.column_by_name("emsc_residual_rms").unwrap().as_any().downcast_ref::<Float32Array>().unwrap().clone();
             let (ra, ro) = (rms(a), rms(o));
             for r in 0..a.num_rows() {
                 let (sa, so) = (&va[r * 467..(r + 1) * 467], &vo[r * 467..(r + 1) * 467]);
@@ -388,9 +388,7 @@ mod tests {
     #[test]
     fn batch_size_does_not_change_the_bytes() {
         let steps = all_steps(true, Method::Vector);
-        let rows = |bs: Vec<RecordBatch>| -> Vec<f32> {
-            bs.iter().flat_map(|b| SpectraLayout::values(b).unwrap().to_vec()).collect()
-        };
+        let rows = |bs: Vec<RecordBatch>| -> Vec<f32> { bs.iter().flat_map(|b| SpectraLayout::values(b).unwrap().to_vec()).collect() };
         let a = run_image(&mut FusedKernel::new(steps.clone()).unwrap(), &batches(200, 7, 3)).unwrap();
         let b = run_image(&mut FusedKernel::new(steps).unwrap(), &batches(200, 200, 3)).unwrap();
         assert_eq!(rows(a).iter().map(|v| v.to_bits()).collect::<Vec<_>>(), rows(b).iter().map(|v| v.to_bits()).collect::<Vec<_>>());

@@ -1,4 +1,4 @@
-//! 1D Grad-CAM post-processing and aggregation (DESIGN.md §6): the map of one spectrum (ReLU,
+//! 1D Grad-CAM post-processing and aggregation (docs/model.md): the map of one spectrum (ReLU,
 //! linear interpolation onto the input points, division by the maximum), the exact per-key
 //! accumulators behind the per-class and per-core summaries (mean, standard deviation and count per
 //! wavenumber), and the top bands of a class mean with their biochemical assignments.
@@ -30,7 +30,7 @@ const OP: &str = "grad_cam";
 /// Map values are summed as integers in units of 2⁻⁴⁰.
 const SCALE: f64 = (1u64 << 40) as f64;
 
-/// The usual biochemical assignments of mid-infrared tissue bands (cm⁻¹, name), as DESIGN.md §6
+/// The usual biochemical assignments of mid-infrared tissue bands (cm⁻¹, name), as docs/model.md
 /// lists them.
 pub const ASSIGNMENTS: [(f64, &str); 7] = [
     (1740.0, "lipid ester C=O"),
@@ -266,10 +266,7 @@ impl CamAggregator {
 
     /// Mean, standard deviation and count per key, keys in order.
     pub fn summaries(&self) -> Vec<CamSummary> {
-        self.groups
-            .iter()
-            .map(|(k, s)| CamSummary { key: k.clone(), count: s.count(), mean: s.mean(), std: s.std() })
-            .collect()
+        self.groups.iter().map(|(k, s)| CamSummary { key: k.clone(), count: s.count(), mean: s.mean(), std: s.std() }).collect()
     }
 }
 
@@ -326,7 +323,7 @@ pub fn assignment(lo: f64, hi: f64, peak: f64) -> String {
 }
 
 /// The top bands of a mean map over `wavenumbers`: the contiguous runs of points strictly above
-/// the `q` quantile (DESIGN.md §6: 0.9) of the map, strongest (highest mean map) first, each with
+/// the `q` quantile (docs/model.md: 0.9) of the map, strongest (highest mean map) first, each with
 /// its assignment. An all-equal map has none.
 pub fn top_bands(wavenumbers: &[f64], mean: &[f64], q: f64) -> Result<Vec<TopBand>, OpError> {
     if wavenumbers.len() != mean.len() {
@@ -394,7 +391,7 @@ mod tests {
         assert!(nan.iter().all(|v| v.is_finite()));
     }
 
-    /// The map computed point by point, straight from DESIGN.md §6 (the reference the tap table
+    /// The map computed point by point, straight from docs/model.md (the reference the tap table
     /// must reproduce bit for bit).
     fn naive_postprocess(raw: &[f32], out: &mut [f32]) {
         let (l, n) = (raw.len(), out.len());

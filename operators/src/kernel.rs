@@ -1,13 +1,13 @@
-//! The kernel contract every operator follows (DESIGN.md §9): a synchronous push/finish kernel on
-//! Arrow record batches, in the manner of arrow-rs's `BatchCoalescer`, that the engine wraps in one
-//! generic timely adapter.
+//! The kernel contract every operator follows (ARCHITECTURE.md): a synchronous push/finish kernel
+//! on Arrow record batches, in the manner of arrow-rs's `BatchCoalescer`, that the engine wraps in
+//! one generic timely adapter.
 //!
 //! The engine feeds a kernel the batches of one image (one timestamp) with
 //! [`Kernel::push_batch`], then calls [`Kernel::finish`] once the frontier has passed that image;
 //! a kernel that needs the whole image (K-means masks, per-image thresholds) buffers until
 //! `finish`, a per-spectrum kernel emits from `push_batch` directly. After `finish` the kernel is
 //! ready for the next image. The output schema is declared before any data is seen.
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
 
 use crate::error::OpError;
@@ -67,6 +67,13 @@ pub fn run_chain(kernels: &mut [Box<dyn Kernel>], batches: Vec<RecordBatch>) -> 
         }
     }
     Ok(sink)
+}
+
+/// Appends the batch of `columns` under `schema` to `out`, for the kernel `op`. The kernel derived
+/// both, so arrow refusing them is a bug of that kernel ([`OpError::Internal`]).
+pub(crate) fn emit(out: &mut Vec<RecordBatch>, op: &'static str, schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<(), OpError> {
+    out.push(RecordBatch::try_new(schema, columns).map_err(|e| OpError::internal(op, e.to_string()))?);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! A small, fast, deterministic K-means (Lloyd's algorithm with k-means++ seeding) on `f32` rows
 //! with `f64` arithmetic: the clustering kernel behind the tissue and paraffin masks of
-//! [`crate::segment`] (DESIGN.md §4 steps 1–2).
+//! [`crate::segment`] (preprocessing steps 1–2, docs/configuration.md).
 //!
 //! Parameters follow linfa's pattern: [`KMeans::params`] gives a [`KMeansParams`] builder,
 //! [`KMeansParams::check`] validates it into a [`KMeans`], and [`KMeans::fit`] returns a
@@ -139,7 +139,7 @@ impl KMeans {
     pub fn fit(&self, rows: &[f32], dim: usize) -> Result<KMeansModel, OpError> {
         #[cfg(target_arch = "x86_64")]
         if avx2() {
-            // SAFETY: AVX2 is present (checked above).
+            // SAFETY: `avx2()` just detected AVX2 at run time, the only requirement of `fit_avx2`.
             return unsafe { self.fit_avx2(rows, dim) };
         }
         self.fit_inline::<false>(rows, dim)

@@ -115,6 +115,9 @@ pub unsafe fn project_avx2(row: &[f32], origin: &[f64], w: &[f64]) -> f64 {
 }
 
 /// `((s0 + s1) + (s2 + s3))` of `s = lanes 0–3 + lanes 4–7`.
+///
+/// # Safety
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
@@ -136,7 +139,9 @@ impl<const AVX2: bool> Lanes<AVX2> {
         assert!(c.len() >= row.len());
         #[cfg(target_arch = "x86_64")]
         if AVX2 {
-            // SAFETY: `Lanes::<true>` is only used after AVX2 was detected (see `avx2()`).
+            // SAFETY: `Lanes::<true>` is only instantiated behind a run-time `avx2()` check
+            // (`KMeans::fit`, `KMeansModel::nearest`, `Segmenter::segment_parts_visiting`, the
+            // tests), and `c[..row.len()]` is exactly as long as `row` (asserted above).
             return unsafe { sq_dist_avx2(row, &c[..row.len()]) };
         }
         sq_dist(row, &c[..row.len()])
@@ -148,7 +153,8 @@ impl<const AVX2: bool> Lanes<AVX2> {
         assert!(origin.len() >= row.len() && w.len() >= row.len());
         #[cfg(target_arch = "x86_64")]
         if AVX2 {
-            // SAFETY: as above.
+            // SAFETY: AVX2 was detected, as for `sq_dist` above; `origin` and `w` are cut to
+            // `row.len()` (their lengths asserted above).
             return unsafe { project_avx2(row, &origin[..row.len()], &w[..row.len()]) };
         }
         project(row, &origin[..row.len()], &w[..row.len()])

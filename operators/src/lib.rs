@@ -1,14 +1,14 @@
 //! Pure numerical kernels of ftirflow on Arrow record batches: the spectra schema and, one module
 //! per operator, the preprocessing, model and Grad-CAM kernels. No timely dependency: the engine
-//! wraps these kernels in dataflow operators (DESIGN.md §1, §9).
+//! wraps these kernels in dataflow operators (ARCHITECTURE.md).
 #![warn(missing_docs)]
 
 pub mod axis;
 pub mod emsc;
 pub mod error;
-pub mod grad_cam;
 pub mod finite;
 pub mod fused;
+pub mod grad_cam;
 pub mod kernel;
 pub mod kmeans;
 pub mod lanes;
@@ -22,10 +22,10 @@ pub mod segment;
 
 pub use emsc::{EmscCorrector, EmscFit, EmscKernel, EmscParams, ParaffinMode};
 pub use error::OpError;
-pub use kernel::{run_chain, run_image, Kernel};
 pub use grad_cam::{CamAggregator, CamSummary, TopBand};
-pub use model::{ArchConfig, CareNet, Classifier, DeviceChoice};
+pub use kernel::{run_chain, run_image, Kernel};
 pub use kmeans::{KMeans, KMeansModel, KMeansParams};
+pub use model::{ArchConfig, CareNet, Classifier, DeviceChoice};
 pub use schema::{SchemaError, SpectraBatchBuilder, SpectraLayout};
 pub use segment::{
     segment_image, Boundary, Clusters, ImagePart, Masks, PixelClass, SegmentKernel, SegmentParams, SegmentSummary, Segmenter, StepSummary,

@@ -1,5 +1,5 @@
-//! Spectrum normalization (DESIGN.md §4 step 6): vector (L2, the default), SNV, min-max and amide I
-//! peak.
+//! Spectrum normalization (preprocessing step 6, docs/configuration.md): vector (L2, the default),
+//! SNV, min-max and amide I peak.
 //!
 //! | method | output |
 //! |---|---|
@@ -31,7 +31,7 @@ use arrow::datatypes::SchemaRef;
 
 use crate::axis::Band;
 use crate::error::OpError;
-use crate::kernel::Kernel;
+use crate::kernel::{emit, Kernel};
 use crate::schema::{spectrum_array, SpectraLayout};
 
 const OP: &str = "normalize";
@@ -166,7 +166,7 @@ impl Kernel for NormalizeKernel {
 
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef, OpError> {
         SpectraLayout::of(input).map_err(|e| OpError::schema(OP, e))?;
-        Ok(input.clone())
+        Ok(Arc::clone(input))
     }
 
     fn push_batch(&mut self, batch: &RecordBatch, out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
@@ -182,8 +182,7 @@ impl Kernel for NormalizeKernel {
         }
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns[layout.spectrum] = Arc::new(spectrum_array(values, n).map_err(|e| OpError::schema(OP, e))?);
-        out.push(RecordBatch::try_new(batch.schema(), columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
-        Ok(())
+        emit(out, OP, batch.schema(), columns)
     }
 
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {

@@ -1,7 +1,8 @@
-//! Outlier flags (DESIGN.md §4 step 3): tissue spectra whose amide I peak absorbance is outside
-//! `[min, max]` (defaults 0.05 and 2.5), spectra that contain NaN/inf, and tissue spectra whose
-//! EMSC residual RMS is above a robust per-image threshold (median + k × MAD, k = 5) are flagged
-//! `outlier = true`. Flagged spectra stay in the outputs; classification skips them.
+//! Outlier flags (preprocessing step 3, docs/configuration.md): tissue spectra whose amide I peak
+//! absorbance is outside `[min, max]` (defaults 0.05 and 2.5), spectra that contain NaN/inf, and
+//! tissue spectra whose EMSC residual RMS is above a robust per-image threshold (median + k × MAD,
+//! k = 5) are flagged `outlier = true`. Flagged spectra stay in the outputs; classification skips
+//! them.
 //!
 //! Two kernels, because the checks need different inputs:
 //! - [`AmideCheckKernel`] runs before EMSC on raw absorbance: appends `amide_i` (the peak
@@ -27,7 +28,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::axis::Band;
 use crate::error::OpError;
-use crate::kernel::Kernel;
+use crate::kernel::{emit, Kernel};
 use crate::prefetch::{prefetch, AHEAD};
 use crate::schema::SpectraLayout;
 
@@ -104,7 +105,11 @@ pub fn robust_threshold(values: &[f32], k: f64) -> Option<f64> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 pub(crate) fn bool_column(batch: &RecordBatch, name: &str) -> Option<BooleanArray> {
@@ -135,9 +140,11 @@ impl AmideCheckKernel {
 
     /// The per-spectrum check for `axis`: where to look for non-finite values and the peak.
     pub fn check_for(&self, axis: &[f64]) -> Result<AmideCheck, OpError> {
-        let amide = self.params.amide_band.indices(axis).ok_or_else(|| {
-            OpError::data(OP, format!("the axis holds no point of the amide I window {}", self.params.amide_band))
-        })?;
+        let amide = self
+            .params
+            .amide_band
+            .indices(axis)
+            .ok_or_else(|| OpError::data(OP, format!("the axis holds no point of the amide I window {}", self.params.amide_band)))?;
         let finite = match self.checked {
             None => 0..axis.len(),
             Some(band) => band.indices(axis).unwrap_or(0..0),
@@ -215,8 +222,7 @@ impl Kernel for AmideCheckKernel {
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns.push(Arc::new(Float32Array::from(peaks)));
         columns.push(Arc::new(BooleanArray::from(flags)));
-        out.push(RecordBatch::try_new(schema, columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
-        Ok(())
+        emit(out, OP, schema, columns)
     }
 
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
@@ -250,7 +256,7 @@ impl Kernel for ResidualOutlierKernel {
                 return Err(OpError::data(OP, format!("residual check needs the `{col}` column (run the amide check and EMSC first)")));
             }
         }
-        Ok(input.clone())
+        Ok(Arc::clone(input))
     }
 
     fn push_batch(&mut self, batch: &RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
@@ -295,7 +301,7 @@ impl Kernel for ResidualOutlierKernel {
             let idx = b.schema().index_of(OUTLIER).expect("checked above");
             let mut columns = b.columns().to_vec();
             columns[idx] = Arc::new(flags);
-            out.push(RecordBatch::try_new(b.schema(), columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
+            emit(out, OP, b.schema(), columns)?;
         }
         Ok(())
     }
@@ -321,7 +327,8 @@ mod tests {
     #[test]
     fn amide_range_and_non_finite() {
         let mut k = AmideCheckKernel::new(OutlierParams::default()).unwrap();
-        let out = crate::kernel::run_image(&mut k, &[batch(&[[0.1, 0.5, 0.2], [0.0, 0.01, 0.0], [0.1, 3.0, 0.1], [f32::NAN, 0.5, 0.1]])]).unwrap();
+        let out = crate::kernel::run_image(&mut k, &[batch(&[[0.1, 0.5, 0.2], [0.0, 0.01, 0.0], [0.1, 3.0, 0.1], [f32::NAN, 0.5, 0.1]])])
+            .unwrap();
         assert_eq!(flags(&out[0]), vec![false, true, true, true]);
         let peaks = out[0].column_by_name(AMIDE_I).unwrap().as_primitive::<arrow::datatypes::Float32Type>().clone();
         assert_eq!(peaks.value(0), 0.5);

@@ -1,5 +1,6 @@
-//! Truncation and resampling by linear interpolation onto a target grid (DESIGN.md §4 step 5):
-//! by default the model's 467-point grid over 900–1800 cm⁻¹ (the biofingerprint).
+//! Truncation and resampling by linear interpolation onto a target grid (preprocessing step 5,
+//! docs/configuration.md): by default the model's 467-point grid over 900–1800 cm⁻¹ (the
+//! biofingerprint).
 //!
 //! The input axis may run in either direction; so may the target grid. Each target point is
 //! interpolated between the two input points that bracket it. A target point outside the input
@@ -22,7 +23,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::axis::min_max;
 use crate::error::OpError;
-use crate::kernel::Kernel;
+use crate::kernel::{emit, Kernel};
 use crate::schema::{self, spectrum_array, spectrum_field, SpectraLayout, WAVENUMBERS_KEY};
 
 const OP: &str = "resample";
@@ -102,10 +103,7 @@ impl Resampler {
         let (tlo, thi) = min_max(target).expect("checked non-empty");
         let half_step = if input.len() > 1 { (hi - lo) / (input.len() - 1) as f64 / 2.0 } else { 0.0 };
         if tlo < lo - half_step || thi > hi + half_step {
-            return Err(OpError::data(
-                OP,
-                format!("target grid {tlo:.2}–{thi:.2} cm⁻¹ is outside the data's axis {lo:.2}–{hi:.2} cm⁻¹"),
-            ));
+            return Err(OpError::data(OP, format!("target grid {tlo:.2}–{thi:.2} cm⁻¹ is outside the data's axis {lo:.2}–{hi:.2} cm⁻¹")));
         }
         // Work on an ascending view of the input.
         let ascending = input.len() < 2 || input[1] > input[0];
@@ -124,7 +122,11 @@ impl Resampler {
             let (mut a, mut b) = (0usize, n - 1);
             while b - a > 1 {
                 let mid = (a + b) / 2;
-                if value(mid) <= t { a = mid } else { b = mid }
+                if value(mid) <= t {
+                    a = mid
+                } else {
+                    b = mid
+                }
             }
             let (x0, x1) = (value(a), value(a + 1));
             let w = ((t - x0) / (x1 - x0)).clamp(0.0, 1.0) as f32;
@@ -139,10 +141,7 @@ impl Resampler {
                 exact.push((j as u32, l as u32 + 1));
             }
         }
-        let runs = left
-            .chunks_exact(BLOCK)
-            .map(|b| b.iter().enumerate().all(|(k, &l)| l == b[0] + k as u32).then_some(b[0]))
-            .collect();
+        let runs = left.chunks_exact(BLOCK).map(|b| b.iter().enumerate().all(|(k, &l)| l == b[0] + k as u32).then_some(b[0])).collect();
         Ok(Self { left, weight, exact, runs, input: input.to_vec(), target: target.to_vec() })
     }
 
@@ -260,8 +259,7 @@ impl Kernel for ResampleKernel {
         r.apply_batch(values, &mut resampled);
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns[layout.spectrum] = Arc::new(spectrum_array(resampled, self.target.len()).map_err(|e| OpError::schema(OP, e))?);
-        out.push(RecordBatch::try_new(schema, columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
-        Ok(())
+        emit(out, OP, schema, columns)
     }
 
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
@@ -269,8 +267,8 @@ impl Kernel for ResampleKernel {
     }
 }
 
-/// Truncation to a band: keeps the axis points inside `band` (DESIGN.md §4 step 5, and the EMSC
-/// fit range). Per spectrum; `finish` emits nothing.
+/// Truncation to a band: keeps the axis points inside `band` (preprocessing step 5,
+/// docs/configuration.md, and the EMSC fit range). Per spectrum; `finish` emits nothing.
 #[derive(Debug)]
 pub struct TruncateKernel {
     band: crate::axis::Band,
@@ -316,8 +314,7 @@ impl Kernel for TruncateKernel {
         }
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns[layout.spectrum] = Arc::new(spectrum_array(kept, r.len()).map_err(|e| OpError::schema(OP, e))?);
-        out.push(RecordBatch::try_new(schema, columns).map_err(|e| OpError::internal(OP, e.to_string()))?);
-        Ok(())
+        emit(out, OP, schema, columns)
     }
 
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
@@ -441,7 +438,7 @@ mod tests {
         b.push("s", 0, 0, &[3.0, 2.0, 1.0, 0.0]);
         let batch = b.finish().unwrap();
         let mut k = TruncateKernel::new(crate::axis::Band::new(1000.5, 1002.5)).unwrap();
-        let out = crate::kernel::run_image(&mut k, &[batch.clone()]).unwrap();
+        let out = crate::kernel::run_image(&mut k, std::slice::from_ref(&batch)).unwrap();
         assert_eq!(SpectraLayout::values(&out[0]).unwrap(), &[2.0, 1.0]);
         assert_eq!(SpectraLayout::of(&out[0].schema()).unwrap().wavenumbers, vec![1002.0, 1001.0]);
         let mut far = TruncateKernel::new(crate::axis::Band::new(900.0, 1002.0)).unwrap();

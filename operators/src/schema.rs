@@ -1,4 +1,4 @@
-//! The spectra batch contract of DESIGN.md §3: column names, the wavenumber axis in the schema
+//! The spectra batch contract of ARCHITECTURE.md: column names, the wavenumber axis in the schema
 //! metadata, a builder for batches and a validator with clear errors.
 //!
 //! A spectra batch has the columns `sample` (Utf8, dictionary allowed on input), `x`, `y`
@@ -20,9 +20,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray, UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 /// Column with the image / core id, unique in the archive (e.g. `slide3/B07`).
@@ -87,12 +85,7 @@ pub fn check_axis(wavenumbers: &[f64]) -> Result<(), SchemaError> {
         for (i, w) in wavenumbers.windows(2).enumerate() {
             let ok = if ascending { w[1] > w[0] } else { w[1] < w[0] };
             if !ok {
-                return Err(SchemaError::InvalidAxis(format!(
-                    "not strictly monotonic at index {} ({} then {})",
-                    i + 1,
-                    w[0],
-                    w[1]
-                )));
+                return Err(SchemaError::InvalidAxis(format!("not strictly monotonic at index {} ({} then {})", i + 1, w[0], w[1])));
             }
         }
     }
@@ -116,8 +109,7 @@ pub fn wavenumbers(schema: &Schema) -> Result<Vec<f64>, SchemaError> {
     if let Some(axis) = LAST.with_borrow(|last| last.as_ref().filter(|(text, _)| text == raw).map(|(_, axis)| axis.clone())) {
         return Ok(axis);
     }
-    let axis: Vec<f64> =
-        serde_json::from_str(raw).map_err(|e| SchemaError::InvalidAxis(format!("not a JSON array of numbers: {e}")))?;
+    let axis: Vec<f64> = serde_json::from_str(raw).map_err(|e| SchemaError::InvalidAxis(format!("not a JSON array of numbers: {e}")))?;
     check_axis(&axis)?;
     LAST.set(Some((raw.clone(), axis.clone())));
     Ok(axis)
@@ -172,9 +164,7 @@ impl SpectraLayout {
         match schema.field(sample).data_type() {
             DataType::Utf8 => {}
             DataType::Dictionary(_, v) if **v == DataType::Utf8 => {}
-            other => {
-                return Err(SchemaError::WrongType { column: SAMPLE, found: other.to_string(), expected: "Utf8" })
-            }
+            other => return Err(SchemaError::WrongType { column: SAMPLE, found: other.to_string(), expected: "Utf8" }),
         }
         for (col, idx) in [(X, x), (Y, y)] {
             let dt = schema.field(idx).data_type();
@@ -185,11 +175,7 @@ impl SpectraLayout {
         let points = match schema.field(spectrum).data_type() {
             DataType::FixedSizeList(item, n) if *item.data_type() == DataType::Float32 => *n as usize,
             other => {
-                return Err(SchemaError::WrongType {
-                    column: SPECTRUM,
-                    found: other.to_string(),
-                    expected: "FixedSizeList<Float32, n>",
-                })
+                return Err(SchemaError::WrongType { column: SPECTRUM, found: other.to_string(), expected: "FixedSizeList<Float32, n>" })
             }
         };
         let wavenumbers = wavenumbers(schema)?;
@@ -216,8 +202,10 @@ impl SpectraLayout {
             return Err(SchemaError::Nulls(SPECTRUM));
         }
         let n = list.value_length() as usize;
-        let values = list.values().as_primitive_opt::<arrow::datatypes::Float32Type>().ok_or_else(|| {
-            SchemaError::WrongType { column: SPECTRUM, found: col.data_type().to_string(), expected: "FixedSizeList<Float32, n>" }
+        let values = list.values().as_primitive_opt::<arrow::datatypes::Float32Type>().ok_or_else(|| SchemaError::WrongType {
+            column: SPECTRUM,
+            found: col.data_type().to_string(),
+            expected: "FixedSizeList<Float32, n>",
         })?;
         let start = list.offset() * n;
         Ok(&values.values()[start..start + list.len() * n])
@@ -238,7 +226,7 @@ impl SpectraLayout {
 
 /// The `spectrum` column for `values` (`rows × n` row-major).
 pub fn spectrum_array(values: Vec<f32>, n: usize) -> Result<FixedSizeListArray, SchemaError> {
-    if n == 0 || values.len() % n != 0 {
+    if n == 0 || !values.len().is_multiple_of(n) {
         return Err(SchemaError::Arrow(format!("{} values do not split into spectra of {n}", values.len())));
     }
     FixedSizeListArray::try_new(
@@ -303,7 +291,7 @@ impl SpectraBatchBuilder {
         let samples = std::mem::take(&mut self.samples);
         let sample = StringArray::from(samples);
         Self::from_columns(
-            self.schema.clone(),
+            Arc::clone(&self.schema),
             Arc::new(sample),
             std::mem::take(&mut self.xs),
             std::mem::take(&mut self.ys),
@@ -327,22 +315,13 @@ impl SpectraBatchBuilder {
             _ => wavenumbers(&schema)?.len(),
         };
         let spectra = spectrum_array(values, n)?;
-        RecordBatch::try_new(
-            schema,
-            vec![sample, Arc::new(UInt32Array::from(xs)), Arc::new(UInt32Array::from(ys)), Arc::new(spectra)],
-        )
-        .map_err(|e| SchemaError::Arrow(e.to_string()))
+        RecordBatch::try_new(schema, vec![sample, Arc::new(UInt32Array::from(xs)), Arc::new(UInt32Array::from(ys)), Arc::new(spectra)])
+            .map_err(|e| SchemaError::Arrow(e.to_string()))
     }
 }
 
 /// A batch of `rows` spectra of one sample (the reader's usual shape).
-pub fn image_batch(
-    schema: SchemaRef,
-    sample: &str,
-    xs: Vec<u32>,
-    ys: Vec<u32>,
-    values: Vec<f32>,
-) -> Result<RecordBatch, SchemaError> {
+pub fn image_batch(schema: SchemaRef, sample: &str, xs: Vec<u32>, ys: Vec<u32>, values: Vec<f32>) -> Result<RecordBatch, SchemaError> {
     let rows = xs.len();
     let sample: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(sample, rows)));
     SpectraBatchBuilder::from_columns(schema, sample, xs, ys, values)

@@ -8,8 +8,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Float32Type;
 use ftirflow_operators::axis::{scaled, Band};
 use ftirflow_operators::emsc::{
-    mean_reference, pure_paraffin_components, EmscCorrector, EmscKernel, EmscParams, ParaffinMode, B, COEFFICIENTS,
-    RESIDUAL_RMS, TERMS_KEY,
+    mean_reference, pure_paraffin_components, EmscCorrector, EmscKernel, EmscParams, ParaffinMode, B, COEFFICIENTS, RESIDUAL_RMS, TERMS_KEY,
 };
 use ftirflow_operators::schema::{image_batch, spectra_schema, SpectraLayout};
 use ftirflow_operators::{run_image, Kernel, OpError};
@@ -95,8 +94,7 @@ fn realistic_spectra(axis: &[f64], rows: usize, rng: &mut Rng) -> Vec<f32> {
         let p = rng.range(0.0, 0.6);
         let (sh, psh, pwd) = (rng.range(-2.0, 2.0), rng.range(-1.0, 1.0), rng.range(0.9, 1.1));
         for (i, &w) in axis.iter().enumerate() {
-            let v =
-                b * tissue(w, sh) + a0 + a1 * x[i] + a2 * x[i] * x[i] + p * paraffin(w, psh, pwd) + 1e-3 * rng.normal();
+            let v = b * tissue(w, sh) + a0 + a1 * x[i] + a2 * x[i] * x[i] + p * paraffin(w, psh, pwd) + 1e-3 * rng.normal();
             out.push(v as f32);
         }
     }
@@ -107,9 +105,7 @@ fn realistic_spectra(axis: &[f64], rows: usize, rng: &mut Rng) -> Vec<f32> {
 /// (built once per test binary).
 fn realistic_corrector(output_coefficients: bool) -> (Vec<f64>, EmscCorrector) {
     static CACHE: std::sync::OnceLock<[(Vec<f64>, EmscCorrector); 2]> = std::sync::OnceLock::new();
-    CACHE.get_or_init(|| [build_realistic_corrector(false), build_realistic_corrector(true)])
-        [output_coefficients as usize]
-        .clone()
+    CACHE.get_or_init(|| [build_realistic_corrector(false), build_realistic_corrector(true)])[output_coefficients as usize].clone()
 }
 
 fn build_realistic_corrector(output_coefficients: bool) -> (Vec<f64>, EmscCorrector) {
@@ -262,12 +258,7 @@ fn f32_batch_matches_f64_on_realistic_spectra() {
         let e = rel_err(&o, &fit.corrected);
         worst = worst.max(e);
         assert!(e <= 1e-5, "row {r}: {e:e}");
-        assert!(
-            (rms[r] as f64 - fit.residual_rms).abs() <= 1e-3 * fit.residual_rms,
-            "rms {} vs {}",
-            rms[r],
-            fit.residual_rms
-        );
+        assert!((rms[r] as f64 - fit.residual_rms).abs() <= 1e-3 * fit.residual_rms, "rms {} vs {}", rms[r], fit.residual_rms);
         let cf: Vec<f64> = coef[r * k..(r + 1) * k].iter().map(|&v| v as f64).collect();
         assert!(rel_err(&cf, &fit.coefficients) <= 1e-5);
         // What is left is noise and the band shifts the model cannot express (absorbance ~1).
@@ -324,8 +315,7 @@ fn random_spectra(c: &EmscCorrector, rows: usize, seed: u64) -> Vec<f32> {
     let n = c.n_points();
     let mut out = Vec::with_capacity(rows * n);
     for _ in 0..rows {
-        let coef: Vec<f64> =
-            (0..c.n_coefficients()).map(|j| if j == 0 { rng.range(0.3, 2.0) } else { rng.range(-0.3, 0.3) }).collect();
+        let coef: Vec<f64> = (0..c.n_coefficients()).map(|j| if j == 0 { rng.range(0.3, 2.0) } else { rng.range(-0.3, 0.3) }).collect();
         for i in 0..n {
             let v: f64 = (0..coef.len()).map(|j| coef[j] * c.model_column(j)[i]).sum::<f64>() + 0.01 * rng.normal();
             out.push(v as f32);
@@ -437,26 +427,14 @@ fn bad_configurations_are_config_errors() {
 
     expect_config(EmscParams { order: -1, ..ok.clone() }.check(&axis, &reference, &[]), "order must be ≥ 0");
     expect_config(EmscParams { order: 1000, ..ok.clone() }.check(&axis, &reference, &[]), "too high");
-    expect_config(
-        EmscParams { interferent_components: -2, ..ok.clone() }.check(&axis, &reference, &[]),
-        "interferent_components",
-    );
-    expect_config(
-        EmscParams { pure_paraffin_amide_ratio: 0.0, ..ok.clone() }.check(&axis, &reference, &[]),
-        "pure_paraffin_amide_ratio",
-    );
+    expect_config(EmscParams { interferent_components: -2, ..ok.clone() }.check(&axis, &reference, &[]), "interferent_components");
+    expect_config(EmscParams { pure_paraffin_amide_ratio: 0.0, ..ok.clone() }.check(&axis, &reference, &[]), "pure_paraffin_amide_ratio");
     // Lengths.
-    expect_config(
-        EmscParams { weights: Some(vec![1.0; n - 1]), ..ok.clone() }.check(&axis, &reference, &[]),
-        "weights have 466 values",
-    );
+    expect_config(EmscParams { weights: Some(vec![1.0; n - 1]), ..ok.clone() }.check(&axis, &reference, &[]), "weights have 466 values");
     expect_config(ok.check(&axis, &reference[1..], &[]), "reference has 466 values");
     expect_config(ok.check(&axis, &reference, &[vec![0.1; n + 1]]), "interferent 1 has 468 values");
     // Weights.
-    expect_config(
-        EmscParams { weights: Some(vec![0.0; n]), ..ok.clone() }.check(&axis, &reference, &[]),
-        "all weights are zero",
-    );
+    expect_config(EmscParams { weights: Some(vec![0.0; n]), ..ok.clone() }.check(&axis, &reference, &[]), "all weights are zero");
     let mut neg = vec![1.0; n];
     neg[3] = -1.0;
     expect_config(EmscParams { weights: Some(neg), ..ok.clone() }.check(&axis, &reference, &[]), "weights[3]");
@@ -465,10 +443,7 @@ fn bad_configurations_are_config_errors() {
     expect_config(EmscParams { weights: Some(nan), ..ok.clone() }.check(&axis, &reference, &[]), "weights[4]");
     let mut few = vec![0.0; n];
     few[..3].fill(1.0);
-    expect_config(
-        EmscParams { weights: Some(few), ..ok.clone() }.check(&axis, &reference, &[]),
-        "only 3 wavenumbers have non-zero weight",
-    );
+    expect_config(EmscParams { weights: Some(few), ..ok.clone() }.check(&axis, &reference, &[]), "only 3 wavenumbers have non-zero weight");
     // Reference.
     let mut bad_ref = reference.clone();
     bad_ref[10] = f64::INFINITY;
@@ -484,29 +459,17 @@ fn bad_configurations_are_config_errors() {
     let line: Vec<f64> = x.iter().map(|v| 2.0 * v - 0.5).collect();
     let err = ok.check(&axis, &reference, &[line]).unwrap_err().to_string();
     assert!(err.contains("singular model") && err.contains("x̃^1") && err.contains("interferent 1"), "{err}");
-    expect_config(
-        EmscParams { order: 30, weights: Some(vec![1.0; n]), ..ok.clone() }.check(&axis, &reference, &[]),
-        "singular model",
-    );
+    expect_config(EmscParams { order: 30, weights: Some(vec![1.0; n]), ..ok.clone() }.check(&axis, &reference, &[]), "singular model");
     // Interferents mode: wrong count, and zero weights over the paraffin band.
     let interf = EmscParams { paraffin: ParaffinMode::Interferents, ..ok.clone() };
     assert!(interf.check(&axis, &reference, &par).is_ok());
     expect_config(interf.check(&axis, &reference, &par[..2]), "expects 3 paraffin interferents");
-    expect_config(
-        EmscParams { interferent_components: 0, ..interf.clone() }.check(&axis, &reference, &[]),
-        "interferent_components ≥ 1",
-    );
+    expect_config(EmscParams { interferent_components: 0, ..interf.clone() }.check(&axis, &reference, &[]), "interferent_components ≥ 1");
     let masked: Vec<f64> = axis.iter().map(|&w| if (1350.0..=1500.0).contains(&w) { 0.0 } else { 1.0 }).collect();
-    expect_config(
-        EmscParams { weights: Some(masked.clone()), ..interf.clone() }.check(&axis, &reference, &par),
-        "weights are zero at",
-    );
+    expect_config(EmscParams { weights: Some(masked.clone()), ..interf.clone() }.check(&axis, &reference, &par), "weights are zero at");
     // Mask mode with paraffin components: they would be fitted where their weights are zero.
     expect_config(ok.check(&axis, &reference, &par), "where the weights are zero");
-    expect_config(
-        EmscParams { weights: Some(masked), ..ok.clone() }.check(&axis, &reference, &par),
-        "where the weights are zero",
-    );
+    expect_config(EmscParams { weights: Some(masked), ..ok.clone() }.check(&axis, &reference, &par), "where the weights are zero");
     // A non-paraffin interferent (e.g. a broad water-vapour-like band) is fine in mask mode.
     let broad: Vec<f64> = axis.iter().map(|&w| gauss(w, 1600.0, 60.0)).collect();
     assert!(ok.check(&axis, &reference, &[broad]).is_ok());
@@ -609,8 +572,7 @@ fn kernel_replaces_spectra_and_appends_columns() {
     assert!(finish.is_empty());
     let names: Vec<&str> = declared.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, ["sample", "x", "y", "spectrum", RESIDUAL_RMS, B, COEFFICIENTS]);
-    let terms: Vec<String> =
-        serde_json::from_str(declared.field_with_name(COEFFICIENTS).unwrap().metadata()[TERMS_KEY].as_str()).unwrap();
+    let terms: Vec<String> = serde_json::from_str(declared.field_with_name(COEFFICIENTS).unwrap().metadata()[TERMS_KEY].as_str()).unwrap();
     assert_eq!(terms, ["b", "a0", "a1", "a2", "d1", "d2", "d3"]);
     let mut got = Vec::new();
     let (mut rms, mut b, mut coef) = (Vec::new(), Vec::new(), Vec::new());
@@ -662,8 +624,7 @@ fn kernel_without_coefficients_and_axis_mismatch() {
 
 /// Naive PCA: covariance matrix, power iteration with deflation.
 fn naive_pca(values: &[f32], rows: usize, n: usize, m: usize) -> Vec<Vec<f64>> {
-    let mean: Vec<f64> =
-        (0..n).map(|i| (0..rows).map(|r| values[r * n + i] as f64).sum::<f64>() / rows as f64).collect();
+    let mean: Vec<f64> = (0..n).map(|i| (0..rows).map(|r| values[r * n + i] as f64).sum::<f64>() / rows as f64).collect();
     let mut cov = vec![vec![0.0; n]; n];
     for r in 0..rows {
         let d: Vec<f64> = (0..n).map(|i| values[r * n + i] as f64 - mean[i]).collect();
@@ -751,9 +712,8 @@ fn paraffin_components_come_from_pure_spectra_only() {
     assert!(err.to_string().contains("amide I window"), "{err}");
     assert!(pure_paraffin_components(&pure, 200, &axis, 3, -1.0).unwrap_err().is_config());
     // Noise-free spectra of one varying thickness span one direction: 3 components are refused.
-    let one_dir: Vec<f32> = (0..20)
-        .flat_map(|r| axis.iter().map(move |&w| ((0.1 + 0.03 * r as f64) * paraffin(w, 0.0, 1.0)) as f32))
-        .collect();
+    let one_dir: Vec<f32> =
+        (0..20).flat_map(|r| axis.iter().map(move |&w| ((0.1 + 0.03 * r as f64) * paraffin(w, 0.0, 1.0)) as f32)).collect();
     let Err(err) = pure_paraffin_components(&one_dir, 20, &axis, 3, 0.1) else { panic!("rank-1 data refused") };
     assert!(err.to_string().contains("only 1 independent direction"), "{err}");
     assert_eq!(pure_paraffin_components(&one_dir, 20, &axis, 1, 0.1).unwrap().len(), 1);
@@ -767,8 +727,7 @@ fn interferents_mode_removes_paraffin_and_keeps_tissue() {
     let reference = c.reference().to_vec();
     let x = scaled(&axis);
     // A spectrum = 0.8 × reference + baseline + a strong paraffin signal (no noise).
-    let s: Vec<f64> =
-        (0..n).map(|i| 0.8 * reference[i] + 0.1 - 0.05 * x[i] + 0.5 * paraffin(axis[i], 0.3, 1.05)).collect();
+    let s: Vec<f64> = (0..n).map(|i| 0.8 * reference[i] + 0.1 - 0.05 * x[i] + 0.5 * paraffin(axis[i], 0.3, 1.05)).collect();
     let fit = c.correct_f64(&s);
     assert!((fit.coefficients[0] - 0.8).abs() < 0.02, "b = {}", fit.coefficients[0]);
     let err = rel_err(&fit.corrected, &reference);

@@ -44,10 +44,7 @@ impl Path {
     pub(crate) fn detect(k: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if k <= MAX_SIMD_COEFFICIENTS
-                && std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if k <= MAX_SIMD_COEFFICIENTS && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 return Path::Avx2Fma;
             }
         }
@@ -126,14 +123,7 @@ impl BatchPlan {
     }
 
     /// Corrects `rows` spectra (lengths are checked by the caller).
-    pub(crate) fn run(
-        &self,
-        values: &[f32],
-        rows: usize,
-        out: &mut [f32],
-        coefficients: Option<&mut [f32]>,
-        rms: &mut [f32],
-    ) {
+    pub(crate) fn run(&self, values: &[f32], rows: usize, out: &mut [f32], coefficients: Option<&mut [f32]>, rms: &mut [f32]) {
         let (n, k) = (self.n, self.k);
         assert!(values.len() == rows * n && out.len() == rows * n && rms.len() == rows);
         if let Some(c) = coefficients.as_deref() {
@@ -149,8 +139,10 @@ impl BatchPlan {
                     ($($kk:literal)*) => {
                         match k {
                             $($kk => {
-                                // SAFETY: this path is only chosen when AVX2 and FMA were detected
-                                // at run time (`Path::detect`), and the lengths were checked above.
+                                // SAFETY: `Path::detect` picks `Avx2Fma` only when AVX2 and FMA were
+                                // detected at run time (tests force only `Portable`); the lengths
+                                // of `values`, `out`, `rms` and `coefficients` were asserted above
+                                // for `k` columns, and this arm runs with `K = k`.
                                 unsafe { avx2::run::<$kk>(self, values, rows, out, coefficients, rms) }
                             })*
                             _ => self.run_portable(values, rows, out, coefficients, rms),
@@ -206,14 +198,7 @@ impl BatchPlan {
     }
 
     /// The portable loop: the same formulas with 8-lane arrays and separate multiply and add.
-    fn run_portable(
-        &self,
-        values: &[f32],
-        rows: usize,
-        out: &mut [f32],
-        mut coefficients: Option<&mut [f32]>,
-        rms: &mut [f32],
-    ) {
+    fn run_portable(&self, values: &[f32], rows: usize, out: &mut [f32], mut coefficients: Option<&mut [f32]>, rms: &mut [f32]) {
         let (n, k) = (self.n, self.k);
         let chunks = n.div_ceil(8);
         let mut acc = vec![[0.0f32; 8]; k];
@@ -294,6 +279,9 @@ mod avx2 {
     use super::BatchPlan;
 
     /// Sum of 8 lanes in the same pairwise order as the portable `hsum`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA (the features this function is compiled with).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {

@@ -1,4 +1,4 @@
-//! The CaReNet-V1 architecture (DESIGN.md §5) as `tch::nn` modules: a convolutional stem, residual
+//! The CaReNet-V1 architecture (docs/model.md) as `tch::nn` modules: a convolutional stem, residual
 //! stages of 1D convolutions with batch norm, ReLU and max pooling, global average pooling and a
 //! dense head with dropout; He-normal initialization and zero ("same") padding.
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,6 @@
-//! CaReNet-V1 (DESIGN.md §5) on `tch`: the architecture ([`CareNet`], [`ArchConfig`]) and batched
+//! CaReNet-V1 (docs/model.md) on `tch`: the architecture ([`CareNet`], [`ArchConfig`]) and batched
 //! inference ([`Classifier`]): class probabilities under `no_grad`, or probabilities and 1D
-//! Grad-CAM maps (DESIGN.md §6) from one forward pass and a backward pass through the head only.
+//! Grad-CAM maps (docs/model.md) from one forward pass and a backward pass through the head only.
 //!
 //! Why the head suffices: the network ends in global average pooling `g_k = (1/L) Σ_l A_k(l)`
 //! followed by dense layers, so `∂y_c/∂A_k(l) = (1/L)·∂y_c/∂g_k` for every position `l`, and
@@ -204,7 +204,10 @@ impl Classifier {
             return Err(OpError::config(OP, format!("{} class names for a {}-class network", classes.len(), arch.classes)));
         }
         if grid.len() != arch.input_points {
-            return Err(OpError::config(OP, format!("a grid of {} points for a network of {} input points", grid.len(), arch.input_points)));
+            return Err(OpError::config(
+                OP,
+                format!("a grid of {} points for a network of {} input points", grid.len(), arch.input_points),
+            ));
         }
         crate::schema::check_axis(&grid).map_err(|e| OpError::config(OP, format!("model grid: {e}")))?;
         Ok(Self { vs, net, classes, grid, frozen: None })
@@ -368,7 +371,7 @@ impl Classifier {
         Ok((probs.detach(), predicted, scores.detach(), raw))
     }
 
-    /// Class probabilities and Grad-CAM maps (DESIGN.md §6) of `rows` spectra: one forward, one
+    /// Class probabilities and Grad-CAM maps (docs/model.md) of `rows` spectra: one forward, one
     /// backward through the head; the maps are ReLU'd, linearly interpolated onto the input
     /// points and divided by their maximum ([`grad_cam::postprocess`]).
     pub fn predict_values_with_gradcam(&self, values: &[f32], rows: usize) -> Result<(Predictions, CamMaps), OpError> {
@@ -380,8 +383,8 @@ impl Classifier {
         let (probs, predicted, scores, raw) = self.forward_with_raw_cam(&x)?;
         let pred = self.predictions(&probs, &predicted, &scores)?;
         let length = raw.size()[1] as usize;
-        let raw: Vec<f32> =
-            Vec::<f32>::try_from(raw.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).map_err(|e| OpError::internal(OP, e.to_string()))?;
+        let raw: Vec<f32> = Vec::<f32>::try_from(raw.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
+            .map_err(|e| OpError::internal(OP, e.to_string()))?;
         let maps = grad_cam::postprocess_batch(&raw, rows, length, points);
         Ok((pred, CamMaps { points, maps }))
     }

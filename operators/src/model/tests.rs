@@ -30,11 +30,7 @@ fn random_tiny(classes: usize, seed: i64) -> Classifier {
     clf.var_store_mut().double();
     tch::no_grad(|| {
         for (name, mut v) in clf.var_store().variables() {
-            let r = if name.ends_with("running_var") {
-                v.rand_like() + 0.5
-            } else {
-                v.randn_like() * 0.7
-            };
+            let r = if name.ends_with("running_var") { v.rand_like() + 0.5 } else { v.randn_like() * 0.7 };
             v.copy_(&r);
         }
     });
@@ -63,7 +59,11 @@ fn grad_cam_equals_finite_differences_and_the_full_backward() {
             tch::no_grad(|| {
                 let logits = to_vec(&clf.net().head_t(&CareNet::pool(a), false));
                 if classes == 2 {
-                    if pred[row] == 1 { logits[0] } else { -logits[0] }
+                    if pred[row] == 1 {
+                        logits[0]
+                    } else {
+                        -logits[0]
+                    }
                 } else {
                     logits[pred[row] as usize]
                 }
@@ -85,7 +85,10 @@ fn grad_cam_equals_finite_differences_and_the_full_backward() {
             for ll in 0..l as usize {
                 let expected: f64 = (0..k as usize).map(|kk| alpha[kk] * av[((row * k) as usize + kk) * l as usize + ll]).sum();
                 let got = raw[row as usize * l as usize + ll];
-                assert!((got - expected).abs() <= 1e-6 * (1.0 + expected.abs()), "classes {classes} row {row} pos {ll}: {got} vs {expected}");
+                assert!(
+                    (got - expected).abs() <= 1e-6 * (1.0 + expected.abs()),
+                    "classes {classes} row {row} pos {ll}: {got} vs {expected}"
+                );
             }
         }
 
@@ -105,8 +108,9 @@ fn grad_cam_equals_finite_differences_and_the_full_backward() {
 
 #[test]
 fn predictions_agree_with_and_without_grad_cam() {
-    let clf = Classifier::init(&ArchConfig::carenet_v1(4), ["LA", "LB", "HER2", "TNBC"].map(String::from).to_vec(), grid(467), Device::Cpu, 3)
-        .unwrap();
+    let clf =
+        Classifier::init(&ArchConfig::carenet_v1(4), ["LA", "LB", "HER2", "TNBC"].map(String::from).to_vec(), grid(467), Device::Cpu, 3)
+            .unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let values: Vec<f32> = (0..6 * 467).map(|_| rng.random_range(0.0..0.1)).collect();
     let p = clf.predict_values(&values, 6).unwrap();
