@@ -189,7 +189,7 @@ fn ftirflow_stages(archive: &Path, model_dir: &Path, out: &Path) -> (BTreeMap<&'
             for name in ["sample", "x", "y", "tissue", "paraffin", "outlier"] {
                 let (idx, f) = b.schema().column_with_name(name).map(|(i, f)| (i, f.clone())).unwrap();
                 fields.push(f);
-                cols.push(b.column(idx).clone());
+                cols.push(Arc::clone(b.column(idx)));
             }
             fields.push(Field::new("pred_class", arrow::datatypes::DataType::Utf8, true));
             cols.push(Arc::new(StringArray::from(std::mem::take(&mut pred_class))));

@@ -30,9 +30,11 @@ unsafe impl GlobalAlloc for Capped {
             OVER_LIMIT.store(true, Ordering::SeqCst);
             return std::ptr::null_mut();
         }
+        // SAFETY: the caller's `layout` contract is the system allocator's; it is passed on as is.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` (alloc/realloc above) with this `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -40,6 +42,7 @@ unsafe impl GlobalAlloc for Capped {
             OVER_LIMIT.store(true, Ordering::SeqCst);
             return std::ptr::null_mut();
         }
+        // SAFETY: `ptr` came from `System` with `layout`; the caller's contract on `new_size` holds.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }

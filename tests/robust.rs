@@ -627,27 +627,4 @@ fn fuzzing_finds_stay_fixed() {
     let err = err.expect("a page header with a 2³¹-element boolean list is refused");
     assert!(err.contains("not a readable Parquet file"), "{err}");
 
-    // Reader cases that must simply not panic, hang or over-allocate (none so far: the list is
-    // kept for the next find).
-    let opts = ftirflow::io::ReadOptions { batch_rows: 64, sample: "fuzz".into() };
-    for (name, files) in fuzz_regressions() {
-        let sub = dir.path().join(name);
-        std::fs::create_dir_all(&sub).unwrap();
-        for (file, bytes) in &files {
-            std::fs::write(sub.join(file), bytes).unwrap();
-        }
-        let entry = sub.join(files[0].0);
-        if let Ok(reader) = ftirflow::io::open(&entry, &opts) {
-            for b in reader {
-                if b.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// (case, files: the first is the entry opened).
-fn fuzz_regressions() -> Vec<(&'static str, Vec<(&'static str, Vec<u8>)>)> {
-    vec![]
 }

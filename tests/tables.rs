@@ -67,7 +67,7 @@ fn parquet_from_pyarrow_style_columns_is_normalized() {
         axis_metadata(&[1000.0, 1010.0]),
     ));
     let batch = RecordBatch::try_new(
-        schema.clone(),
+        Arc::clone(&schema),
         vec![
             Arc::new(sample),
             Arc::new(Int64Array::from(vec![0, 1, 0])),
@@ -90,7 +90,7 @@ fn parquet_from_pyarrow_style_columns_is_normalized() {
 }
 
 fn write_table(path: &std::path::Path, schema: Arc<Schema>, cols: Vec<ArrayRef>) {
-    let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
+    let batch = RecordBatch::try_new(Arc::clone(&schema), cols).unwrap();
     let mut w = AtomicParquetWriter::create(path, schema, vec![]).unwrap();
     w.write(&batch).unwrap();
     w.finish().unwrap();

@@ -72,6 +72,9 @@ pub fn prediction_schema(input: &Schema, types: &[String], subtypes: Option<&[St
     Arc::new(Schema::new_with_metadata(fields, md))
 }
 
+/// One model's tally of a core: spectra per class, Σ probability per class (2⁻³² units), majority.
+type ModelTally = (Vec<u64>, Vec<i64>, Option<String>);
+
 /// The classify kernel of one image.
 pub struct ClassifyKernel {
     models: Rc<Models>,
@@ -197,7 +200,7 @@ impl ClassifyKernel {
 
         // One model's predictions of this core: counts, probability sums and majority, and the
         // class mean spectra and Grad-CAM sums keyed by predicted (and true) class.
-        let mut record = |s: &Scored, classes: &[String], truth: Option<&String>| -> Result<(Vec<u64>, Vec<i64>, Option<String>), OpError> {
+        let mut record = |s: &Scored, classes: &[String], truth: Option<&String>| -> Result<ModelTally, OpError> {
             let mut counts = vec![0u64; classes.len()];
             let mut prob_sums = vec![0i64; classes.len()];
             for (i, &p) in s.predicted.iter().enumerate() {
@@ -245,7 +248,7 @@ impl ClassifyKernel {
                 .iter()
                 .enumerate()
                 .filter(|(_, f)| f.name() != SPECTRUM)
-                .map(|(i, _)| b.column(i).clone())
+                .map(|(i, _)| Arc::clone(b.column(i)))
                 .collect();
             let idx: Vec<Option<usize>> = sel
                 .iter()

@@ -49,7 +49,7 @@ pub(super) struct SynthArgs {
 impl SynthArgs {
     pub(super) fn config(&self) -> anyhow::Result<SynthConfig> {
         anyhow::ensure!(
-            self.cores >= 2 && self.cores % 2 == 0,
+            self.cores >= 2 && self.cores.is_multiple_of(2),
             "--cores must be an even number ≥ 2 (each patient has one CA and one AT core), got {}",
             self.cores
         );

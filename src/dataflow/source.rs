@@ -1,5 +1,6 @@
 //! The source of the graph: each worker reads its images (whole files, batch by batch) into the
 //! dataflow's input, or feeds a reused image's stored records, or its reject.
+use std::sync::Arc;
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 
@@ -14,7 +15,7 @@ use crate::reject::Reject;
 pub fn feed(image: &ImageJob, batch_rows: usize, mut send: impl FnMut(Item), mut step: impl FnMut()) {
     let path = &image.entry.path;
     match &image.action {
-        Action::Reuse(records) => send(Item::Reused(records.clone())),
+        Action::Reuse(records) => send(Item::Reused(Arc::clone(records))),
         Action::Refuse(reject) => send(Item::Failed(reject.clone())),
         Action::Process => {
             let opts = ReadOptions { batch_rows, sample: image.entry.sample.clone() };

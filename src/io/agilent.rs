@@ -9,6 +9,7 @@
 //! of points (i32 at 2236); `wavenumber[i] = spacing × (start + i)`. Mosaic tile `XXXX` is the tile
 //! column (left to right) and `YYYY` the tile row counted from the *bottom*: tile (x, y) covers
 //! image rows `(ytiles − 1 − y) × fpa ..` and columns `x × fpa ..`.
+use std::sync::Arc;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -101,7 +102,7 @@ pub fn read_header(path: &Path) -> Result<AgilentHeader, ReadError> {
 /// The FPA side of a tile file of `bytes` bytes holding spectra of `points` points.
 fn fpa_size(path: &Path, bytes: u64, points: u32) -> Result<u32, ReadError> {
     let bad = |reason: String| ReadError::format(path, reason);
-    if bytes % 4 != 0 {
+    if !bytes.is_multiple_of(4) {
         return Err(bad(format!("size {bytes} bytes is not a whole number of f32 values")));
     }
     let floats = bytes / 4;
@@ -113,7 +114,7 @@ fn fpa_size(path: &Path, bytes: u64, points: u32) -> Result<u32, ReadError> {
         });
     }
     let data = floats - PREAMBLE_FLOATS;
-    if data % points as u64 != 0 {
+    if !data.is_multiple_of(points as u64) {
         return Err(bad(format!("{data} data values do not divide into spectra of {points} points")));
     }
     let pixels = data / points as u64;
@@ -332,7 +333,7 @@ impl AgilentReader {
             self.tile += 1;
             self.file = None;
         }
-        image_batch(self.schema.clone(), &self.sample, xs, ys, values)
+        image_batch(Arc::clone(&self.schema), &self.sample, xs, ys, values)
             .map(Some)
             .map_err(|e| ReadError::schema(&tile.path, e))
     }
@@ -369,7 +370,7 @@ impl Iterator for AgilentReader {
 
 impl SpectraReader for AgilentReader {
     fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        Arc::clone(&self.schema)
     }
 
     fn info(&self) -> &ImageInfo {
@@ -390,7 +391,7 @@ pub fn header_for_axis(wavenumbers: &[f64]) -> std::io::Result<AgilentHeader> {
         return Err(invalid("an Agilent axis needs at least 2 points".into()));
     }
     let spacing = (wavenumbers[n - 1] - wavenumbers[0]) / (n - 1) as f64;
-    if !(spacing > 0.0) {
+    if spacing.is_nan() || spacing <= 0.0 {
         return Err(invalid("an Agilent axis must be ascending".into()));
     }
     let start = (wavenumbers[0] / spacing).round();
@@ -433,7 +434,7 @@ fn tile_bytes(cube: &ImageCube, x0: u32, y0: u32, fpa: u32) -> Vec<u8> {
 /// Width and height must be multiples of `fpa`; the axis must be ascending and evenly spaced.
 pub fn write_mosaic(dmt_path: &Path, cube: &ImageCube, fpa: u32) -> std::io::Result<()> {
     cube.check()?;
-    if fpa == 0 || cube.width % fpa != 0 || cube.height % fpa != 0 {
+    if fpa == 0 || !cube.width.is_multiple_of(fpa) || !cube.height.is_multiple_of(fpa) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("{}×{} image does not split into {fpa}×{fpa} tiles", cube.width, cube.height),

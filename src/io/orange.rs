@@ -68,7 +68,6 @@ impl OrangeCsvReader {
         } else {
             (csv::StringRecord::new(), csv::StringRecord::new(), second)
         };
-        drop(next);
         let mut wavenumbers = Vec::new();
         let mut extra_fields = Vec::new();
         let mut plan = Vec::with_capacity(names.len());
@@ -207,7 +206,7 @@ impl OrangeCsvReader {
         for e in extras {
             columns.push(Arc::new(StringArray::from(e)));
         }
-        RecordBatch::try_new(self.schema.clone(), columns).map(Some).map_err(|e| ReadError::format(&self.path, e.to_string()))
+        RecordBatch::try_new(Arc::clone(&self.schema), columns).map(Some).map_err(|e| ReadError::format(&self.path, e.to_string()))
     }
 }
 
@@ -240,7 +239,7 @@ impl Iterator for OrangeCsvReader {
 
 impl SpectraReader for OrangeCsvReader {
     fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        Arc::clone(&self.schema)
     }
 
     fn info(&self) -> &ImageInfo {

@@ -127,7 +127,7 @@ impl Staged {
 pub fn write_cube(path: &Path, cube: &ImageCube, sample: &str) -> Result<(), WriteError> {
     cube.check().map_err(|source| WriteError::Io { path: path.to_path_buf(), source })?;
     let schema = spectra_schema(&cube.wavenumbers).map_err(|source| WriteError::Schema { path: path.to_path_buf(), source })?;
-    let mut w = AtomicParquetWriter::create(path, schema.clone(), Vec::new())?;
+    let mut w = AtomicParquetWriter::create(path, Arc::clone(&schema), Vec::new())?;
     let n = cube.n_points();
     let rows_per_batch = super::DEFAULT_BATCH_ROWS;
     let total = cube.width as usize * cube.height as usize;
@@ -137,7 +137,7 @@ pub fn write_cube(path: &Path, cube: &ImageCube, sample: &str) -> Result<(), Wri
         let xs = (start..end).map(|i| (i % cube.width as usize) as u32).collect();
         let ys = (start..end).map(|i| (i / cube.width as usize) as u32).collect();
         let values = cube.values[start * n..end * n].to_vec();
-        let batch = image_batch(schema.clone(), sample, xs, ys, values)
+        let batch = image_batch(Arc::clone(&schema), sample, xs, ys, values)
             .map_err(|source| WriteError::Schema { path: path.to_path_buf(), source })?;
         w.write(&batch)?;
         start = end;
@@ -265,10 +265,10 @@ impl ParquetSpectraReader {
         let spectrum = schema::spectrum_array(values, n).map_err(|e| ReadError::schema(&path, e))?;
         let mut columns: Vec<ArrayRef> = vec![sample, x, y, Arc::new(spectrum)];
         for f in self.schema.fields().iter().skip(4) {
-            columns.push(batch.column_by_name(f.name()).expect("extra column present").clone());
+            columns.push(Arc::clone(batch.column_by_name(f.name()).expect("extra column present")));
         }
         self.rows_seen += rows as u64;
-        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| ReadError::format(&path, e.to_string()))
+        RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(|e| ReadError::format(&path, e.to_string()))
     }
 }
 
@@ -355,7 +355,7 @@ impl Iterator for ParquetSpectraReader {
 
 impl SpectraReader for ParquetSpectraReader {
     fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        Arc::clone(&self.schema)
     }
 
     fn info(&self) -> &ImageInfo {

@@ -283,7 +283,7 @@ mod tests {
             true,
         )]));
         let batch = arrow::array::RecordBatch::try_new(
-            schema.clone(),
+            std::sync::Arc::clone(&schema),
             vec![std::sync::Arc::new(arrow::array::Float32Array::from(vec![Some(1.0), None, Some(3.0)]))],
         )
         .unwrap();

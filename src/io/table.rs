@@ -1,6 +1,7 @@
 //! One spectra table written from many images: the file is started with the first image's schema,
 //! every further image must share its axis and columns (or is rejected with the reason), and the
 //! file appears only when complete. Shared by `convert` and `preprocess`.
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
@@ -41,8 +42,8 @@ impl SpectraTableWriter {
                 std::fs::create_dir_all(parent)
                     .map_err(|source| WriteError::Io { path: parent.to_path_buf(), source })?;
             }
-            let w = AtomicParquetWriter::create(&self.path, schema.clone(), self.key_values.clone())?;
-            self.writer = Some((w, schema.clone()));
+            let w = AtomicParquetWriter::create(&self.path, Arc::clone(schema), self.key_values.clone())?;
+            self.writer = Some((w, Arc::clone(schema)));
         }
         let (w, first) = self.writer.as_mut().expect("created above");
         if let Some(reason) = incompatibility(first, schema) {
@@ -50,7 +51,7 @@ impl SpectraTableWriter {
         }
         let mut rows = 0;
         for batch in batches {
-            let batch = RecordBatch::try_new(first.clone(), batch.columns().to_vec())
+            let batch = RecordBatch::try_new(Arc::clone(first), batch.columns().to_vec())
                 .map_err(|e| TableError::Incompatible(format!("batch does not match the table: {e}")))?;
             w.write(&batch)?;
             rows += batch.num_rows() as u64;

@@ -158,7 +158,7 @@ pub fn write_tables(
         Field::new("std", DataType::Float64, false),
         Field::new("count", DataType::UInt64, false),
     ]));
-    let mut gradcam = AtomicParquetWriter::create(&out.join("gradcam.parquet"), gradcam_schema.clone(), kv.to_vec())?;
+    let mut gradcam = AtomicParquetWriter::create(&out.join("gradcam.parquet"), Arc::clone(&gradcam_schema), kv.to_vec())?;
     let write_cams = |w: &mut AtomicParquetWriter, cams: &CamSums| -> Result<(), Error> {
         let (mut scope, mut core, mut class, mut wn, mut mean, mut std, mut count) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -183,7 +183,7 @@ pub fn write_tables(
             return Ok(());
         }
         w.write(&RecordBatch::try_new(
-            gradcam_schema.clone(),
+            Arc::clone(&gradcam_schema),
             vec![
                 Arc::new(StringArray::from(scope)),
                 Arc::new(StringArray::from(core)),

@@ -43,7 +43,7 @@ impl Html {
     /// A section heading (also listed in the navigation bar).
     pub fn section(&mut self, id: &str, heading: &str) {
         self.nav.push((id.to_string(), heading.to_string()));
-        let _ = write!(self.body, "<h2 id=\"{}\">{}</h2>\n", esc(id), esc(heading));
+        let _ = writeln!(self.body, "<h2 id=\"{}\">{}</h2>", esc(id), esc(heading));
     }
 
     /// A paragraph of text (escaped).

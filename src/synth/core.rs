@@ -106,7 +106,7 @@ fn normal_table() -> Vec<f32> {
 
 /// Φ⁻¹(p) by Acklam's rational approximation (relative error < 1.2e-9), for 0 < p < 1.
 fn inverse_normal_cdf(p: f64) -> f64 {
-    const A: [f64; 6] = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.383577518672690e2, -3.066479806614716e1, 2.506628277459239];
+    const A: [f64; 6] = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.383_577_518_672_69e2, -3.066479806614716e1, 2.506628277459239];
     const B: [f64; 5] = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
     const C: [f64; 6] = [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
     const D: [f64; 4] = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
@@ -466,9 +466,9 @@ pub(crate) fn synth_core(model: &Model, spec: &CoreSpec, cube: &mut ImageCube) -
             for (i, o) in out.iter_mut().enumerate() {
                 *o = c0 + c1 * model.x1[i] + c2 * model.x2[i] + sc * model.scatter[i];
             }
-            for k in 0..N_TISSUE {
-                if coef[k] != 0.0 {
-                    axpy(out, coef[k] as f32, &model.comps[k]);
+            for (&c, comp) in coef.iter().zip(&model.comps).take(N_TISSUE) {
+                if c != 0.0 {
+                    axpy(out, c as f32, comp);
                 }
             }
             if par != 0.0 {

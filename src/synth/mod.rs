@@ -184,7 +184,7 @@ impl SynthConfig {
         }
         if self.size < 8 || self.size > MAX_SIZE {
             problems.push(format!("size must be between 8 and {MAX_SIZE} pixels (got {})", self.size));
-        } else if self.format == SynthFormat::Agilent && self.size % 8 != 0 {
+        } else if self.format == SynthFormat::Agilent && !self.size.is_multiple_of(8) {
             problems.push(format!("size must be a multiple of 8 for the agilent format (FPA tiles; got {})", self.size));
         }
         let mut axis_ok = true;
@@ -259,7 +259,7 @@ impl SynthConfig {
     /// The FPA tile side used for the Agilent format: the largest of 128, 64, 32, 16, 8 that divides
     /// `size`.
     pub fn agilent_fpa(&self) -> u32 {
-        [128, 64, 32, 16, 8].into_iter().find(|f| self.size % f == 0).unwrap_or(8)
+        [128, 64, 32, 16, 8].into_iter().find(|f| self.size.is_multiple_of(*f)).unwrap_or(8)
     }
 
     /// Bytes of spectra of one core image (f32).
@@ -476,7 +476,7 @@ pub fn generate_with_threads(
         }
     };
     let results: Vec<Result<(), SynthError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads).map(|_| s.spawn(&worker)).collect();
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(worker)).collect();
         handles
             .into_iter()
             .map(|h| {

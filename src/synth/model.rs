@@ -309,7 +309,7 @@ fn planted(class: &str, versus: &[&str], wc: &[[f64; N_TISSUE]], wo: &[[f64; N_T
     let (ac, ao) = (mean(wc, AMIDE_I), mean(wo, AMIDE_I));
     let mean_w = |ws: &[[f64; N_TISSUE]], k: usize| ws.iter().map(|w| w[k]).sum::<f64>() / ws.len() as f64;
     let mut bands: Vec<PlantedBand> = Vec::new();
-    for k in 0..N_TISSUE {
+    for (k, name) in COMPONENT_NAMES.iter().enumerate().take(N_TISSUE) {
         for band in component_bands(k) {
             let nu = band.center;
             let c = mean(wc, nu) / ac;
@@ -335,7 +335,7 @@ fn planted(class: &str, versus: &[&str], wc: &[[f64; N_TISSUE]], wo: &[[f64; N_T
             bands.push(PlantedBand {
                 center: nu,
                 name: band.name.to_string(),
-                component: COMPONENT_NAMES[k].to_string(),
+                component: name.to_string(),
                 relative_increase: rel,
                 absolute_increase: abs,
             });

@@ -61,20 +61,20 @@ pub(crate) fn write_masks(path: &Path, size: u32, cores: &[(String, CoreTruth)])
     let schema = masks_schema();
     let props = crate::io::parquet::writer_properties(Vec::new());
     let file = AtomicFile::create(path).map_err(io_err(path))?;
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(werr)?;
+    let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(werr)?;
     let n_px = size as usize * size as usize;
     let xs: ArrayRef = Arc::new(UInt32Array::from_iter_values((0..n_px).map(|p| (p % size as usize) as u32)));
     let ys: ArrayRef = Arc::new(UInt32Array::from_iter_values((0..n_px).map(|p| (p / size as usize) as u32)));
     for (sample, t) in cores {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(std::iter::repeat_n(sample.as_str(), n_px))),
-            xs.clone(),
-            ys.clone(),
+            Arc::clone(&xs),
+            Arc::clone(&ys),
             Arc::new(StringArray::from_iter_values(t.mask.iter().map(|&m| mask_name(m)))),
             Arc::new(Float32Array::from(t.paraffin_fraction.clone())),
             Arc::new(Float32Array::from(t.thickness.clone())),
         ];
-        let batch = RecordBatch::try_new(schema.clone(), columns)
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)
             .map_err(|e| SynthError::Internal(format!("masks batch for {sample}: {e}")))?;
         writer.write(&batch).map_err(werr)?;
     }

@@ -281,7 +281,7 @@ impl CvReport {
         let schema = Arc::new(Schema::new(fields));
         let mut arrays: Vec<ArrayRef> = cols.into_iter().map(|c| Arc::new(StringArray::from(c)) as ArrayRef).collect();
         arrays.push(Arc::new(Float64Array::from(values)));
-        let batch = RecordBatch::try_new(schema.clone(), arrays)
+        let batch = RecordBatch::try_new(Arc::clone(&schema), arrays)
             .map_err(|e| crate::io::parquet::WriteError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })?;
         let mut w = crate::io::parquet::AtomicParquetWriter::create(path, schema, vec![("ftirflow:task".into(), self.task.clone())])?;
         w.write(&batch)?;

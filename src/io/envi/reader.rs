@@ -1,4 +1,5 @@
 //! The streaming reader of an ENVI data file (see the [module docs](super)).
+use std::sync::Arc;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -288,7 +289,7 @@ impl EnviReader {
                 y += 1;
             }
         }
-        image_batch(self.schema.clone(), &self.sample, xs, ys, values).map_err(|e| ReadError::schema(&self.src.path, e))
+        image_batch(Arc::clone(&self.schema), &self.sample, xs, ys, values).map_err(|e| ReadError::schema(&self.src.path, e))
     }
 }
 
@@ -332,7 +333,7 @@ impl Iterator for EnviReader {
 
 impl SpectraReader for EnviReader {
     fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        Arc::clone(&self.schema)
     }
 
     fn info(&self) -> &ImageInfo {

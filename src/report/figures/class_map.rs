@@ -71,8 +71,11 @@ pub struct ClassMap<'a> {
     pub title: String,
 }
 
+/// One panel of a class map: its title, each pixel's class, the class names.
+type Panel<'a> = (&'static str, &'a [Option<PixelClass>], &'a [String]);
+
 impl ClassMap<'_> {
-    fn maps(&self) -> Vec<(&'static str, &[Option<PixelClass>], &[String])> {
+    fn maps(&self) -> Vec<Panel<'_>> {
         let mut v = vec![("Predicted class", self.core.types.as_slice(), self.types)];
         if let Some(s) = &self.core.subtypes {
             v.push(("Predicted subtype", s.as_slice(), self.subtypes));

@@ -56,7 +56,7 @@ impl Figure for GradCamPlot<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
         let wn = &self.cam.wavenumber;
         let (lo, hi) = wn.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-        if !(lo < hi) {
+        if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) {
             return Err("a Grad-CAM profile needs at least two wavenumbers".into());
         }
         // The x coordinate is −wavenumber, so that the axis runs from high (left) to low (right).
