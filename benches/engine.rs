@@ -35,7 +35,18 @@ fn main() {
     std::fs::write(root.join("noreport.toml"), "[report]\nenabled = false\n").unwrap();
     let run = |out: &str, extra: &[&str]| {
         bin()
-            .args(["run", "--config", "noreport.toml", "--model", "type_model", "--subtype-model", "sub_model", "arch/images", "--out", out])
+            .args([
+                "run",
+                "--config",
+                "noreport.toml",
+                "--model",
+                "type_model",
+                "--subtype-model",
+                "sub_model",
+                "arch/images",
+                "--out",
+                out,
+            ])
             .args(extra)
             .current_dir(root)
             .stdout(Stdio::null())
@@ -54,10 +65,8 @@ fn main() {
     let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     std::fs::write(root.join("hosts"), format!("127.0.0.1:{}\n127.0.0.1:{}\n", port(0), port(1))).unwrap();
     let t = Instant::now();
-    let p: Vec<_> = ["0", "1"]
-        .iter()
-        .map(|i| run("out_p2", &["--workers", "1", "--processes", "2", "--process", i, "--hostfile", "hosts"]))
-        .collect();
+    let p: Vec<_> =
+        ["0", "1"].iter().map(|i| run("out_p2", &["--workers", "1", "--processes", "2", "--process", i, "--hostfile", "hosts"])).collect();
     for mut c in p {
         assert!(c.wait().unwrap().success());
     }

@@ -169,7 +169,8 @@ fn ftirflow_stages(archive: &Path, model_dir: &Path, out: &Path) -> (BTreeMap<&'
         let t = Instant::now();
         let mut pred_class: Vec<Option<String>> = Vec::new();
         let mut probs: Vec<Vec<Option<f32>>> = vec![Vec::new(); classes.len()];
-        let mut flat = preds.iter().flat_map(|p| (0..p.predicted.len()).map(move |r| (p.predicted[r], &p.probs[r * p.classes..(r + 1) * p.classes])));
+        let mut flat =
+            preds.iter().flat_map(|p| (0..p.predicted.len()).map(move |r| (p.predicted[r], &p.probs[r * p.classes..(r + 1) * p.classes])));
         let mut tables = Vec::new();
         for (b, mask) in batches.iter().zip(&keep_rows) {
             for r in 0..b.num_rows() {
@@ -370,16 +371,35 @@ fn main() {
         }
     }
     let pre: f64 = ["segment", "emsc", "resample_normalize"].iter().map(|s| ours[s]).sum();
-    let py_pre = py1.as_ref().map(|v| ["segment", "emsc", "resample_normalize"].iter().map(|s| v["stages"][*s].as_f64().unwrap()).sum::<f64>());
+    let py_pre =
+        py1.as_ref().map(|v| ["segment", "emsc", "resample_normalize"].iter().map(|s| v["stages"][*s].as_f64().unwrap()).sum::<f64>());
     match py_pre {
-        Some(p) => println!("| preprocessing (segment + EMSC + resample/normalize) | {pre:.2} | {} | {p:.2} | {} | {:.1}× |", rate(pre), rate(p), p / pre),
+        Some(p) => println!(
+            "| preprocessing (segment + EMSC + resample/normalize) | {pre:.2} | {} | {p:.2} | {} | {:.1}× |",
+            rate(pre),
+            rate(p),
+            p / pre
+        ),
         None => println!("| preprocessing (segment + EMSC + resample/normalize) | {pre:.2} | {} | – | – | – |", rate(pre)),
     }
     match py_pre {
-        Some(p) => println!("| preprocessing as `run` runs it (segment, then the fused steps on tissue only) | {fused:.2} | {} | {p:.2} | {} | {:.1}× |", rate(fused), rate(p), p / fused),
-        None => println!("| preprocessing as `run` runs it (segment, then the fused steps on tissue only) | {fused:.2} | {} | – | – | – |", rate(fused)),
+        Some(p) => println!(
+            "| preprocessing as `run` runs it (segment, then the fused steps on tissue only) | {fused:.2} | {} | {p:.2} | {} | {:.1}× |",
+            rate(fused),
+            rate(p),
+            p / fused
+        ),
+        None => println!(
+            "| preprocessing as `run` runs it (segment, then the fused steps on tissue only) | {fused:.2} | {} | – | – | – |",
+            rate(fused)
+        ),
     }
-    println!("\nReading: ftirflow {} vs a plain sequential read of the same bytes {} spectra/s ({:.0} %)", rate(ours["read"]), rate(plain), 100.0 * plain / ours["read"]);
+    println!(
+        "\nReading: ftirflow {} vs a plain sequential read of the same bytes {} spectra/s ({:.0} %)",
+        rate(ours["read"]),
+        rate(plain),
+        100.0 * plain / ours["read"]
+    );
     println!("\nEnd to end (process start to outputs written):\n");
     println!("| threads / workers | ftirflow s | ftirflow spectra/s | ftirflow peak RSS | Python s | Python spectra/s | Python peak RSS | ftirflow / Python |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -388,7 +408,14 @@ fn main() {
             Some((_, v)) => {
                 let ps = v["seconds"].as_f64().unwrap();
                 let prss = v["peak_rss_bytes"].as_f64().unwrap();
-                println!("| {w} | {secs:.1} | {} | {:.0} MB | {ps:.1} | {} | {:.0} MB | {:.1}× |", rate(*secs), rss / 1e6, rate(ps), prss / 1e6, ps / secs);
+                println!(
+                    "| {w} | {secs:.1} | {} | {:.0} MB | {ps:.1} | {} | {:.0} MB | {:.1}× |",
+                    rate(*secs),
+                    rss / 1e6,
+                    rate(ps),
+                    prss / 1e6,
+                    ps / secs
+                );
             }
             None => println!("| {w} | {secs:.1} | {} | {:.0} MB | – | – | – | – |", rate(*secs), rss / 1e6),
         }

@@ -81,7 +81,8 @@ fn target(name: &str, data: &[u8]) {
     }
 }
 
-const INTERESTING: &[u64] = &[0, 1, 2, 3, 4, 7, 8, 12, 255, 256, 1023, 1024, 65535, 65536, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 1 << 32, u64::MAX / 2, u64::MAX];
+const INTERESTING: &[u64] =
+    &[0, 1, 2, 3, 4, 7, 8, 12, 255, 256, 1023, 1024, 65535, 65536, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 1 << 32, u64::MAX / 2, u64::MAX];
 
 fn mutate(rng: &mut impl Rng, seed: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
     let mut d = seed.to_vec();
@@ -164,8 +165,9 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     for t in targets {
         let dir = root.join("corpus").join(t);
-        let mut seeds: Vec<Vec<u8>> =
-            std::fs::read_dir(&dir).map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| std::fs::read(e.path()).ok()).collect()).unwrap_or_default();
+        let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| std::fs::read(e.path()).ok()).collect())
+            .unwrap_or_default();
         if seeds.is_empty() {
             seeds.push(Vec::new());
         }

@@ -199,7 +199,8 @@ impl BundleManifest {
         }
         if self.preprocess.runs(Step::Resample) {
             match self.preprocess.resample.grid() {
-                Ok(grid) if grid.len() == self.wavenumbers.len() && grid.iter().zip(&self.wavenumbers).all(|(a, b)| (a - b).abs() <= 1e-6) => {}
+                Ok(grid)
+                    if grid.len() == self.wavenumbers.len() && grid.iter().zip(&self.wavenumbers).all(|(a, b)| (a - b).abs() <= 1e-6) => {}
                 Ok(grid) => {
                     return bad(format!(
                         "wavenumbers: the grid ({} points, {}–{} cm⁻¹) differs from preprocess.resample ({} points, {}–{} cm⁻¹)",
@@ -300,9 +301,7 @@ impl Bundle {
         if found != manifest.weights_sha256 {
             return Err(BundleError::HashMismatch { path: weights_path, expected: manifest.weights_sha256.clone(), found });
         }
-        let device = device
-            .resolve()
-            .map_err(|e| BundleError::Manifest { path: manifest_path.clone(), reason: format!("device: {e}") })?;
+        let device = device.resolve().map_err(|e| BundleError::Manifest { path: manifest_path.clone(), reason: format!("device: {e}") })?;
         crate::operators::model::flush_denormals();
         let mut vs = tch::nn::VarStore::new(device);
         let net = CareNet::new(&vs.root(), &manifest.architecture)

@@ -137,7 +137,10 @@ mod tests {
         let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
         let e = Error::io("cannot write", Path::new("/x"), full).context("cannot write the outputs of a.hdr");
         assert!(e.is_storage());
-        assert_eq!(e.to_string(), format!("cannot write the outputs of a.hdr: cannot write /x: {}", std::io::Error::from_raw_os_error(libc::ENOSPC)));
+        assert_eq!(
+            e.to_string(),
+            format!("cannot write the outputs of a.hdr: cannot write /x: {}", std::io::Error::from_raw_os_error(libc::ENOSPC))
+        );
         let wrapped = WriteError::Io { path: "/y".into(), source: std::io::Error::from_raw_os_error(libc::EROFS) };
         assert!(Error::from(wrapped).is_storage());
         let missing = Error::io("cannot read", Path::new("/z"), std::io::Error::from(std::io::ErrorKind::NotFound));

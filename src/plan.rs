@@ -40,12 +40,10 @@ pub struct EmscState {
 impl EmscState {
     /// Reads a state file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: format!("EMSC state {}", path.display()), source })?;
-        serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: format!("not an EMSC state file: {e}"),
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: format!("EMSC state {}", path.display()), source })?;
+        serde_json::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: format!("not an EMSC state file: {e}") })
     }
 
     /// Writes a state file atomically ([`crate::io::atomic::write_atomic`]).
@@ -295,7 +293,11 @@ impl EmscFitter {
                     }
                     self.count += 1;
                 }
-                if want_paraffin && is(&paraffin, false) && paraffin_taken < self.per_image_paraffin && crate::operators::finite::all_finite(s) {
+                if want_paraffin
+                    && is(&paraffin, false)
+                    && paraffin_taken < self.per_image_paraffin
+                    && crate::operators::finite::all_finite(s)
+                {
                     self.paraffin.extend_from_slice(s);
                     self.paraffin_rows += 1;
                     paraffin_taken += 1;

@@ -38,11 +38,7 @@ fn read_image(entry: &ImageEntry, batch_rows: usize) -> Result<Vec<RecordBatch>,
 }
 
 fn count_true(batches: &[RecordBatch], name: &str) -> u64 {
-    batches
-        .iter()
-        .filter_map(|b| b.column_by_name(name).and_then(|c| c.as_boolean_opt().cloned()))
-        .map(|m| m.true_count() as u64)
-        .sum()
+    batches.iter().filter_map(|b| b.column_by_name(name).and_then(|c| c.as_boolean_opt().cloned())).map(|m| m.true_count() as u64).sum()
 }
 
 /// Runs the chain of `cfg` over `inputs` into `out`, reporting each image to `progress`. Images

@@ -80,9 +80,7 @@ fn mosaic_matches_reference_reader_exactly() {
 
 fn ramp_cube(width: u32, height: u32, points: usize) -> ImageCube {
     let wavenumbers: Vec<f64> = (0..points).map(|i| 1.9285 * (467 + i) as f64).collect();
-    let values = (0..width * height)
-        .flat_map(|p| (0..points).map(move |b| p as f32 * 10.0 + b as f32 * 0.25))
-        .collect();
+    let values = (0..width * height).flat_map(|p| (0..points).map(move |b| p as f32 * 10.0 + b as f32 * 0.25)).collect();
     ImageCube { width, height, wavenumbers, values }
 }
 

@@ -29,7 +29,22 @@ fn the_python_baseline_predicts_the_same_classes() {
     };
     // The default archive (16 cores of 64×64 px) and a briefly trained type model.
     ftirflow(&["synth", "--out", "arch"]);
-    ftirflow(&["train", "--task", "type", "--labels", "arch/labels.csv", "--epochs", "1", "--folds", "0", "--spectra-per-epoch", "500", "arch/images", "--out", "model"]);
+    ftirflow(&[
+        "train",
+        "--task",
+        "type",
+        "--labels",
+        "arch/labels.csv",
+        "--epochs",
+        "1",
+        "--folds",
+        "0",
+        "--spectra-per-epoch",
+        "500",
+        "arch/images",
+        "--out",
+        "model",
+    ]);
     ftirflow(&["run", "--model", "model", "arch/images", "--out", "run", "--workers", "2"]);
     let o = Command::new(repo.join("scripts/python-baseline"))
         .arg(repo.join("benches/python/pipeline_baseline.py"))

@@ -30,7 +30,14 @@ fn cube(points: usize) -> ImageCube {
 #[test]
 fn help_is_available_everywhere() {
     let dir = tempfile::tempdir().unwrap();
-    for sub in [vec!["--help"], vec!["synth", "--help"], vec!["convert", "--help"], vec!["demo", "--help"], vec!["report", "--help"], vec!["inspect", "--help"]] {
+    for sub in [
+        vec!["--help"],
+        vec!["synth", "--help"],
+        vec!["convert", "--help"],
+        vec!["demo", "--help"],
+        vec!["report", "--help"],
+        vec!["inspect", "--help"],
+    ] {
         let o = ftirflow(&sub, dir.path());
         assert!(o.status.success(), "{sub:?}: {}", text(&o));
         assert!(text(&o).contains("Usage"), "{sub:?}");

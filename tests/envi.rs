@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::AsArray;
 use arrow::datatypes::UInt32Type;
 use ftirflow::io::envi::{
-    data_file_for, header_for, parse_header, write_cube, ByteOrder, ValueType, EnviReader, EnviWriteOptions, Interleave,
-    WavelengthUnits,
+    data_file_for, header_for, parse_header, write_cube, ByteOrder, EnviReader, EnviWriteOptions, Interleave, ValueType, WavelengthUnits,
 };
 use ftirflow::io::{Format, ImageCube, ReadError, ReadOptions, SpectraReader};
 use ftirflow::operators::schema::{sample_column, SpectraLayout};
@@ -105,12 +104,7 @@ fn axis(n: usize) -> Vec<f64> {
 }
 
 fn cube(width: u32, height: u32, bands: usize, dt: ValueType, seed: u64) -> ImageCube {
-    ImageCube {
-        width,
-        height,
-        wavenumbers: axis(bands),
-        values: values_for(dt, width as usize * height as usize * bands, seed),
-    }
+    ImageCube { width, height, wavenumbers: axis(bands), values: values_for(dt, width as usize * height as usize * bands, seed) }
 }
 
 #[test]
@@ -134,14 +128,8 @@ fn round_trip_every_layout_type_order_offset_and_batch_size() {
                         "data file size for {opts:?}"
                     );
                     let header = parse_header(&hdr).unwrap();
-                    assert_eq!(
-                        (header.samples, header.lines, header.bands, header.header_offset),
-                        (w, h, n as u32, header_offset)
-                    );
-                    assert_eq!(
-                        (header.data_type, header.interleave, header.byte_order),
-                        (data_type, interleave, byte_order)
-                    );
+                    assert_eq!((header.samples, header.lines, header.bands, header.header_offset), (w, h, n as u32, header_offset));
+                    assert_eq!((header.data_type, header.interleave, header.byte_order), (data_type, interleave, byte_order));
                     assert_eq!(header.wavelength_units, WavelengthUnits::Wavenumber);
                     for batch_rows in [1usize, 7, 1000] {
                         let what = format!("{opts:?}, batch_rows {batch_rows}");
@@ -238,8 +226,7 @@ fn reader_and_writer_agree_with_hand_built_files() {
                 let tag = format!("{}_{}_{}", il.name(), dt.name(), big as u8);
                 // The writer produces exactly these bytes.
                 let order = if big { ByteOrder::Big } else { ByteOrder::Little };
-                let opts =
-                    EnviWriteOptions { interleave: il, data_type: dt, byte_order: order, header_offset: offset as u64 };
+                let opts = EnviWriteOptions { interleave: il, data_type: dt, byte_order: order, header_offset: offset as u64 };
                 let data = write_cube(&dir.path().join(format!("w_{tag}.hdr")), &c, &opts).unwrap();
                 assert_eq!(fs::read(&data).unwrap(), bytes, "{tag}: writer bytes");
                 // The reader reads them with a header written by hand.
@@ -275,11 +262,7 @@ fn round_trip_many_bands_and_wide_lines() {
             for batch_rows in [1usize, 16, 17, 40, 41, 64, 100, 123] {
                 let got = read(&hdr, batch_rows).unwrap();
                 assert_eq!(got.xy, raster(w, h));
-                assert_values(
-                    &got.values,
-                    &c.values,
-                    &format!("{interleave:?} {byte_order:?} batch_rows {batch_rows}"),
-                );
+                assert_values(&got.values, &c.values, &format!("{interleave:?} {byte_order:?} batch_rows {batch_rows}"));
             }
         }
     }
@@ -306,10 +289,7 @@ fn info_and_generic_open() {
 #[test]
 fn default_write_options_are_bip_f32_little_no_offset() {
     let d = EnviWriteOptions::default();
-    assert_eq!(
-        (d.interleave, d.data_type, d.byte_order, d.header_offset),
-        (Interleave::Bip, ValueType::F32, ByteOrder::Little, 0)
-    );
+    assert_eq!((d.interleave, d.data_type, d.byte_order, d.header_offset), (Interleave::Bip, ValueType::F32, ByteOrder::Little, 0));
     assert_eq!(ValueType::ALL.map(ValueType::code), [1, 2, 3, 4, 5, 12]);
     assert_eq!(ValueType::ALL.map(ValueType::size), [1, 2, 4, 4, 8, 2]);
 }
@@ -384,13 +364,10 @@ fn check_reference(hdr_name: &str, key: &str, data_name: &str) {
     let json: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.join("expected_agilent_format_0.4.7.json")).unwrap()).unwrap();
     let expected = &json[key];
-    let shape: Vec<u64> =
-        expected["shape_rows_cols_points"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let shape: Vec<u64> = expected["shape_rows_cols_points"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     let (rows, cols, points) = (shape[0] as u32, shape[1] as u32, shape[2] as usize);
-    let wavenumbers: Vec<f64> =
-        expected["wavenumbers"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    let values: Vec<f32> =
-        expected["data_row_major"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let wavenumbers: Vec<f64> = expected["wavenumbers"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let values: Vec<f32> = expected["data_row_major"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
 
     let hdr = dir.join(hdr_name);
     let header = parse_header(&hdr).unwrap();
@@ -440,8 +417,7 @@ fn header_text(samples: &str, lines: &str, bands: usize, extra: &str) -> String 
 fn fixture(dir: &Path, name: &str, text: &str, data_len: usize) -> PathBuf {
     let hdr = dir.join(format!("{name}.hdr"));
     fs::write(&hdr, text).unwrap();
-    let data: Vec<u8> =
-        (0..data_len / 4).flat_map(|i| (i as f32).to_le_bytes()).chain(std::iter::repeat_n(0, data_len % 4)).collect();
+    let data: Vec<u8> = (0..data_len / 4).flat_map(|i| (i as f32).to_le_bytes()).chain(std::iter::repeat_n(0, data_len % 4)).collect();
     fs::write(dir.join(format!("{name}.dat")), data).unwrap();
     hdr
 }
@@ -579,11 +555,7 @@ fn unsupported_data_type_codes() {
         let text = header_text("2", "2", 1, "").replace("data type = 4", &format!("data type = {code}"));
         let hdr = fixture(dir.path(), "dt", &text, 64);
         let err = open_err(&hdr);
-        let want = if code.parse::<u64>().is_ok() {
-            format!("unsupported data type {code}")
-        } else {
-            "not a non-negative integer".into()
-        };
+        let want = if code.parse::<u64>().is_ok() { format!("unsupported data type {code}") } else { "not a non-negative integer".into() };
         assert_header_err(err, "data type", &want);
     }
 }
@@ -654,15 +626,11 @@ fn missing_envi_magic() {
 #[test]
 fn unknown_interleave_and_missing_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let hdr =
-        fixture(dir.path(), "il", &header_text("2", "2", 1, "").replace("interleave = bsq", "interleave = bsx"), 64);
+    let hdr = fixture(dir.path(), "il", &header_text("2", "2", 1, "").replace("interleave = bsq", "interleave = bsx"), 64);
     assert_header_err(open_err(&hdr), "interleave", "unknown interleave `bsx`");
     for field in ["samples", "lines", "bands", "data type", "interleave"] {
-        let text: String = header_text("2", "2", 1, "")
-            .lines()
-            .filter(|l| !l.starts_with(&format!("{field} =")))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let text: String =
+            header_text("2", "2", 1, "").lines().filter(|l| !l.starts_with(&format!("{field} ="))).map(|l| format!("{l}\n")).collect();
         let hdr = fixture(dir.path(), "miss", &text, 64);
         assert_header_err(open_err(&hdr), field, "missing");
     }
@@ -678,9 +646,7 @@ fn missing_data_file_lists_what_was_tried() {
     let err = open_err(&hdr);
     assert!(matches!(err, ReadError::Format { .. }), "{err:?}");
     let msg = err.to_string();
-    for name in
-        ["orphan,", "orphan.img", "orphan.dat", "orphan.raw", "orphan.bsq", "orphan.bil", "orphan.bip", "orphan.IMG"]
-    {
+    for name in ["orphan,", "orphan.img", "orphan.dat", "orphan.raw", "orphan.bsq", "orphan.bil", "orphan.bip", "orphan.IMG"] {
         assert!(msg.contains(name), "`{msg}` should list {name}");
     }
     assert!(matches!(data_file_for(&hdr), Err(ReadError::Format { .. })));

@@ -170,11 +170,7 @@ fn train_on_a_small_synthetic_archive() {
     let d = dir.path();
     let o = ftirflow(&["synth", "--out", "arch", "--cores", "16", "--size", "24"], d);
     assert!(o.status.success(), "{}", text(&o));
-    std::fs::write(
-        d.join("fast.toml"),
-        "[train]\nepochs = 8\nspectra_per_epoch = 1000\nspectra_per_core = 150\nthreads = 1\n",
-    )
-    .unwrap();
+    std::fs::write(d.join("fast.toml"), "[train]\nepochs = 8\nspectra_per_epoch = 1000\nspectra_per_core = 150\nthreads = 1\n").unwrap();
     let o = ftirflow(&["train", "--config", "fast.toml", "--labels", "arch/labels.csv", "--task", "type", "arch", "--out", "model"], d);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
@@ -233,7 +229,8 @@ fn train_on_a_small_synthetic_archive() {
 fn train_on_the_collagen_table() {
     let Some(dir) = crate::common::shared_data("collagen") else { return };
     let out = tempfile::tempdir().unwrap();
-    std::fs::write(out.path().join("fast.toml"), "[train]\nepochs = 6\nspectra_per_epoch = 1000\nthreads = 1\nfinal_model = false\n").unwrap();
+    std::fs::write(out.path().join("fast.toml"), "[train]\nepochs = 6\nspectra_per_epoch = 1000\nthreads = 1\nfinal_model = false\n")
+        .unwrap();
     let csv = dir.join("collagen.csv");
     let o = ftirflow(&["train", "--config", "fast.toml", csv.to_str().unwrap(), "--out", "model"], out.path());
     let t = text(&o);

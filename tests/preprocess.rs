@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{AsArray, RecordBatch};
-use ftirflow::preprocess::{preprocess, PreprocessSummary};
 use ftirflow::config::{Config, Keep, Step};
 use ftirflow::io::{self, ReadOptions};
 use ftirflow::operators::emsc::ParaffinMode;
 use ftirflow::operators::SpectraLayout;
+use ftirflow::preprocess::{preprocess, PreprocessSummary};
 use ftirflow::synth::{generate, SynthConfig};
 
 fn archive(dir: &Path, patients: u32, size: u32) -> PathBuf {

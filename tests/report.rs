@@ -52,7 +52,8 @@ fn svg_size(path: &Path) -> (u32, u32) {
     let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{}: not XML: {e}", path.display()));
     let root = doc.root_element();
     assert_eq!(root.tag_name().name(), "svg", "{}", path.display());
-    let dim = |a: &str| root.attribute(a).unwrap_or_else(|| panic!("{}: no {a}", path.display())).trim_end_matches("px").parse::<u32>().unwrap();
+    let dim =
+        |a: &str| root.attribute(a).unwrap_or_else(|| panic!("{}: no {a}", path.display())).trim_end_matches("px").parse::<u32>().unwrap();
     (dim("width"), dim("height"))
 }
 
@@ -91,7 +92,8 @@ fn a_run_report_has_valid_figures_and_an_index_that_references_only_existing_fil
     let out = run_dir();
     let report = out.join("report");
     let refs = check_page(&report);
-    let mut names: Vec<String> = std::fs::read_dir(report.join("figures")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(report.join("figures")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     let pngs: Vec<&String> = names.iter().filter(|n| n.ends_with(".png")).collect();
     // Per core a class map (8 cores), per predicted class a Grad-CAM profile, and confusion
@@ -153,13 +155,25 @@ fn class_map_pixels_match_the_predictions() {
             let pred = b.column_by_name("pred_class").unwrap().as_string::<i32>();
             let sub = b.column_by_name("subtype").unwrap().as_string::<i32>();
             for i in 0..b.num_rows() {
-                let grey = if tissue.value(i) { EXCLUDED } else if paraffin.value(i) { PARAFFIN } else { BACKGROUND };
+                let grey = if tissue.value(i) {
+                    EXCLUDED
+                } else if paraffin.value(i) {
+                    PARAFFIN
+                } else {
+                    BACKGROUND
+                };
                 let t = if pred.is_null(i) { grey } else { class_colour(pred.value(i), &types) };
                 if !pred.is_null(i) {
                     *classes_seen.entry(pred.value(i).to_string()).or_insert(0) += 1;
                 }
                 type_px.push((x.value(i), y.value(i), t));
-                let s = if !sub.is_null(i) { class_colour(sub.value(i), &subtypes) } else if pred.is_null(i) { grey } else { EXCLUDED };
+                let s = if !sub.is_null(i) {
+                    class_colour(sub.value(i), &subtypes)
+                } else if pred.is_null(i) {
+                    grey
+                } else {
+                    EXCLUDED
+                };
                 sub_px.push((x.value(i), y.value(i), s, !sub.is_null(i)));
             }
         }
@@ -172,11 +186,8 @@ fn class_map_pixels_match_the_predictions() {
             RGBColor(rgb[o], rgb[o + 1], rgb[o + 2])
         };
         let half = (l.scale / 2) as i32;
-        let panels: Vec<Vec<(u32, u32, RGBColor)>> = if has_sub {
-            vec![type_px.clone(), sub_px.iter().map(|p| (p.0, p.1, p.2)).collect()]
-        } else {
-            vec![type_px.clone()]
-        };
+        let panels: Vec<Vec<(u32, u32, RGBColor)>> =
+            if has_sub { vec![type_px.clone(), sub_px.iter().map(|p| (p.0, p.1, p.2)).collect()] } else { vec![type_px.clone()] };
         for (k, pixels) in panels.iter().enumerate() {
             let (ox, oy) = l.origins[k];
             for &(x, y, c) in pixels {
@@ -262,7 +273,8 @@ fn inspect_prints_what_a_reader_sees_and_writes_a_chemical_image() {
     let (w, h, rgb) = decode_png(&f.root.join("inspect.png"));
     assert!(w >= 400 && h >= 400, "{w}×{h}");
     assert!(rgb.chunks(3).any(|c| c != [255, 255, 255]), "the image is not blank");
-    let o = bin().args(["inspect", "arch/images/P01_CA.hdr", "--png", "x.png", "--band", "5000-6000"]).current_dir(&f.root).output().unwrap();
+    let o =
+        bin().args(["inspect", "arch/images/P01_CA.hdr", "--png", "x.png", "--band", "5000-6000"]).current_dir(&f.root).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("no axis point lies in the band"), "{}", text(&o));
     let o = bin().args(["inspect", "arch/no_such.hdr"]).current_dir(&f.root).output().unwrap();

@@ -81,9 +81,17 @@ fn mixed_archive(root: &Path) -> (PathBuf, PathBuf) {
         copy_envi(root, s, &mixed, name);
         copy_envi(root, s, &good, name);
     }
-    let o = bin().args(["synth", "--out", "synth_pq", "--cores", "2", "--size", "20", "--seed", "5", "--format", "parquet"]).current_dir(root).output().unwrap();
+    let o = bin()
+        .args(["synth", "--out", "synth_pq", "--cores", "2", "--size", "20", "--seed", "5", "--format", "parquet"])
+        .current_dir(root)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let o = bin().args(["synth", "--out", "synth_ag", "--cores", "2", "--size", "24", "--seed", "6", "--format", "agilent"]).current_dir(root).output().unwrap();
+    let o = bin()
+        .args(["synth", "--out", "synth_ag", "--cores", "2", "--size", "24", "--seed", "6", "--format", "agilent"])
+        .current_dir(root)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     for d in [&mixed, &good] {
         std::fs::copy(root.join("synth_pq/images/P01_CA.parquet"), d.join("good_table.parquet")).unwrap();
@@ -344,7 +352,8 @@ fn kill_9_at_random_points_then_a_rerun_gives_exactly_the_uninterrupted_outputs(
         // One to three kills in a row (each run resumes the previous one), then a run to the end.
         for _ in 0..rng.random_range(1..=3) {
             let delay = Duration::from_secs_f64(full.as_secs_f64() * rng.random_range(0.0..1.1));
-            let mut child = run_cmd(&f.root, "arch/images", &out, &["--workers", "2"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            let mut child =
+                run_cmd(&f.root, "arch/images", &out, &["--workers", "2"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
             std::thread::sleep(delay);
             let finished = child.try_wait().unwrap().is_some();
             let _ = child.kill(); // SIGKILL
@@ -460,7 +469,12 @@ fn a_read_only_output_directory_exits_2_before_any_work() {
     let t0 = Instant::now();
     let o = run_on(&f.root, "arch/images", &at, &[]);
     let t = text(&o);
-    eprintln!("read-only output: exit {:?} in {:?}: {}", o.status.code(), t0.elapsed(), t.lines().find(|l| l.starts_with("error:")).unwrap_or(""));
+    eprintln!(
+        "read-only output: exit {:?} in {:?}: {}",
+        o.status.code(),
+        t0.elapsed(),
+        t.lines().find(|l| l.starts_with("error:")).unwrap_or("")
+    );
     assert_eq!(o.status.code(), Some(2), "{t}");
     assert!(t.contains("not writable") && t.contains("Read-only file system"), "{t}");
     assert!(!t.contains("image(s) in"), "no image was looked at: {t}");
@@ -513,7 +527,10 @@ fn when_a_process_of_a_cluster_run_dies_the_other_stops_within_seconds_and_a_rer
     let o = survivor.wait_with_output().unwrap();
     let _ = dead.wait();
     let t = text(&o);
-    eprintln!("peer {victim} killed: the other stopped in {waited:?} with {status}: {}", t.lines().find(|l| l.starts_with("error:")).unwrap_or(""));
+    eprintln!(
+        "peer {victim} killed: the other stopped in {waited:?} with {status}: {}",
+        t.lines().find(|l| l.starts_with("error:")).unwrap_or("")
+    );
     assert!(waited < Duration::from_secs(10), "stopping took {waited:?}");
     assert_eq!(status.code(), Some(2), "{t}");
     assert!(t.contains("lost its connection to another process"), "{t}");
@@ -536,7 +553,8 @@ fn the_cluster_mode_listens_only_on_the_hostfile_address() {
     let want = format!(":{port:04X} ");
     let start = Instant::now();
     let listening = loop {
-        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default() + &std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+        let tcp =
+            std::fs::read_to_string("/proc/net/tcp").unwrap_or_default() + &std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
         // Local addresses (column 2) of listening sockets (state 0A) on the port.
         let found: Vec<String> = tcp
             .lines()
@@ -626,5 +644,4 @@ fn fuzzing_finds_stay_fixed() {
     });
     let err = err.expect("a page header with a 2³¹-element boolean list is refused");
     assert!(err.contains("not a readable Parquet file"), "{err}");
-
 }

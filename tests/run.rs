@@ -65,12 +65,13 @@ pub fn run(root: &Path, out: &Path, extra: &[&str]) -> Output {
 pub(crate) fn outputs(out: &Path) -> BTreeMap<String, Vec<String>> {
     let mut tables = BTreeMap::new();
     let mut read = |name: String, path: &Path| {
-        let batches: Vec<RecordBatch> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
-            .unwrap()
-            .build()
-            .unwrap()
-            .map(|b| b.unwrap())
-            .collect();
+        let batches: Vec<RecordBatch> =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect();
         let mut rows = Vec::new();
         for b in &batches {
             for i in 0..b.num_rows() {
@@ -298,12 +299,7 @@ fn the_lock_a_bad_model_and_a_bad_image_give_the_documented_exit_codes() {
     let len = std::fs::metadata(&img).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(len / 2).unwrap();
     let out = f.root.join("bad_out");
-    let o = bin()
-        .args(["run", "--model", "type_model", "arch_bad/images", "--out"])
-        .arg(&out)
-        .current_dir(&f.root)
-        .output()
-        .unwrap();
+    let o = bin().args(["run", "--model", "type_model", "arch_bad/images", "--out"]).arg(&out).current_dir(&f.root).output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let t = outputs(&out);
     assert_eq!(t["cores"].len(), 1);
@@ -324,7 +320,12 @@ fn peak_memory_does_not_grow_with_the_number_of_images() {
     // 258 → 294 MB for 12 → 48 cores, where the idle machine gives 258–275 MB for 12 to 192.
     for (name, patients) in [("small", "6"), ("large", "48")] {
         let arch = f.root.join(format!("mem_{name}"));
-        let o = bin().args(["synth", "--out"]).arg(&arch).args(["--cores", &(patients.parse::<u32>().unwrap() * 2).to_string(), "--size", "24"]).output().unwrap();
+        let o = bin()
+            .args(["synth", "--out"])
+            .arg(&arch)
+            .args(["--cores", &(patients.parse::<u32>().unwrap() * 2).to_string(), "--size", "24"])
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", text(&o));
         let out = f.root.join(format!("mem_{name}_out"));
         let o = bin()

@@ -46,7 +46,8 @@ fn read_envi(hdr: &Path) -> (usize, usize, usize, Vec<f32>) {
             })
             .unwrap_or_else(|| panic!("{key} missing from {}", hdr.display()))
     };
-    let (w, h, n): (usize, usize, usize) = (field("samples").parse().unwrap(), field("lines").parse().unwrap(), field("bands").parse().unwrap());
+    let (w, h, n): (usize, usize, usize) =
+        (field("samples").parse().unwrap(), field("lines").parse().unwrap(), field("bands").parse().unwrap());
     assert_eq!(field("interleave").to_ascii_lowercase(), "bip");
     assert_eq!(field("data type"), "4");
     assert_eq!(field("byte order"), "0");
@@ -96,7 +97,9 @@ fn same_seed_same_bytes_for_any_thread_count_and_other_seed_differs() {
     assert_eq!((sa.cores, sa.spectra, sa.bytes), (4, 4 * 256, sb.bytes));
     let (ta, tb) = (tree(a.path()), tree(b.path()));
     let names: Vec<_> = ta.keys().map(|p| p.to_string_lossy().into_owned()).collect();
-    for expected in ["images/P01_CA.hdr", "images/P02_AT.img", "labels.csv", "truth/masks.parquet", "truth/planted_bands.json", "synth.json"] {
+    for expected in
+        ["images/P01_CA.hdr", "images/P02_AT.img", "labels.csv", "truth/masks.parquet", "truth/planted_bands.json", "synth.json"]
+    {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
     assert!(!names.iter().any(|n| n.contains(".tmp") || n.ends_with(".partial")), "temporary files left: {names:?}");
@@ -218,7 +221,12 @@ fn written_spectra_carry_the_planted_physics_and_biology() {
         let pure: Vec<usize> = paraffin.iter().copied().filter(|&p| frac[p] == 1.0).collect();
         assert!(pure.len() * 2 > paraffin.len(), "{}: most paraffin is pure", l.sample);
         let max_par_amide = pure.iter().map(|&p| spectrum(p)[i_amide]).fold(f32::MIN, f32::max);
-        assert!(amide[amide.len() / 100] > max_par_amide, "{}: thin tissue {} vs paraffin {max_par_amide}", l.sample, amide[amide.len() / 100]);
+        assert!(
+            amide[amide.len() / 100] > max_par_amide,
+            "{}: thin tissue {} vs paraffin {max_par_amide}",
+            l.sample,
+            amide[amide.len() / 100]
+        );
         // Pure paraffin passes the "no protein" test of DESIGN §4 (amide I < 1462 / 10); the
         // tissue smear at the edge does not.
         let protein_free = |p: usize| spectrum(p)[i_amide] < 0.1 * spectrum(p)[i_par];

@@ -2,9 +2,7 @@
 //! collagen table, and bad tables.
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, DictionaryArray, Float64Builder, Int64Array, ListBuilder, RecordBatch, StringArray,
-};
+use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, Float64Builder, Int64Array, ListBuilder, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int32Type, Schema};
 use ftirflow::io::parquet::{write_cube, AtomicParquetWriter};
 use ftirflow::io::{self, ImageCube, ReadError, ReadOptions};
@@ -13,12 +11,7 @@ use ftirflow::operators::schema::{axis_metadata, SpectraLayout};
 use crate::common::shared_data;
 
 fn cube() -> ImageCube {
-    ImageCube {
-        width: 3,
-        height: 2,
-        wavenumbers: vec![1800.0, 1700.0, 1600.0, 1500.0],
-        values: (0..24).map(|v| v as f32 * 0.5).collect(),
-    }
+    ImageCube { width: 3, height: 2, wavenumbers: vec![1800.0, 1700.0, 1600.0, 1500.0], values: (0..24).map(|v| v as f32 * 0.5).collect() }
 }
 
 #[test]

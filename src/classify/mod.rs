@@ -55,8 +55,7 @@ pub fn prob_fixed(p: f32) -> i64 {
 
 /// The schema of prediction rows for input `schema` (spectrum dropped, predictions added).
 pub fn prediction_schema(input: &Schema, types: &[String], subtypes: Option<&[String]>) -> SchemaRef {
-    let mut fields: Vec<Field> =
-        input.fields().iter().filter(|f| f.name() != SPECTRUM).map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = input.fields().iter().filter(|f| f.name() != SPECTRUM).map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new(PRED_CLASS, DataType::Utf8, true));
     for c in types {
         fields.push(Field::new(format!("p_{c}"), DataType::Float32, true));

@@ -113,31 +113,33 @@ pub fn spawn_service(
 ) -> Result<(crossbeam_channel::Sender<Request>, std::thread::JoinHandle<()>), Error> {
     let (tx, rx) = crossbeam_channel::bounded::<Request>(64);
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), BundleError>>(1);
-    let handle = std::thread::Builder::new().name("inference".into()).spawn(move || {
-        tch::set_num_threads(threads as i32);
-        let (types, subtypes) = match load() {
-            Ok(m) => {
-                let _ = ready_tx.send(Ok(()));
-                m
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-                return;
-            }
-        };
-        for r in rx {
-            let bundle = match r.which {
-                Which::Type => Some(&types),
-                Which::Subtype => subtypes.as_ref(),
+    let handle = std::thread::Builder::new()
+        .name("inference".into())
+        .spawn(move || {
+            tch::set_num_threads(threads as i32);
+            let (types, subtypes) = match load() {
+                Ok(m) => {
+                    let _ = ready_tx.send(Ok(()));
+                    m
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
             };
-            let result = match bundle {
-                Some(b) => score(b, &r.values, r.rows, batch, gradcam),
-                None => Err(OpError::internal(OP, "no subtype model")),
-            };
-            let _ = r.reply.send(result);
-        }
-    })
-    .map_err(|e| Error::invalid(format!("cannot start the inference service: {e}")))?;
+            for r in rx {
+                let bundle = match r.which {
+                    Which::Type => Some(&types),
+                    Which::Subtype => subtypes.as_ref(),
+                };
+                let result = match bundle {
+                    Some(b) => score(b, &r.values, r.rows, batch, gradcam),
+                    None => Err(OpError::internal(OP, "no subtype model")),
+                };
+                let _ = r.reply.send(result);
+            }
+        })
+        .map_err(|e| Error::invalid(format!("cannot start the inference service: {e}")))?;
     ready_rx.recv().map_err(|_| Error::invalid("the inference service did not start"))??;
     Ok((tx, handle))
 }
@@ -190,4 +192,3 @@ fn score(bundle: &Bundle, values: &[f32], rows: usize, batch: usize, gradcam: bo
     }
     Ok(s)
 }
-

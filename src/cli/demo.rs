@@ -50,8 +50,8 @@ pub(super) fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         let out = args.out.join(format!("model_{name}"));
         println!("{step}/4 training the {name} model briefly ({} epochs) into {}", cfg.train.epochs, out.display());
         let input = Input::Archive { dir: images.clone(), labels: labels.clone(), task };
-        let report = train::train(&cfg, &input, &out, &super::progress::epoch_reporter())
-            .with_context(|| format!("training the {name} model"))?;
+        let report =
+            train::train(&cfg, &input, &out, &super::progress::epoch_reporter()).with_context(|| format!("training the {name} model"))?;
         println!("    trained on {} spectra in {:.1} s", report.final_spectra, report.seconds);
         models.push(out);
     }

@@ -60,7 +60,11 @@ pub(super) fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
     let dir = if last >= first { "ascending" } else { "descending" };
     let (smin, smax) = r.step_range;
     let uniform = if smax - smin <= 1e-6 * smax.max(1.0) { "uniform".to_string() } else { format!("non-uniform, {smin:.4}–{smax:.4}") };
-    println!("axis:     {} points, {first:.2} → {last:.2} cm⁻¹ ({dir}), step {:.4} cm⁻¹ ({uniform})", r.points, (last - first).abs() / (r.points.max(2) - 1) as f64);
+    println!(
+        "axis:     {} points, {first:.2} → {last:.2} cm⁻¹ ({dir}), step {:.4} cm⁻¹ ({uniform})",
+        r.points,
+        (last - first).abs() / (r.points.max(2) - 1) as f64
+    );
     println!("data:     {:.1} MB of spectra", r.data_bytes as f64 / 1e6);
     match r.value_range {
         Some((lo, hi)) => println!("values:   {lo:.4} … {hi:.4} (finite)"),

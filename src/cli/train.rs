@@ -84,11 +84,11 @@ pub(super) fn run(args: TrainArgs) -> anyhow::Result<Outcome> {
     } else {
         anyhow::bail!("{}: no such archive directory or table", args.input.display());
     };
-    let report = train::train(&cfg, &input, &args.out, &super::progress::epoch_reporter()).with_context(|| format!("training on {} failed", args.input.display()))?;
+    let report = train::train(&cfg, &input, &args.out, &super::progress::epoch_reporter())
+        .with_context(|| format!("training on {} failed", args.input.display()))?;
     print!("{}", report.cv.table());
     for c in report.gradcam.iter().filter(|c| c.by == "true") {
-        let bands: Vec<String> =
-            c.top_bands.iter().map(|b| format!("{:.0}–{:.0} ({})", b.lo, b.hi, b.assignment)).collect();
+        let bands: Vec<String> = c.top_bands.iter().map(|b| format!("{:.0}–{:.0} ({})", b.lo, b.hi, b.assignment)).collect();
         println!("grad-cam top bands of {} ({} spectra): {}", c.class, c.count, bands.join(", "));
     }
     println!(

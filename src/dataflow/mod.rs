@@ -133,9 +133,14 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
             input.send(Item::Failed(Reject::new(&image.entry.path, "write", format!("not processed: {reason}"))));
             continue;
         }
-        source::feed(image, job.run.batch_rows, |item| input.send(item), || {
-            worker.step();
-        });
+        source::feed(
+            image,
+            job.run.batch_rows,
+            |item| input.send(item),
+            || {
+                worker.step();
+            },
+        );
         // Bounded memory: wait until this worker's previous image has left the graph, then hand
         // the pages it freed back (mimalloc keeps them for a while otherwise, and peak memory
         // would creep up with the number of images).
@@ -172,7 +177,8 @@ fn peer_watchdog(process: usize) {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let payload = info.payload();
-            let msg = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("");
+            let msg =
+                payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("");
             let network = std::thread::current().name().is_some_and(|n| n.starts_with("timely:"));
             if msg.contains("timely communication error") || network {
                 eprintln!(

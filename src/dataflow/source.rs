@@ -1,8 +1,8 @@
 //! The source of the graph: each worker reads its images (whole files, batch by batch) into the
 //! dataflow's input, or feeds a reused image's stored records, or its reject.
-use std::sync::Arc;
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use std::sync::Arc;
 
 use super::adapter::Item;
 use crate::io::ReadOptions;
@@ -66,5 +66,6 @@ fn as_image(batch: RecordBatch, sample: &str, seen: &mut Option<String>) -> Resu
     fields[idx] = Field::new(SAMPLE, DataType::Utf8, schema.field(idx).is_nullable());
     let mut columns = batch.columns().to_vec();
     columns[idx] = std::sync::Arc::new(StringArray::from(vec![sample; batch.num_rows()]));
-    RecordBatch::try_new(std::sync::Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), columns).map_err(|e| e.to_string())
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), columns)
+        .map_err(|e| e.to_string())
 }

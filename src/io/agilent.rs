@@ -9,11 +9,11 @@
 //! of points (i32 at 2236); `wavenumber[i] = spacing × (start + i)`. Mosaic tile `XXXX` is the tile
 //! column (left to right) and `YYYY` the tile row counted from the *bottom*: tile (x, y) covers
 //! image rows `(ytiles − 1 − y) × fpa ..` and columns `x × fpa ..`.
-use std::sync::Arc;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -44,9 +44,11 @@ pub fn companion(path: &Path, ext: &str) -> Option<PathBuf> {
         return Some(exact);
     }
     let dir = parent_dir(path);
-    std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-        p.is_file() && p.file_name().and_then(|n| n.to_str()).map(|n| n.to_lowercase() == want).unwrap_or(false)
-    })
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).map(|n| n.to_lowercase() == want).unwrap_or(false))
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -107,11 +109,7 @@ fn fpa_size(path: &Path, bytes: u64, points: u32) -> Result<u32, ReadError> {
     }
     let floats = bytes / 4;
     if floats <= PREAMBLE_FLOATS {
-        return Err(ReadError::Truncated {
-            path: path.to_path_buf(),
-            expected: (PREAMBLE_FLOATS + points as u64) * 4,
-            actual: bytes,
-        });
+        return Err(ReadError::Truncated { path: path.to_path_buf(), expected: (PREAMBLE_FLOATS + points as u64) * 4, actual: bytes });
     }
     let data = floats - PREAMBLE_FLOATS;
     if !data.is_multiple_of(points as u64) {
@@ -304,11 +302,7 @@ impl AgilentReader {
             file.read_exact_at(&mut self.raw, offset).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     let actual = file.metadata().map(|m| m.len()).unwrap_or(0);
-                    ReadError::Truncated {
-                        path: tile.path.clone(),
-                        expected: (PREAMBLE_FLOATS as usize + n * plane) as u64 * 4,
-                        actual,
-                    }
+                    ReadError::Truncated { path: tile.path.clone(), expected: (PREAMBLE_FLOATS as usize + n * plane) as u64 * 4, actual }
                 } else {
                     ReadError::io(&tile.path, e)
                 }
@@ -333,9 +327,7 @@ impl AgilentReader {
             self.tile += 1;
             self.file = None;
         }
-        image_batch(Arc::clone(&self.schema), &self.sample, xs, ys, values)
-            .map(Some)
-            .map_err(|e| ReadError::schema(&tile.path, e))
+        image_batch(Arc::clone(&self.schema), &self.sample, xs, ys, values).map(Some).map_err(|e| ReadError::schema(&tile.path, e))
     }
 }
 
@@ -398,9 +390,7 @@ pub fn header_for_axis(wavenumbers: &[f64]) -> std::io::Result<AgilentHeader> {
     let header = AgilentHeader { spacing, start: start as i32, points: n as u32 };
     for (i, (a, b)) in header.wavenumbers().iter().zip(wavenumbers).enumerate() {
         if (a - b).abs() > 1e-6 * b.abs().max(1.0) {
-            return Err(invalid(format!(
-                "axis point {i} ({b}) is not spacing × (start + i) = {a}: Agilent files cannot store this axis"
-            )));
+            return Err(invalid(format!("axis point {i} ({b}) is not spacing × (start + i) = {a}: Agilent files cannot store this axis")));
         }
     }
     Ok(header)

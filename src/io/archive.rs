@@ -62,10 +62,8 @@ pub fn discover(root: &Path) -> Result<Vec<ImageEntry>, ReadError> {
     let mut groups: BTreeMap<(PathBuf, String), ImageEntry> = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| ReadError::io(&dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(&dir).map_err(|e| ReadError::io(&dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
         entries.sort();
         for path in entries {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -127,9 +125,7 @@ pub fn escaping_link(root: &Path, path: &Path) -> Option<String> {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match std::fs::canonicalize(&p) {
             Ok(target) if target.starts_with(&base) => {}
-            Ok(target) => {
-                return Some(format!("{name} is a symbolic link to {}, outside the archive: not followed", target.display()))
-            }
+            Ok(target) => return Some(format!("{name} is a symbolic link to {}, outside the archive: not followed", target.display())),
             Err(e) => return Some(format!("{name} is a symbolic link that cannot be followed: {e}")),
         }
     }

@@ -122,7 +122,8 @@ pub trait SpectraReader: Iterator<Item = Result<RecordBatch, ReadError>> + Send 
 
 /// Opens `path` with the reader its format calls for.
 pub fn open(path: &Path, opts: &ReadOptions) -> Result<Box<dyn SpectraReader>, ReadError> {
-    let format = Format::detect(path).ok_or_else(|| ReadError::format(path, "unrecognised file type (expected .hdr, .dat+.bsp, .dmt, .parquet or .csv)"))?;
+    let format = Format::detect(path)
+        .ok_or_else(|| ReadError::format(path, "unrecognised file type (expected .hdr, .dat+.bsp, .dmt, .parquet or .csv)"))?;
     open_as(path, format, opts)
 }
 

@@ -171,10 +171,22 @@ impl OrangeCsvReader {
                     }
                     Role::Class => class = (!cell.is_empty() && cell != "?").then(|| cell.to_string()),
                     Role::X | Role::Y => {
-                        let v: u32 = cell.parse::<f64>().ok().filter(|v| *v >= 0.0 && v.fract() == 0.0 && *v <= u32::MAX as f64).map(|v| v as u32).ok_or_else(|| {
-                            ReadError::format(&self.path, format!("data row {line}: map coordinate `{cell}` is not a non-negative integer"))
-                        })?;
-                        if matches!(role, Role::X) { x = v } else { y = v }
+                        let v: u32 = cell
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|v| *v >= 0.0 && v.fract() == 0.0 && *v <= u32::MAX as f64)
+                            .map(|v| v as u32)
+                            .ok_or_else(|| {
+                                ReadError::format(
+                                    &self.path,
+                                    format!("data row {line}: map coordinate `{cell}` is not a non-negative integer"),
+                                )
+                            })?;
+                        if matches!(role, Role::X) {
+                            x = v
+                        } else {
+                            y = v
+                        }
                     }
                     Role::Extra(j) => extras[*j].push((!cell.is_empty()).then(|| cell.to_string())),
                     Role::Ignore => {}

@@ -192,7 +192,11 @@ impl ParquetSpectraReader {
                 if !f.data_type().is_integer() {
                     return Err(ReadError::schema(
                         path,
-                        SchemaError::WrongType { column: if name == X { X } else { Y }, found: f.data_type().to_string(), expected: "an integer type" },
+                        SchemaError::WrongType {
+                            column: if name == X { X } else { Y },
+                            found: f.data_type().to_string(),
+                            expected: "an integer type",
+                        },
                     ));
                 }
             }
@@ -201,20 +205,17 @@ impl ParquetSpectraReader {
             let ok = matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
                 || matches!(f.data_type(), DataType::Dictionary(_, v) if matches!(**v, DataType::Utf8 | DataType::LargeUtf8));
             if !ok {
-                return Err(ReadError::schema(path, SchemaError::WrongType { column: SAMPLE, found: f.data_type().to_string(), expected: "Utf8" }));
+                return Err(ReadError::schema(
+                    path,
+                    SchemaError::WrongType { column: SAMPLE, found: f.data_type().to_string(), expected: "Utf8" },
+                ));
             }
         }
-        let extra: Vec<Field> = input
-            .fields()
-            .iter()
-            .filter(|f| ![SAMPLE, X, Y, SPECTRUM].contains(&f.name().as_str()))
-            .map(|f| f.as_ref().clone())
-            .collect();
+        let extra: Vec<Field> =
+            input.fields().iter().filter(|f| ![SAMPLE, X, Y, SPECTRUM].contains(&f.name().as_str())).map(|f| f.as_ref().clone()).collect();
         let out = spectra_schema_with_extra(&wavenumbers, extra, &input).map_err(|e| ReadError::schema(path, e))?;
-        let inner = builder
-            .with_batch_size(opts.batch_rows)
-            .build()
-            .map_err(|e| ReadError::format(path, format!("cannot read Parquet: {e}")))?;
+        let inner =
+            builder.with_batch_size(opts.batch_rows).build().map_err(|e| ReadError::format(path, format!("cannot read Parquet: {e}")))?;
         let info = ImageInfo {
             format: Format::Parquet,
             width: None,
@@ -323,9 +324,7 @@ fn spectrum_values(col: &ArrayRef, n: usize) -> Result<Vec<f32>, SchemaError> {
             check(&mut o.windows(2).map(|w| (w[1] - w[0]) as usize))?;
             l.values().slice(o[0] as usize, rows * n)
         }
-        other => {
-            return Err(SchemaError::WrongType { column: SPECTRUM, found: other.to_string(), expected: "a list of floats" })
-        }
+        other => return Err(SchemaError::WrongType { column: SPECTRUM, found: other.to_string(), expected: "a list of floats" }),
     };
     if values.null_count() > 0 {
         return Err(SchemaError::Nulls(SPECTRUM));

@@ -61,9 +61,11 @@ pub fn check_pages(file: &mut File, chunks: impl IntoIterator<Item = (u64, u64)>
         let mut at = start;
         while at < end {
             let (header, page) = header_at(file, at, end, &mut window)?;
-            at = at.checked_add(header).and_then(|a| a.checked_add(page)).filter(|&a| a <= end).ok_or_else(|| {
-                format!("the page at byte {at} runs past its column chunk")
-            })?;
+            at = at
+                .checked_add(header)
+                .and_then(|a| a.checked_add(page))
+                .filter(|&a| a <= end)
+                .ok_or_else(|| format!("the page at byte {at} runs past its column chunk"))?;
         }
     }
     file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;

@@ -1,8 +1,8 @@
 //! One spectra table written from many images: the file is started with the first image's schema,
 //! every further image must share its axis and columns (or is rejected with the reason), and the
 //! file appears only when complete. Shared by `convert` and `preprocess`.
-use std::sync::Arc;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -39,8 +39,7 @@ impl SpectraTableWriter {
     pub fn write_image(&mut self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<u64, TableError> {
         if self.writer.is_none() {
             if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .map_err(|source| WriteError::Io { path: parent.to_path_buf(), source })?;
+                std::fs::create_dir_all(parent).map_err(|source| WriteError::Io { path: parent.to_path_buf(), source })?;
             }
             let w = AtomicParquetWriter::create(&self.path, Arc::clone(schema), self.key_values.clone())?;
             self.writer = Some((w, Arc::clone(schema)));
@@ -77,9 +76,7 @@ impl SpectraTableWriter {
 pub fn incompatibility(first: &SchemaRef, schema: &SchemaRef) -> Option<String> {
     let (a, b) = (wavenumbers(first).unwrap_or_default(), wavenumbers(schema).unwrap_or_default());
     if a != b {
-        let range = |w: &[f64]| {
-            format!("{} points, {:.2}–{:.2} cm⁻¹", w.len(), w.first().unwrap_or(&0.0), w.last().unwrap_or(&0.0))
-        };
+        let range = |w: &[f64]| format!("{} points, {:.2}–{:.2} cm⁻¹", w.len(), w.first().unwrap_or(&0.0), w.last().unwrap_or(&0.0));
         return Some(format!(
             "wavenumber axis ({}) differs from the first input's ({}); write them to separate files or resample",
             range(&b),

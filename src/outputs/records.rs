@@ -116,4 +116,3 @@ pub fn image_records(path: &str, s: &ImageSummary) -> Vec<(Record, Diff)> {
     }
     out
 }
-

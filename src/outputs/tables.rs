@@ -199,8 +199,8 @@ pub fn write_tables(
     write_cams(&mut gradcam, &totals.cams)?;
     for part in parts {
         let text = std::fs::read(part).map_err(|e| Error::io("cannot read", part, e))?;
-        let records: Vec<(Record, Diff)> = serde_json::from_slice(&text)
-            .map_err(|e| Error::invalid(format!("{} is not an image summary: {e}", part.display())))?;
+        let records: Vec<(Record, Diff)> =
+            serde_json::from_slice(&text).map_err(|e| Error::invalid(format!("{} is not an image summary: {e}", part.display())))?;
         let mut per_core = Totals::default();
         for (r, d) in records.into_iter().filter(|(r, _)| !r.is_shared()) {
             per_core.add(r, d, grid.len());

@@ -19,7 +19,8 @@ pub fn esc(s: &str) -> String {
     o
 }
 
-const STYLE: &str = "body{font-family:'DejaVu Sans',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1500px;color:#111;padding:0 16px}\
+const STYLE: &str =
+    "body{font-family:'DejaVu Sans',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1500px;color:#111;padding:0 16px}\
 h1{font-size:1.6em}h2{font-size:1.3em;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:2em}\
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:.92em}\
 th{background:#f2f2f2}td.n{text-align:right;font-variant-numeric:tabular-nums}\
@@ -76,7 +77,8 @@ impl Html {
         for r in rows {
             self.body.push_str("<tr>");
             for c in r {
-                let numeric = !c.is_empty() && c.trim_end_matches(['%', ' ']).replace([',', '.', '-', '+', 'e'], "").chars().all(|ch| ch.is_ascii_digit());
+                let numeric = !c.is_empty()
+                    && c.trim_end_matches(['%', ' ']).replace([',', '.', '-', '+', 'e'], "").chars().all(|ch| ch.is_ascii_digit());
                 let _ = write!(self.body, "<td{}>{}</td>", if numeric { " class=\"n\"" } else { "" }, esc(c));
             }
             self.body.push_str("</tr>\n");

@@ -306,10 +306,8 @@ pub fn core_pixels(path: &Path, types: &[String], subtypes: &[String]) -> Result
 pub fn prediction_parts(out_dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let dir = out_dir.join("predictions");
     let rd = std::fs::read_dir(&dir).map_err(|e| ReportError::bad(&dir, format!("cannot list predictions: {e}")))?;
-    let mut parts: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
+    let mut parts: Vec<PathBuf> =
+        rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
     parts.sort();
     Ok(parts)
 }
@@ -318,14 +316,18 @@ pub fn prediction_parts(out_dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
 /// `cores.parquet` (type classes come before `majority`, subtypes after it).
 pub fn class_lists(path: &Path) -> Result<(Vec<String>, Vec<String>), ReportError> {
     let file = std::fs::File::open(path).map_err(|e| ReportError::bad(path, format!("cannot open: {e}")))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| ReportError::bad(path, format!("not a readable Parquet file: {e}")))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| ReportError::bad(path, format!("not a readable Parquet file: {e}")))?;
     let (mut types, mut subtypes, mut after) = (Vec::new(), Vec::new(), false);
     for f in builder.schema().fields() {
         if f.name() == "majority" {
             after = true;
         } else if let Some(c) = f.name().strip_prefix("fraction_") {
-            if after { subtypes.push(c.to_string()) } else { types.push(c.to_string()) }
+            if after {
+                subtypes.push(c.to_string())
+            } else {
+                types.push(c.to_string())
+            }
         }
     }
     if types.is_empty() {

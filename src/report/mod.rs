@@ -11,8 +11,8 @@ pub mod figures;
 mod html;
 pub mod load;
 mod run_report;
-mod tally;
 pub mod style;
+mod tally;
 mod train_report;
 
 use std::path::{Path, PathBuf};
@@ -124,8 +124,7 @@ pub(crate) struct Page {
 
 /// The per-class accuracies the paper reports (del-Valle, Bernardes & Zezell, arXiv 2310.15094)
 /// on its own archive: cancer vs adjacent tissue, and each molecular subtype one-vs-rest.
-pub const PAPER_ACCURACY: [(&str, f64); 6] =
-    [("AT", 0.89), ("CA", 0.89), ("HER2", 0.83), ("TNBC", 0.86), ("LA", 0.74), ("LB", 0.68)];
+pub const PAPER_ACCURACY: [(&str, f64); 6] = [("AT", 0.89), ("CA", 0.89), ("HER2", 0.83), ("TNBC", 0.86), ("LA", 0.74), ("LB", 0.68)];
 
 /// The paper's accuracy for `class`, when it reports one.
 pub fn paper_accuracy(class: &str) -> Option<f64> {

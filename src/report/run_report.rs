@@ -33,7 +33,11 @@ fn string(v: &serde_json::Value, path: &[&str]) -> String {
 
 /// The first 16 hex digits of a hash (enough to tell bundles apart on a page).
 fn short(hash: &str) -> String {
-    if hash.chars().count() > 16 { format!("{}…", hash.chars().take(16).collect::<String>()) } else { hash.to_string() }
+    if hash.chars().count() > 16 {
+        format!("{}…", hash.chars().take(16).collect::<String>())
+    } else {
+        hash.to_string()
+    }
 }
 
 fn pct(v: Option<f64>) -> String {

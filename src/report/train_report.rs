@@ -22,8 +22,7 @@ fn frac(v: Option<f64>) -> String {
 pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
     let path = out.join("metrics.json");
     let text = std::fs::read(&path).map_err(|e| ReportError::bad(&path, format!("cannot read: {e}")))?;
-    let report: TrainReport =
-        serde_json::from_slice(&text).map_err(|e| ReportError::bad(&path, format!("not a training report: {e}")))?;
+    let report: TrainReport = serde_json::from_slice(&text).map_err(|e| ReportError::bad(&path, format!("not a training report: {e}")))?;
     let manifest = load::read_json(&out.join("manifest.json")).ok();
     let cv = &report.cv;
     let mut figures = Vec::new();
@@ -32,7 +31,8 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
     page.section("summary", "Training summary");
     let m = manifest.as_ref();
     let get = |k: &str| m.and_then(|m| m.get(k)).map_or("–".to_string(), |v| v.as_str().map_or(v.to_string(), String::from));
-    let folds = if cv.folds >= 2 { format!("{} folds, grouped by patient, stratified by class", cv.folds) } else { "none (folds = 0)".into() };
+    let folds =
+        if cv.folds >= 2 { format!("{} folds, grouped by patient, stratified by class", cv.folds) } else { "none (folds = 0)".into() };
     let sizes = report.fold_sizes.iter().map(|(a, b)| format!("{a} / {b}")).collect::<Vec<_>>().join(", ");
     let final_model = if report.final_spectra > 0 {
         format!("trained on {} spectra; weights SHA-256 {}", report.final_spectra, get("weights_sha256"))
@@ -96,7 +96,16 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
         })
         .collect();
     page.table(
-        &["class", "spectra", "accuracy (one-vs-rest) / spectrum", "sensitivity", "specificity", "AUC", "accuracy / core", "paper (its own data)"],
+        &[
+            "class",
+            "spectra",
+            "accuracy (one-vs-rest) / spectrum",
+            "sensitivity",
+            "specificity",
+            "AUC",
+            "accuracy / core",
+            "paper (its own data)",
+        ],
         &rows,
     );
     page.note("The last column is the accuracy the paper reports (del-Valle, Bernardes & Zezell, arXiv 2310.15094: cancer vs adjacent tissue 0.89; one-vs-rest HER2 0.83, TNBC 0.86, LA 0.74, LB 0.68) on the paper's own archive. It is a reference point, not a measurement on these data. This bundle's numbers are pooled out-of-fold predictions of its cross-validation.");

@@ -12,8 +12,7 @@ use crate::error::Error;
 pub fn read_hostfile(hostfile: &Path, processes: usize) -> Result<Vec<String>, Error> {
     use std::net::ToSocketAddrs;
     let text = std::fs::read_to_string(hostfile).map_err(|e| Error::io("cannot read host file", hostfile, e))?;
-    let addresses: Vec<String> =
-        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
+    let addresses: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
     let file = hostfile.display();
     if addresses.len() != processes {
         return Err(Error::invalid(format!("host file {file} lists {} addresses for {processes} processes", addresses.len())));

@@ -118,7 +118,8 @@ pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result
     let device = cfg.run.device.resolve()?;
     tch::set_num_threads(cfg.run.threads as i32);
 
-    let entries = crate::io::archive::discover(&opts.archive).context_with(|| format!("cannot read the archive {}", opts.archive.display()))?;
+    let entries =
+        crate::io::archive::discover(&opts.archive).context_with(|| format!("cannot read the archive {}", opts.archive.display()))?;
     let root = if opts.archive.is_dir() { opts.archive.clone() } else { opts.archive.parent().unwrap_or(Path::new("")).to_path_buf() };
     let labels = read_labels(opts, &root, &entries)?;
     let _lock = prepare_output(opts)?;
@@ -217,7 +218,8 @@ pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result
 
 /// Loads both models on the CPU and checks that they fit together, before anything is read.
 fn check_models(opts: &RunOptions) -> Result<CheckedModels, Error> {
-    let types = Bundle::load(&opts.model, DeviceChoice::Cpu).context_with(|| format!("cannot use the type model {}", opts.model.display()))?;
+    let types =
+        Bundle::load(&opts.model, DeviceChoice::Cpu).context_with(|| format!("cannot use the type model {}", opts.model.display()))?;
     let subtypes = match &opts.subtype_model {
         Some(d) => Some(Bundle::load(d, DeviceChoice::Cpu).context_with(|| format!("cannot use the subtype model {}", d.display()))?),
         None => None,
@@ -249,9 +251,10 @@ fn check_models(opts: &RunOptions) -> Result<CheckedModels, Error> {
 /// allowed (a study's labels file covers more than one night's archive) but named, so that a
 /// misspelt id does not pass unseen.
 fn read_labels(opts: &RunOptions, root: &Path, entries: &[ImageEntry]) -> Result<HashMap<String, Truth>, Error> {
-    let path = opts.labels.clone().or_else(|| {
-        [root.join("labels.csv"), root.parent().unwrap_or(Path::new("")).join("labels.csv")].into_iter().find(|p| p.is_file())
-    });
+    let path = opts
+        .labels
+        .clone()
+        .or_else(|| [root.join("labels.csv"), root.parent().unwrap_or(Path::new("")).join("labels.csv")].into_iter().find(|p| p.is_file()));
     let Some(path) = path else { return Ok(HashMap::new()) };
     let labels: HashMap<String, Truth> = crate::train::data::read_labels(&path)
         .map_err(|e| Error::invalid(e.to_string()))?
@@ -369,11 +372,8 @@ fn write_outputs(
 ) -> Result<(), Error> {
     let out = &opts.out;
     let recorded = RunManifest::load(out).map_err(|e| Error::io("cannot read the manifest in", out, e))?;
-    let keep: Vec<ManifestEntry> = job
-        .images
-        .iter()
-        .filter_map(|t| recorded.get(&t.entry.sample).filter(|e| totals.cores.contains_key(&e.sample)).cloned())
-        .collect();
+    let keep: Vec<ManifestEntry> =
+        job.images.iter().filter_map(|t| recorded.get(&t.entry.sample).filter(|e| totals.cores.contains_key(&e.sample)).cloned()).collect();
     let parts: Vec<PathBuf> = keep.iter().map(|e| summary_path(out, &e.part)).collect();
     let sub_classes = subtypes.map(|s| s.manifest.classes.clone());
     write_tables(out, totals, &parts, &types.manifest.classes, sub_classes.as_deref(), &types.manifest.wavenumbers, key_values)
@@ -396,7 +396,14 @@ fn write_outputs(
 }
 
 /// `run.json`: the description of the last successful run.
-fn write_run_json(opts: &RunOptions, s: &RunSummary, model_hash: &str, device: &str, shared: bool, processed_spectra: u64) -> Result<(), Error> {
+fn write_run_json(
+    opts: &RunOptions,
+    s: &RunSummary,
+    model_hash: &str,
+    device: &str,
+    shared: bool,
+    processed_spectra: u64,
+) -> Result<(), Error> {
     let run_json = serde_json::json!({
         "ftirflow_version": env!("CARGO_PKG_VERSION"),
         "libtorch": crate::bundle::LIBTORCH_VERSION,

@@ -422,12 +422,7 @@ pub fn generate_with_threads(
     let specs: Vec<CoreSpec> = labels
         .iter()
         .enumerate()
-        .map(|(index, l)| CoreSpec {
-            index,
-            sample: l.sample.clone(),
-            cancer: l.subtype,
-            patient_offset: patient_offsets[index / 2 + 1],
-        })
+        .map(|(index, l)| CoreSpec { index, sample: l.sample.clone(), cancer: l.subtype, patient_offset: patient_offsets[index / 2 + 1] })
         .collect();
     tracing::info!(
         cores = n_cores,
@@ -462,7 +457,8 @@ pub fn generate_with_threads(
             let t0 = Instant::now();
             let truth = core::synth_core(&model, spec, &mut cube);
             let t1 = Instant::now();
-            let bytes = truth::write_image(&images, &spec.sample, &cube, cfg.format, fpa).inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
+            let bytes =
+                truth::write_image(&images, &spec.sample, &cube, cfg.format, fpa).inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
             tracing::debug!(
                 sample = %spec.sample,
                 synth_s = (t1 - t0).as_secs_f64(),
@@ -573,10 +569,8 @@ fn json_bytes(v: &serde_json::Value) -> Result<Vec<u8>, SynthError> {
 }
 
 fn planted_json(cfg: &SynthConfig, planted: &[ClassBands]) -> serde_json::Value {
-    let classes: serde_json::Map<String, serde_json::Value> = planted
-        .iter()
-        .map(|c| (c.class.clone(), serde_json::json!({ "versus": c.versus, "bands": c.bands })))
-        .collect();
+    let classes: serde_json::Map<String, serde_json::Value> =
+        planted.iter().map(|c| (c.class.clone(), serde_json::json!({ "versus": c.versus, "bands": c.bands }))).collect();
     let components: serde_json::Map<String, serde_json::Value> =
         model::component_table().into_iter().map(|(name, bands)| (name.to_string(), serde_json::json!(bands))).collect();
     serde_json::json!({

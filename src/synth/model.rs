@@ -53,8 +53,7 @@ pub(crate) const RNA: usize = 5;
 pub(crate) const BETA_SHEET: usize = 6;
 
 /// Names of the tissue components, by index.
-pub(crate) const COMPONENT_NAMES: [&str; N_TISSUE] =
-    ["protein", "collagen", "lipid", "nucleic_acids", "glycogen", "rna", "beta_sheet"];
+pub(crate) const COMPONENT_NAMES: [&str; N_TISSUE] = ["protein", "collagen", "lipid", "nucleic_acids", "glycogen", "rna", "beta_sheet"];
 
 /// Mean composition of tissue before any class effect (weights sum to one).
 pub(crate) const BASE_WEIGHTS: [f64; N_TISSUE] = [0.42, 0.22, 0.10, 0.08, 0.06, 0.05, 0.07];
@@ -319,9 +318,7 @@ fn planted(class: &str, versus: &[&str], wc: &[[f64; N_TISSUE]], wo: &[[f64; N_T
                 continue;
             }
             // The component that contributes most to the increase names the band.
-            let contrib = |j: usize| {
-                bands_value(component_bands(j), nu) * (mean_w(wc, j) / ac - mean_w(wo, j) / ao)
-            };
+            let contrib = |j: usize| bands_value(component_bands(j), nu) * (mean_w(wc, j) / ac - mean_w(wo, j) / ao);
             // A band is planted only where its own component contributes most to the increase:
             // not on the tail of a neighbouring band, and a centre shared by several components
             // is named after the one that rises most.

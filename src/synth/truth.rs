@@ -104,8 +104,7 @@ fn write_image_in(images: &Path, tmp_dir: &Path, sample: &str, cube: &ImageCube,
     let primary = tmp_dir.join(format!("{sample}.{}", format.extension()));
     match format {
         SynthFormat::Envi => {
-            crate::io::envi::write_cube(&primary, cube, &crate::io::envi::EnviWriteOptions::default())
-                .map_err(io_err(&primary))?;
+            crate::io::envi::write_cube(&primary, cube, &crate::io::envi::EnviWriteOptions::default()).map_err(io_err(&primary))?;
         }
         SynthFormat::Agilent => {
             crate::io::agilent::write_mosaic(&primary, cube, fpa).map_err(io_err(&primary))?;
@@ -115,11 +114,8 @@ fn write_image_in(images: &Path, tmp_dir: &Path, sample: &str, cube: &ImageCube,
                 .map_err(|e| SynthError::Write { path: images.join(format!("{sample}.parquet")), reason: e.to_string() })?;
         }
     }
-    let mut files: Vec<PathBuf> = fs::read_dir(tmp_dir)
-        .map_err(io_err(tmp_dir))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .map_err(io_err(tmp_dir))?;
+    let mut files: Vec<PathBuf> =
+        fs::read_dir(tmp_dir).map_err(io_err(tmp_dir))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(io_err(tmp_dir))?;
     // Companions first (sorted, for a reproducible order), the primary file last.
     files.sort_by_key(|p| (*p == primary, p.clone()));
     let mut bytes = 0;

@@ -149,7 +149,10 @@ pub fn labelled_archive(archive: &Path, labels: &BTreeMap<String, Label>, task: 
     let mut matched = BTreeSet::new();
     for e in entries {
         let label = labels.get(&e.sample).map(|l| (e.sample.clone(), l)).or_else(|| {
-            e.sample.char_indices().filter(|(_, c)| *c == '/').find_map(|(i, _)| labels.get(&e.sample[i + 1..]).map(|l| (e.sample[i + 1..].to_string(), l)))
+            e.sample
+                .char_indices()
+                .filter(|(_, c)| *c == '/')
+                .find_map(|(i, _)| labels.get(&e.sample[i + 1..]).map(|l| (e.sample[i + 1..].to_string(), l)))
         });
         let Some((key, label)) = label else {
             out.unlabelled.push(e.sample.clone());
@@ -217,14 +220,21 @@ fn text_key(s: &str) -> u64 {
 /// Preprocesses every image of `archive` with `plan` and keeps its tissue, non-outlier spectra —
 /// at most `per_core` of them per core, chosen by a seeded key of the pixel position, so that the
 /// same pixels are kept whatever the EMSC state of the fold. The result is on the model `grid`.
-pub fn archive_dataset(archive: &LabelledArchive, plan: &PreprocessPlan, grid: &[f64], per_core: usize, seed: u64) -> Result<Dataset, TrainError> {
+pub fn archive_dataset(
+    archive: &LabelledArchive,
+    plan: &PreprocessPlan,
+    grid: &[f64],
+    per_core: usize,
+    seed: u64,
+) -> Result<Dataset, TrainError> {
     let mut ds = Dataset { points: grid.len(), cores: archive.cores.clone(), ..Default::default() };
     for (ci, entry) in archive.entries.iter().enumerate() {
         let batches = read_image(entry, plan.config().batch_rows)?;
         let done = plan.run_image(batches).map_err(|e| TrainError::Image { path: entry.path.clone(), reason: e.to_string() })?;
         let mut kept: Vec<(u64, Vec<f32>)> = Vec::new();
         for b in &done {
-            let layout = SpectraLayout::of(&b.schema()).map_err(|e| TrainError::Image { path: entry.path.clone(), reason: e.to_string() })?;
+            let layout =
+                SpectraLayout::of(&b.schema()).map_err(|e| TrainError::Image { path: entry.path.clone(), reason: e.to_string() })?;
             if layout.wavenumbers.len() != grid.len() || layout.wavenumbers.iter().zip(grid).any(|(a, b)| (a - b).abs() > 1e-6) {
                 return Err(TrainError::Image {
                     path: entry.path.clone(),
@@ -299,11 +309,8 @@ pub fn table_dataset(path: &Path, cfg: &PreprocessConfig, grid: &[f64]) -> Resul
         return Err(err(format!("a classifier needs at least 2 classes, the table has {classes:?}")));
     }
     let interp = EdgeResampler::new(&axis, grid).map_err(err)?;
-    let normalizer = if cfg.runs(Step::Normalize) {
-        Some(Normalizer::with_params(&cfg.normalize, grid).map_err(|e| err(e.to_string()))?)
-    } else {
-        None
-    };
+    let normalizer =
+        if cfg.runs(Step::Normalize) { Some(Normalizer::with_params(&cfg.normalize, grid).map_err(|e| err(e.to_string()))?) } else { None };
     let mut ds = Dataset { points: grid.len(), ..Default::default() };
     for (class, group, s) in rows {
         if !s.iter().all(|v| v.is_finite()) {
@@ -340,9 +347,7 @@ impl EdgeResampler {
         let mut taps = Vec::with_capacity(grid.len());
         for &g in grid {
             if g < lo - step - 1e-9 || g > hi + step + 1e-9 {
-                return Err(format!(
-                    "the table's axis {lo}–{hi} cm⁻¹ does not cover the model grid point {g} cm⁻¹ (within one step)"
-                ));
+                return Err(format!("the table's axis {lo}–{hi} cm⁻¹ does not cover the model grid point {g} cm⁻¹ (within one step)"));
             }
             // Index positions in ascending order of wavenumber.
             let pos = |i: usize| if ascending { input[i] } else { input[n - 1 - i] };

@@ -116,9 +116,7 @@ pub fn core_votes(core: &[u32], predicted: &[u32], probs: &[f32], classes: usize
         .into_iter()
         .map(|(c, (votes, sums))| {
             let n: u64 = votes.iter().sum();
-            let best = (0..classes)
-                .max_by(|&a, &b| votes[a].cmp(&votes[b]).then(sums[a].total_cmp(&sums[b])).then(b.cmp(&a)))
-                .unwrap_or(0);
+            let best = (0..classes).max_by(|&a, &b| votes[a].cmp(&votes[b]).then(sums[a].total_cmp(&sums[b])).then(b.cmp(&a))).unwrap_or(0);
             (c, best as u32, sums.iter().map(|s| (s / n as f64) as f32).collect())
         })
         .collect()
@@ -219,7 +217,10 @@ impl CvReport {
             }
         }
         if let Some(p) = &self.pooled {
-            s.push_str(&format!("\npooled per class: {:<8} {:<9} {:>6} {:>6} {:>6} {:>6} {:>6}\n", "class", "level", "n", "acc", "sens", "spec", "auc"));
+            s.push_str(&format!(
+                "\npooled per class: {:<8} {:<9} {:>6} {:>6} {:>6} {:>6} {:>6}\n",
+                "class", "level", "n", "acc", "sens", "spec", "auc"
+            ));
             for (level, m) in [("spectrum", Some(&p.spectrum)), ("core", p.core.as_ref())] {
                 let Some(m) = m else { continue };
                 for c in &m.per_class {
@@ -234,7 +235,10 @@ impl CvReport {
                         pct(c.auc)
                     ));
                 }
-                s.push_str(&format!("                  confusion ({level}, rows true, columns predicted {:?}): {:?}\n", self.classes, m.confusion));
+                s.push_str(&format!(
+                    "                  confusion ({level}, rows true, columns predicted {:?}): {:?}\n",
+                    self.classes, m.confusion
+                ));
             }
         }
         s

@@ -31,7 +31,7 @@ use crate::operators::model::{self, ArchConfig, Classifier};
 use crate::operators::OpError;
 use crate::plan::{EmscState, PreprocessPlan};
 pub use data::{Dataset, Task};
-use metrics::{CvReport, FoldReport, FoldPredictions};
+use metrics::{CvReport, FoldPredictions, FoldReport};
 
 /// Why training failed: the user's configuration or labels, the data, or writing the bundle.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +148,12 @@ pub fn train(cfg: &Config, input: &Input, out: &Path, progress: &dyn Fn(&EpochPr
             if !la.unlabelled.is_empty() {
                 tracing::info!("{} image(s) without a label for this task are not used", la.unlabelled.len());
             }
-            (task.name().to_string(), task.classes(), format!("archive {} with labels {}", dir.display(), labels.display()), Source::Archive(la))
+            (
+                task.name().to_string(),
+                task.classes(),
+                format!("archive {} with labels {}", dir.display(), labels.display()),
+                Source::Archive(la),
+            )
         }
         Input::Table(path) => {
             let (ds, classes) = data::table_dataset(path, &cfg.preprocess, &grid)?;
@@ -214,7 +219,12 @@ pub fn train(cfg: &Config, input: &Input, out: &Path, progress: &dyn Fn(&EpochPr
     let mut cam_json = Vec::new();
     for (by, agg) in [("true", &cams.by_true), ("predicted", &cams.by_predicted)] {
         for s in agg.summaries() {
-            gradcam.push(ClassCam { class: s.key.clone(), by: by.into(), count: s.count, top_bands: grad_cam::top_bands(&grid, &s.mean, 0.9)? });
+            gradcam.push(ClassCam {
+                class: s.key.clone(),
+                by: by.into(),
+                count: s.count,
+                top_bands: grad_cam::top_bands(&grid, &s.mean, 0.9)?,
+            });
             cam_json.push(serde_json::json!({"class": s.key, "by": by, "count": s.count, "mean": s.mean, "std": s.std}));
         }
     }
@@ -275,7 +285,8 @@ impl Source {
         match self {
             Source::Table(d) => Ok((d.clone(), None)),
             Source::Archive(a) => {
-                let state = data::fit_emsc(&cfg.preprocess, a, fit_on, &format!("fitted by `ftirflow train` on the training images of {what}"))?;
+                let state =
+                    data::fit_emsc(&cfg.preprocess, a, fit_on, &format!("fitted by `ftirflow train` on the training images of {what}"))?;
                 let plan = PreprocessPlan::new(&cfg.preprocess, state.as_ref())?;
                 let ds = data::archive_dataset(a, &plan, grid, cfg.train.spectra_per_core, cfg.train.seed)?;
                 Ok((ds, state))
@@ -307,9 +318,8 @@ fn fit(
     progress: &dyn Fn(&EpochProgress),
 ) -> Result<Classifier, TrainError> {
     let mut clf = Classifier::init(arch, classes.to_vec(), grid.to_vec(), device, seed as i64)?;
-    let mut opt = tch::nn::Adam::default()
-        .build(clf.var_store(), t.learning_rate)
-        .map_err(|e| OpError::internal("train", e.to_string()))?;
+    let mut opt =
+        tch::nn::Adam::default().build(clf.var_store(), t.learning_rate).map_err(|e| OpError::internal("train", e.to_string()))?;
     let k = classes.len();
     let by_class: Vec<Vec<usize>> = (0..k).map(|c| rows.iter().copied().filter(|&i| ds.y[i] == c as u32).collect()).collect();
     let per_class = t.spectra_per_epoch.div_ceil(k);
@@ -365,7 +375,13 @@ fn fit(
 }
 
 /// Predicts `rows` of `ds` with Grad-CAM, adding the maps to `cams`.
-fn predict_rows(clf: &Classifier, ds: &Dataset, rows: &[usize], classes: &[String], cams: &mut CamSets) -> Result<FoldPredictions, TrainError> {
+fn predict_rows(
+    clf: &Classifier,
+    ds: &Dataset,
+    rows: &[usize],
+    classes: &[String],
+    cams: &mut CamSets,
+) -> Result<FoldPredictions, TrainError> {
     let mut p = FoldPredictions::default();
     for chunk in rows.chunks(1024) {
         let mut x = Vec::with_capacity(chunk.len() * ds.points);

@@ -34,8 +34,7 @@ pub enum ValueType {
 
 impl ValueType {
     /// Every supported data type.
-    pub const ALL: [ValueType; 6] =
-        [ValueType::U8, ValueType::I16, ValueType::I32, ValueType::F32, ValueType::F64, ValueType::U16];
+    pub const ALL: [ValueType; 6] = [ValueType::U8, ValueType::I16, ValueType::I32, ValueType::F32, ValueType::F64, ValueType::U16];
 
     /// The ENVI `data type` code.
     pub fn code(self) -> u32 {
@@ -157,12 +156,8 @@ impl WavelengthUnits {
     pub fn from_name(name: &str) -> Option<Self> {
         let n = name.trim().to_ascii_lowercase();
         match n.as_str() {
-            "" | "unknown" | "wavenumber" | "wavenumbers" | "cm-1" | "cm^-1" | "1/cm" | "cm⁻¹" => {
-                Some(WavelengthUnits::Wavenumber)
-            }
-            "micrometers" | "micrometer" | "microns" | "micron" | "um" | "µm" | "μm" => {
-                Some(WavelengthUnits::Micrometers)
-            }
+            "" | "unknown" | "wavenumber" | "wavenumbers" | "cm-1" | "cm^-1" | "1/cm" | "cm⁻¹" => Some(WavelengthUnits::Wavenumber),
+            "micrometers" | "micrometer" | "microns" | "micron" | "um" | "µm" | "μm" => Some(WavelengthUnits::Micrometers),
             "nanometers" | "nanometer" | "nm" => Some(WavelengthUnits::Nanometers),
             _ => None,
         }
@@ -302,24 +297,15 @@ pub fn parse_header_str(hdr_path: &Path, text: &str) -> Result<EnviHeader, ReadE
 
     let raw_interleave = required("interleave")?;
     let interleave = Interleave::from_name(raw_interleave).ok_or_else(|| {
-        ReadError::header(
-            path,
-            "interleave",
-            format!("unknown interleave `{}` (expected bsq, bil or bip)", clip(raw_interleave)),
-        )
+        ReadError::header(path, "interleave", format!("unknown interleave `{}` (expected bsq, bil or bip)", clip(raw_interleave)))
     })?;
 
     let byte_order = match get("byte order") {
         None => ByteOrder::Little,
         Some(raw) => {
             let code = integer(path, "byte order", raw)?;
-            ByteOrder::from_code(code).ok_or_else(|| {
-                ReadError::header(
-                    path,
-                    "byte order",
-                    format!("must be 0 (little endian) or 1 (big endian), not {code}"),
-                )
-            })?
+            ByteOrder::from_code(code)
+                .ok_or_else(|| ReadError::header(path, "byte order", format!("must be 0 (little endian) or 1 (big endian), not {code}")))?
         }
     };
 
@@ -340,19 +326,11 @@ pub fn parse_header_str(hdr_path: &Path, text: &str) -> Result<EnviHeader, ReadE
     };
 
     let raw_list = get("wavelength").ok_or_else(|| {
-        ReadError::header(
-            path,
-            "wavelength",
-            "missing: ftirflow needs the wavenumber axis (one `wavelength` value per band)",
-        )
+        ReadError::header(path, "wavelength", "missing: ftirflow needs the wavenumber axis (one `wavelength` value per band)")
     })?;
     let listed = number_list(path, "wavelength", raw_list)?;
     if listed.len() != bands as usize {
-        return Err(ReadError::header(
-            path,
-            "wavelength",
-            format!("lists {} values but the header has bands = {bands}", listed.len()),
-        ));
+        return Err(ReadError::header(path, "wavelength", format!("lists {} values but the header has bands = {bands}", listed.len())));
     }
     let mut wavenumbers = Vec::with_capacity(listed.len());
     for (i, &v) in listed.iter().enumerate() {
@@ -464,9 +442,7 @@ fn parse_fields(path: &Path, text: &str) -> Result<BTreeMap<String, String>, Rea
 
 /// A non-negative integer field.
 fn integer(path: &Path, key: &str, raw: &str) -> Result<u64, ReadError> {
-    raw.trim()
-        .parse::<u64>()
-        .map_err(|_| ReadError::header(path, key, format!("`{}` is not a non-negative integer", clip(raw.trim()))))
+    raw.trim().parse::<u64>().map_err(|_| ReadError::header(path, key, format!("`{}` is not a non-negative integer", clip(raw.trim()))))
 }
 
 /// An image dimension: an integer in 1..=u32::MAX.
@@ -489,9 +465,7 @@ fn number_list(path: &Path, key: &str, raw: &str) -> Result<Vec<f64>, ReadError>
         if item.is_empty() {
             return Err(ReadError::header(path, key, format!("item {i} is empty")));
         }
-        let v: f64 = item
-            .parse()
-            .map_err(|_| ReadError::header(path, key, format!("item {i} `{}` is not a number", clip(item))))?;
+        let v: f64 = item.parse().map_err(|_| ReadError::header(path, key, format!("item {i} `{}` is not a number", clip(item))))?;
         if !v.is_finite() {
             return Err(ReadError::header(path, key, format!("item {i} `{}` is not finite", clip(item))));
         }
@@ -582,11 +556,7 @@ fn data_candidates(hdr_path: &Path) -> Vec<PathBuf> {
 pub fn data_file_for(hdr_path: &Path) -> Result<PathBuf, ReadError> {
     let candidates = data_candidates(hdr_path);
     find_file(&candidates).ok_or_else(|| {
-        let tried: Vec<String> =
-            candidates.iter().filter_map(|c| c.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
-        ReadError::format(
-            hdr_path,
-            format!("no data file found beside this ENVI header; tried {} (ignoring case)", tried.join(", ")),
-        )
+        let tried: Vec<String> = candidates.iter().filter_map(|c| c.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+        ReadError::format(hdr_path, format!("no data file found beside this ENVI header; tried {} (ignoring case)", tried.join(", ")))
     })
 }

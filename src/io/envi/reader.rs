@@ -1,8 +1,8 @@
 //! The streaming reader of an ENVI data file (see the [module docs](super)).
-use std::sync::Arc;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -49,9 +49,8 @@ impl Source {
             // SAFETY: `base + done .. base + total` lies inside the spare capacity of `values`
             // (capacity ≥ n values), which nothing else references; pread writes at most
             // `total - done` bytes there and no Rust reference to the uninitialized bytes exists.
-            let got = unsafe {
-                libc::pread(self.file.as_raw_fd(), base.add(done).cast(), total - done, (offset + done as u64) as libc::off_t)
-            };
+            let got =
+                unsafe { libc::pread(self.file.as_raw_fd(), base.add(done).cast(), total - done, (offset + done as u64) as libc::off_t) };
             match got {
                 0 => {
                     let actual = self.file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -133,15 +132,9 @@ impl EnviReader {
             (path.to_path_buf(), data_file_for(path)?)
         } else {
             let hdr = header_for(path).ok_or_else(|| {
-                let tried: Vec<String> = header_candidates(path)
-                    .iter()
-                    .filter_map(|c| c.file_name())
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .collect();
-                ReadError::format(
-                    path,
-                    format!("no ENVI header found for this data file; tried {} (ignoring case)", tried.join(", ")),
-                )
+                let tried: Vec<String> =
+                    header_candidates(path).iter().filter_map(|c| c.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+                ReadError::format(path, format!("no ENVI header found for this data file; tried {} (ignoring case)", tried.join(", ")))
             })?;
             (hdr, path.to_path_buf())
         };

@@ -83,13 +83,9 @@ pub fn write_cube(hdr_path: &Path, cube: &ImageCube, opts: &EnviWriteOptions) ->
     check_axis(&cube.wavenumbers).map_err(|e| Error::new(ErrorKind::InvalidInput, format!("image cube axis: {e}")))?;
     let data_path = hdr_path.with_extension("img");
     if data_path == hdr_path {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "the ENVI header path must not end in .img (the data file takes that name)",
-        ));
+        return Err(Error::new(ErrorKind::InvalidInput, "the ENVI header path must not end in .img (the data file takes that name)"));
     }
-    let bands =
-        u32::try_from(cube.n_points()).map_err(|_| Error::new(ErrorKind::InvalidInput, "too many bands for ENVI"))?;
+    let bands = u32::try_from(cube.n_points()).map_err(|_| Error::new(ErrorKind::InvalidInput, "too many bands for ENVI"))?;
     let header = EnviHeader {
         samples: cube.width,
         lines: cube.height,

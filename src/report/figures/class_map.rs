@@ -227,7 +227,12 @@ impl Figure for ClassMap<'_> {
                 (o.0, o.1 + l.panel.1 as i32 + 34),
                 &text(12.0, RGBColor(80, 80, 80), HPos::Left, VPos::Center),
             )?;
-            label(root, "x, y: pixel", (o.0, o.1 + l.panel.1 as i32 + 34 + LEGEND_LINE as i32), &text(12.0, RGBColor(80, 80, 80), HPos::Left, VPos::Center))?;
+            label(
+                root,
+                "x, y: pixel",
+                (o.0, o.1 + l.panel.1 as i32 + 34 + LEGEND_LINE as i32),
+                &text(12.0, RGBColor(80, 80, 80), HPos::Left, VPos::Center),
+            )?;
         }
         Ok(())
     }

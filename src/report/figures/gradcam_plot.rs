@@ -104,9 +104,7 @@ impl Figure for GradCamPlot<'_> {
         let shade = RGBColor(255, 221, 120).mix(0.45);
         for b in &self.bands {
             let (a, z) = (-(b.hi.max(b.lo)) - 2.0, -(b.lo.min(b.hi)) + 2.0);
-            chart
-                .draw_secondary_series(std::iter::once(Rectangle::new([(a, 0.0), (z, CAM_TOP)], shade.filled())))
-                .map_err(de)?;
+            chart.draw_secondary_series(std::iter::once(Rectangle::new([(a, 0.0), (z, CAM_TOP)], shade.filled()))).map_err(de)?;
         }
         if let Some(s) = self.spectrum {
             let band: Vec<(f64, f64)> = s
@@ -141,8 +139,7 @@ impl Figure for GradCamPlot<'_> {
         }
         entries.push((RGBColor(240, 200, 90), 10, "top bands (mean map > its 90th percentile)".into()));
         let lt = text(13.0, BLACK, HPos::Left, VPos::Center);
-        let widths: Vec<i32> =
-            entries.iter().map(|e| lower.estimate_text_size(&e.2, &lt).map(|s| s.0 as i32).unwrap_or(200)).collect();
+        let widths: Vec<i32> = entries.iter().map(|e| lower.estimate_text_size(&e.2, &lt).map(|s| s.0 as i32).unwrap_or(200)).collect();
         let total: i32 = widths.iter().map(|w| w + 28 + 24).sum::<i32>() - 24;
         let mut x = ((SIZE.0 as i32 - total) / 2).max(4);
         let y = (LEGEND_H / 2) as i32;
