@@ -106,7 +106,7 @@ impl ArchConfig {
     }
 
     /// The layer table: one row per layer with its output shape and trainable parameters, in
-    /// forward order (the README prints it).
+    /// forward order (docs/model.md prints it).
     pub fn layer_table(&self) -> Vec<LayerRow> {
         let mut rows = Vec::new();
         let mut len = self.input_points;
