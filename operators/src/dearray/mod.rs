@@ -271,11 +271,14 @@ impl Dearrayer {
         let mut cores = Vec::with_capacity(by_cell.len());
         for (&(r, c), Cell { big, all }) in &by_cell {
             let (row, col) = ((r - r0) as usize, (c - c0) as usize);
-            if let Some(b) = union(big.iter().map(|o| o.bbox)) {
-                if (b.2 - b.0) as f64 > pitch.0 || (b.3 - b.1) as f64 > pitch.1 {
+            let b = union(big.iter().map(|o| o.bbox)).unwrap_or_default();
+            if big.len() > 1 {
+                // Pieces of one torn core fit in its diameter; allow half as much again.
+                let (wx, wy) = ((1.5 * diameter).min(pitch.0), (1.5 * diameter).min(pitch.1));
+                if (b.2 - b.0) as f64 > wx || (b.3 - b.1) as f64 > wy {
                     let centres: Vec<String> = big.iter().map(|o| format!("({:.0}, {:.0})", o.cx, o.cy)).collect();
                     return Err(not_on_grid(format!(
-                        "cell {} is claimed by objects centred at {}, which do not fit in one cell",
+                        "cell {} is claimed by objects centred at {}, which do not fit in one core",
                         position_name(row, col),
                         centres.join(", ")
                     )));

@@ -159,7 +159,8 @@ fn assert_found(spec: &Spec, map: &Array2<f32>, truth: &[Truth], g: &Grid) {
 
 #[test]
 fn dearray_finds_every_core_of_jittered_rotated_torn_grids() {
-    for seed in 0..8u64 {
+    let n: u64 = std::env::var("DEARRAY_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    for seed in 0..n {
         let mut rng = ChaCha8Rng::seed_from_u64(100 + seed);
         let spec = Spec {
             rotation_deg: rng.random_range(-3.0..=3.0),
@@ -288,7 +289,8 @@ fn dearray_bare_slide_is_a_data_error() {
 
 #[test]
 fn dearray_random_objects_are_not_a_grid() {
-    for seed in 0..6u64 {
+    let n: u64 = std::env::var("DEARRAY_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    for seed in 0..n {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut map = Array2::<f32>::zeros((400, 400));
         let mut placed: Vec<(f32, f32)> = Vec::new();
@@ -349,4 +351,44 @@ fn dearray_params_are_checked_naming_the_field() {
     }
     assert!(d().check().is_ok());
     assert!(serde_json::from_str::<DearrayParams>(r#"{"pitchh": 3}"#).is_err());
+}
+
+#[test]
+fn dearray_large_tight_grid() {
+    // 20 × 24 cores, 1.5 diameters apart (so that ±15 % jitter never makes two touch), 3°:
+    // about 1000 × 850 pixels.
+    let n: u64 = std::env::var("DEARRAY_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    for seed in 0..n {
+        let spec = Spec {
+            pitch: 36.0,
+            pitch_y: 36.0,
+            radius: 12.0,
+            rotation_deg: if seed % 2 == 0 { 3.0 } else { -3.0 },
+            jitter: 0.15,
+            missing: 30,
+            torn: 20,
+            dust: 20,
+            noise: 0.1,
+            ..Spec::new(20, 24, 40 + seed)
+        };
+        let (map, truth) = slide(&spec);
+        let g = grid(&map, &DearrayParams::default());
+        assert_found(&spec, &map, &truth, &g);
+    }
+}
+
+#[test]
+fn dearray_two_objects_claiming_one_cell_are_not_a_grid() {
+    // An extra disc 0.4 pitch right of B2, between B2 and B3: it claims B2's cell too.
+    let spec = Spec { pitch: 60.0, pitch_y: 60.0, radius: 12.0, ..Spec::new(3, 5, 15) };
+    let (mut map, truth) = slide(&spec);
+    let b2 = truth.iter().find(|t| (t.row, t.col) == (1, 1)).unwrap().bbox;
+    let (cx, cy) = ((b2.0 + b2.2 - 1) as f32 / 2.0 + 24.0, (b2.1 + b2.3 - 1) as f32 / 2.0);
+    for ((y, x), v) in map.indexed_iter_mut() {
+        if (x as f32 - cx).hypot(y as f32 - cy) <= 10.0 {
+            *v = 1.0;
+        }
+    }
+    let e = data_error(&map, &DearrayParams::default());
+    assert!(e.starts_with("dearray: objects are not on a grid: cell B2 is claimed by objects centred at"), "{e}");
 }
