@@ -16,9 +16,11 @@
 //!    core.
 //! 4. **Rotation and pitch.** For every object, the nearest other object at least ¾ of a core
 //!    diameter away (closer ones are pieces of the same core); the first guess of the rotation is
-//!    the median of these vectors' angles folded into ±45° (and clamped to the limit), the column (row) pitch the median distance to the
-//!    nearest neighbour within 30° of the rotated x (y) axis; a grid of one row or one column
-//!    takes the pitch of its one axis for both. [`DearrayParams::pitch`] replaces the estimate.
+//!    the median of these vectors' angles folded into ±45° (and clamped to the limit), the column
+//!    (row) pitch the median distance to the nearest neighbour within 30° of the rotated x (y)
+//!    axis; a grid of one row or one column takes the pitch of its one axis for both.
+//!    [`DearrayParams::pitch`] replaces the estimate. More than 20 000 non-fragment objects are
+//!    refused (not a slide of cores; the searches are quadratic).
 //! 5. **Cells.** Objects whose offset is within 0.35 pitch of a step of at most two cells on each
 //!    axis are linked, and integer cells spread from neighbour to neighbour (breadth-first), so
 //!    jitter does not add up across the slide; the largest linked group fixes an affine lattice
@@ -66,6 +68,9 @@ use objects::{objects, otsu, NoContrast, Object};
 pub use params::{DearrayParams, Dearrayer};
 
 const OP: &str = "dearray";
+
+/// Most non-fragment objects of a slide (the neighbour searches are quadratic in their number).
+const MAX_OBJECTS: usize = 20_000;
 
 /// An inclusive-exclusive pixel box `(x0, y0, x1, y1)` in the score map's coordinates.
 pub type BBox = (usize, usize, usize, usize);
@@ -207,6 +212,9 @@ impl Dearrayer {
         if big.len() == 1 || (big_box.2 - big_box.0).max(big_box.3 - big_box.1) as f64 <= one_core_size {
             return Ok(Dearray::Single(single(&objs, big_box)));
         }
+        if big.len() > MAX_OBJECTS {
+            return Err(not_on_grid(format!("{} objects, more than the {MAX_OBJECTS} cores a slide may hold", big.len())));
+        }
         let close = 0.75 * diameter;
         // A first guess within the limit (a few jittered neighbours may give a larger median);
         // the fitted lattice's rotation is what is checked.
@@ -238,6 +246,9 @@ impl Dearrayer {
             )));
         }
         let pitch = lattice.pitch();
+        if pitch.0.is_nan() || pitch.1.is_nan() || pitch.0.min(pitch.1) < 1.0 {
+            return Err(not_on_grid(format!("the fitted pitch ({:.2}, {:.2}) px is below one pixel", pitch.0, pitch.1)));
+        }
         let residual = {
             let sq: f64 = big
                 .iter()
@@ -249,7 +260,7 @@ impl Dearrayer {
                 .sum();
             (sq / big.len() as f64).sqrt() / pitch.0.min(pitch.1)
         };
-        if residual > p.max_residual {
+        if residual.is_nan() || residual > p.max_residual {
             return Err(not_on_grid(format!(
                 "they lie {residual:.2} pitches from their fitted cell centres (root mean square), more than max_residual ({})",
                 p.max_residual
