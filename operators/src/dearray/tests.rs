@@ -157,6 +157,14 @@ fn assert_found(spec: &Spec, map: &Array2<f32>, truth: &[Truth], g: &Grid) {
     assert_eq!(sorted, g.cores);
 }
 
+/// The grid of the slide drawn by `spec`, checked by [`assert_found`].
+fn found(spec: &Spec, params: &DearrayParams) -> Grid {
+    let (map, truth) = slide(spec);
+    let g = grid(&map, params);
+    assert_found(spec, &map, &truth, &g);
+    g
+}
+
 #[test]
 fn dearray_finds_every_core_of_jittered_rotated_torn_grids() {
     let n: u64 = std::env::var("DEARRAY_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
@@ -171,9 +179,7 @@ fn dearray_finds_every_core_of_jittered_rotated_torn_grids() {
             noise: 0.08,
             ..Spec::new(8, 10, seed)
         };
-        let (map, truth) = slide(&spec);
-        let g = grid(&map, &DearrayParams::default());
-        assert_found(&spec, &map, &truth, &g);
+        let g = found(&spec, &DearrayParams::default());
         assert!((g.rotation_deg - spec.rotation_deg).abs() < 1.0, "{spec:?}: {}", g.rotation_deg);
         assert!((g.pitch.0 - 40.0).abs() < 2.0 && (g.pitch.1 - 40.0).abs() < 2.0, "{:?}", g.pitch);
         assert!(g.residual < 0.2, "{}", g.residual);
@@ -184,9 +190,7 @@ fn dearray_finds_every_core_of_jittered_rotated_torn_grids() {
 fn dearray_exact_rotations_up_to_three_degrees() {
     for (seed, rotation_deg) in [(1, 3.0), (2, -3.0), (3, 2.0), (4, 0.5)] {
         let spec = Spec { rotation_deg, jitter: 0.1, missing: 3, torn: 3, ..Spec::new(12, 16, seed) };
-        let (map, truth) = slide(&spec);
-        let g = grid(&map, &DearrayParams::default());
-        assert_found(&spec, &map, &truth, &g);
+        let g = found(&spec, &DearrayParams::default());
         assert!((g.rotation_deg - rotation_deg).abs() < 0.3, "{rotation_deg} found as {}", g.rotation_deg);
     }
 }
@@ -194,14 +198,10 @@ fn dearray_exact_rotations_up_to_three_degrees() {
 #[test]
 fn dearray_rectangular_grid_and_pitch_override() {
     let spec = Spec { pitch_y: 56.0, jitter: 0.1, missing: 4, torn: 2, ..Spec::new(6, 9, 7) };
-    let (map, truth) = slide(&spec);
-    let g = grid(&map, &DearrayParams::default());
-    assert_found(&spec, &map, &truth, &g);
+    let g = found(&spec, &DearrayParams::default());
     assert!((g.pitch.0 - 40.0).abs() < 1.5 && (g.pitch.1 - 56.0).abs() < 1.5, "{:?}", g.pitch);
     let square = Spec { jitter: 0.1, missing: 4, ..Spec::new(6, 9, 8) };
-    let (map, truth) = slide(&square);
-    let given = DearrayParams { pitch: Some(40.0), diameter: Some(26.0), ..DearrayParams::default() };
-    assert_found(&square, &map, &truth, &grid(&map, &given));
+    found(&square, &DearrayParams { pitch: Some(40.0), diameter: Some(26.0), ..DearrayParams::default() });
 }
 
 #[test]
@@ -217,9 +217,7 @@ fn dearray_origin_is_the_centre_of_a1() {
 #[test]
 fn dearray_more_than_26_rows_are_lettered_aa_ab() {
     let spec = Spec { pitch: 24.0, pitch_y: 24.0, radius: 8.0, missing: 5, ..Spec::new(29, 2, 5) };
-    let (map, truth) = slide(&spec);
-    let g = grid(&map, &DearrayParams::default());
-    assert_found(&spec, &map, &truth, &g);
+    let g = found(&spec, &DearrayParams::default());
     let names: Vec<&str> = g.cores.iter().map(|c| c.position.as_str()).collect();
     assert!(names.contains(&"AC2") && names.contains(&"A1"), "{names:?}");
     assert!(g.cores.iter().any(|c| c.position.starts_with("AA") || c.position.starts_with("AB")));
@@ -228,15 +226,11 @@ fn dearray_more_than_26_rows_are_lettered_aa_ab() {
 #[test]
 fn dearray_one_row_and_one_column_are_grids() {
     let spec = Spec { jitter: 0.1, missing: 2, torn: 1, ..Spec::new(1, 8, 11) };
-    let (map, truth) = slide(&spec);
-    let g = grid(&map, &DearrayParams::default());
-    assert_found(&spec, &map, &truth, &g);
+    let g = found(&spec, &DearrayParams::default());
     assert!((g.pitch.0 - 40.0).abs() < 1.5 && g.pitch.0 == g.pitch.1, "{:?}", g.pitch);
     assert_eq!(g.cores.last().unwrap().position, "A8");
     let spec = Spec { jitter: 0.1, missing: 1, ..Spec::new(6, 1, 12) };
-    let (map, truth) = slide(&spec);
-    let g = grid(&map, &DearrayParams::default());
-    assert_found(&spec, &map, &truth, &g);
+    let g = found(&spec, &DearrayParams::default());
     assert_eq!(g.cores.last().unwrap().position, "F1");
 }
 
@@ -313,11 +307,9 @@ fn dearray_random_objects_are_not_a_grid() {
 #[test]
 fn dearray_grid_rotated_beyond_the_limit_is_refused_unless_allowed() {
     let spec = Spec { rotation_deg: 10.0, ..Spec::new(5, 6, 14) };
-    let (map, truth) = slide(&spec);
-    let e = data_error(&map, &DearrayParams::default());
+    let e = data_error(&slide(&spec).0, &DearrayParams::default());
     assert!(e.contains("not on a grid") && e.contains("max_rotation_deg"), "{e}");
-    let g = grid(&map, &DearrayParams { max_rotation_deg: 15.0, ..DearrayParams::default() });
-    assert_found(&spec, &map, &truth, &g);
+    found(&spec, &DearrayParams { max_rotation_deg: 15.0, ..DearrayParams::default() });
 }
 
 #[test]
@@ -371,9 +363,7 @@ fn dearray_large_tight_grid() {
             noise: 0.1,
             ..Spec::new(20, 24, 40 + seed)
         };
-        let (map, truth) = slide(&spec);
-        let g = grid(&map, &DearrayParams::default());
-        assert_found(&spec, &map, &truth, &g);
+        found(&spec, &DearrayParams::default());
     }
 }
 
