@@ -30,15 +30,18 @@
 //! 6. **Checks.** The fitted rotation must be within [`DearrayParams::max_rotation_deg`], the
 //!    root-mean-square distance of the objects from their cell centres within
 //!    [`DearrayParams::max_residual`] of the pitch, and the non-fragment objects that share a
-//!    cell must fit in one cell (a torn core); otherwise the objects are not on a grid.
+//!    cell must fit in 1.5 core diameters (at most a pitch): the pieces of a torn core; otherwise
+//!    the objects are not on a grid. The core diameter is [`DearrayParams::diameter`] or that of
+//!    a disc of the typical area.
 //! 7. **Cores.** All objects of a cell, fragments included, form its core, when the cell holds a
 //!    non-fragment object or its objects together reach the fragment limit (a core torn into
 //!    small pieces); fragments alone in a cell are dropped. Rows and columns are counted from the
 //!    topmost and leftmost occupied cell: missing cores inside the grid keep every other position
-//!    right, but an empty first row or column is not seen.
+//!    right, but an empty first row or column is not seen. A grid whose objects all land in one
+//!    cell is [`Dearray::Single`] after all.
 //!
 //! Everything is deterministic: objects in raster order, medians of sorted values, links in
-//! object order. The map is read twice and a label map of one `u32` per pixel is the only
+//! object order. The map is read three times (extremes, histogram, labels) and a label map of one `u32` per pixel is the only
 //! per-pixel allocation; the neighbour searches are quadratic in the number of non-fragment
 //! objects (hundreds).
 //!
