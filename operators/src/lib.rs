@@ -21,7 +21,7 @@ pub mod resample;
 pub mod schema;
 pub mod segment;
 
-pub use dearray::{dearray, position_name, Dearray, DearrayParams, Dearrayer, Grid, GridCore, SingleCore};
+pub use dearray::{dearray_slide, position_name, Dearray, DearrayParams, Dearrayer, Grid, GridCore, SingleCore};
 pub use emsc::{EmscCorrector, EmscFit, EmscKernel, EmscParams, ParaffinMode};
 pub use error::OpError;
 pub use grad_cam::{CamAggregator, CamSummary, TopBand};

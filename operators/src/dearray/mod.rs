@@ -339,6 +339,6 @@ fn single(objs: &[Object], core: BBox) -> SingleCore {
 }
 
 /// [`DearrayParams::check`] then [`Dearrayer::dearray`].
-pub fn dearray(params: &DearrayParams, map: ArrayView2<'_, f32>) -> Result<Dearray, OpError> {
+pub fn dearray_slide(params: &DearrayParams, map: ArrayView2<'_, f32>) -> Result<Dearray, OpError> {
     params.check()?.dearray(map)
 }

@@ -4,7 +4,7 @@ use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{dearray, position_name, BBox, Dearray, DearrayParams, Grid};
+use super::{dearray_slide, position_name, BBox, Dearray, DearrayParams, Grid};
 use crate::error::OpError;
 
 /// A synthetic slide: rows × cols discs of radius `radius` with pitch `pitch` (columns) and
@@ -132,7 +132,7 @@ fn slide(s: &Spec) -> (Array2<f32>, Vec<Truth>) {
 }
 
 fn grid(map: &Array2<f32>, params: &DearrayParams) -> Grid {
-    match dearray(params, map.view()) {
+    match dearray_slide(params, map.view()) {
         Ok(Dearray::Grid(g)) => g,
         other => panic!("expected a grid, got {other:?}"),
     }
@@ -157,6 +157,11 @@ fn assert_found(spec: &Spec, map: &Array2<f32>, truth: &[Truth], g: &Grid) {
     assert_eq!(sorted, g.cores);
 }
 
+/// How many seeds a sweep runs: `default`, or `DEARRAY_SEEDS` (for a longer sweep by hand).
+fn seeds(default: u64) -> u64 {
+    std::env::var("DEARRAY_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// The grid of the slide drawn by `spec`, checked by [`assert_found`].
 fn found(spec: &Spec, params: &DearrayParams) -> Grid {
     let (map, truth) = slide(spec);
@@ -167,8 +172,7 @@ fn found(spec: &Spec, params: &DearrayParams) -> Grid {
 
 #[test]
 fn dearray_finds_every_core_of_jittered_rotated_torn_grids() {
-    let n: u64 = std::env::var("DEARRAY_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
-    for seed in 0..n {
+    for seed in 0..seeds(8) {
         let mut rng = ChaCha8Rng::seed_from_u64(100 + seed);
         let spec = Spec {
             rotation_deg: rng.random_range(-3.0..=3.0),
@@ -238,13 +242,13 @@ fn dearray_one_row_and_one_column_are_grids() {
 fn dearray_single_core_stays_one_core() {
     // One disc, with dust away from it.
     let (map, truth) = slide(&Spec { dust: 3, ..Spec::new(1, 1, 13) });
-    let Ok(Dearray::Single(core)) = dearray(&DearrayParams::default(), map.view()) else { panic!("a single core") };
+    let Ok(Dearray::Single(core)) = dearray_slide(&DearrayParams::default(), map.view()) else { panic!("a single core") };
     let t = truth[0].bbox;
     assert!(core.bbox.0 <= t.0 && core.bbox.1 <= t.1 && core.bbox.2 >= t.2 && core.bbox.3 >= t.3, "{core:?}");
     // A torn single core: its pieces are one core.
     for seed in 0..4 {
         let (map, _) = slide(&Spec { torn: 1, ..Spec::new(1, 1, 20 + seed) });
-        let Ok(Dearray::Single(core)) = dearray(&DearrayParams::default(), map.view()) else { panic!("a single core") };
+        let Ok(Dearray::Single(core)) = dearray_slide(&DearrayParams::default(), map.view()) else { panic!("a single core") };
         assert!(core.pieces >= 2, "{core:?}");
     }
     // One large object among specks.
@@ -254,12 +258,12 @@ fn dearray_single_core_stays_one_core() {
             *v = 1.0;
         }
     }
-    let Ok(Dearray::Single(core)) = dearray(&DearrayParams::default(), map.view()) else { panic!("a single core") };
+    let Ok(Dearray::Single(core)) = dearray_slide(&DearrayParams::default(), map.view()) else { panic!("a single core") };
     assert_eq!((core.bbox.0, core.bbox.1), (41, 31));
 }
 
 fn data_error(map: &Array2<f32>, params: &DearrayParams) -> String {
-    match dearray(params, map.view()) {
+    match dearray_slide(params, map.view()) {
         Err(e @ OpError::Data { .. }) => e.to_string(),
         other => panic!("expected a data error, got {other:?}"),
     }
@@ -283,8 +287,7 @@ fn dearray_bare_slide_is_a_data_error() {
 
 #[test]
 fn dearray_random_objects_are_not_a_grid() {
-    let n: u64 = std::env::var("DEARRAY_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
-    for seed in 0..n {
+    for seed in 0..seeds(6) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut map = Array2::<f32>::zeros((400, 400));
         let mut placed: Vec<(f32, f32)> = Vec::new();
@@ -349,8 +352,7 @@ fn dearray_params_are_checked_naming_the_field() {
 fn dearray_large_tight_grid() {
     // 20 × 24 cores, 1.5 diameters apart (so that ±15 % jitter never makes two touch), 3°:
     // about 1000 × 850 pixels.
-    let n: u64 = std::env::var("DEARRAY_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    for seed in 0..n {
+    for seed in 0..seeds(2) {
         let spec = Spec {
             pitch: 36.0,
             pitch_y: 36.0,
@@ -381,4 +383,14 @@ fn dearray_two_objects_claiming_one_cell_are_not_a_grid() {
     }
     let e = data_error(&map, &DearrayParams::default());
     assert!(e.starts_with("dearray: objects are not on a grid: cell B2 is claimed by objects centred at"), "{e}");
+}
+
+#[test]
+fn dearray_coarse_map_of_small_discs() {
+    // A strongly reduced map: discs of radius 4.5 px, 14 px apart.
+    for seed in 0..seeds(4) {
+        let (pitch, radius) = (14.0, 4.5);
+        let spec = Spec { pitch, pitch_y: pitch, radius, rotation_deg: 2.0, jitter: 0.1, missing: 8, ..Spec::new(10, 12, 60 + seed) };
+        found(&spec, &DearrayParams::default());
+    }
 }
