@@ -74,7 +74,8 @@ pub(super) struct SynthArgs {
 /// `ROWSxCOLS`, e.g. `5x4`.
 fn parse_grid(s: &str) -> Result<(u32, u32), String> {
     let (r, c) = s.split_once(['x', 'X']).ok_or_else(|| format!("expected ROWSxCOLS such as 5x4, got {s:?}"))?;
-    let n = |v: &str| v.trim().parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| format!("{v:?} in {s:?} is not a positive whole number"));
+    let n =
+        |v: &str| v.trim().parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| format!("{v:?} in {s:?} is not a positive whole number"));
     Ok((n(r)?, n(c)?))
 }
 

@@ -579,8 +579,7 @@ pub(crate) fn synth_core(model: &Model, spec: &CoreSpec, cube: &mut ImageCube) -
     let n_px = size * size;
     let mut rng = rng_for(cfg.seed, core_stream(spec.index));
     let draw = CoreDraw::new(model, spec, &mut rng);
-    let mut truth =
-        CoreTruth { mask: draw.mask.clone(), paraffin_fraction: vec![0.0; n_px], thickness: vec![0.0; n_px] };
+    let mut truth = CoreTruth { mask: draw.mask.clone(), paraffin_fraction: vec![0.0; n_px], thickness: vec![0.0; n_px] };
     let mut bits = vec![0u64; n.div_ceil(4)];
     cube.width = cfg.size;
     cube.height = cfg.size;

@@ -104,7 +104,12 @@ impl SlideConfig {
         if cfg.format == SynthFormat::Parquet {
             out.push("whole slides are written as envi or agilent, not parquet".into());
         }
-        let knobs = [("missing", self.missing, 0.0, 0.9), ("torn", self.torn, 0.0, 1.0), ("jitter", self.jitter, 0.0, 0.2), ("pitch", self.pitch, 1.1, 4.0)];
+        let knobs = [
+            ("missing", self.missing, 0.0, 0.9),
+            ("torn", self.torn, 0.0, 1.0),
+            ("jitter", self.jitter, 0.0, 0.2),
+            ("pitch", self.pitch, 1.1, 4.0),
+        ];
         let mut ok = true;
         for (name, v, lo, hi) in knobs {
             if !v.is_finite() || !(lo..=hi).contains(&v) {
@@ -133,7 +138,10 @@ impl SlideConfig {
             let size = f64::from(cfg.size);
             let least = (size + 2.0 * max_shift(size) + 1.0) / size;
             if self.pitch < least {
-                out.push(format!("slide pitch must be at least {least:.3} for cores of {} px, so that torn cores cannot touch (got {})", cfg.size, self.pitch));
+                out.push(format!(
+                    "slide pitch must be at least {least:.3} for cores of {} px, so that torn cores cannot touch (got {})",
+                    cfg.size, self.pitch
+                ));
             }
             let side = f64::from(cfg.size) * self.pitch * f64::from(self.rows.max(self.cols) + 2);
             if side > f64::from(MAX_SLIDE_SIDE) {
@@ -332,7 +340,8 @@ fn layout(cfg: &SynthConfig, sc: &SlideConfig, n_cores: usize) -> Result<Vec<Sli
         let pieces: Vec<Vec<Piece>> = torn.iter().map(|&t| if t { tear(&mut rng, size, gap) } else { vec![Piece::whole()] }).collect();
         // A core and its pieces reach at most `radius` from its centre; a jittered core that could
         // touch a neighbour goes back to its grid point (grid points are far enough apart).
-        let radius: Vec<f64> = pieces.iter().map(|p| 0.5 * size + p.iter().map(|q| (q.dx as f64).hypot(q.dy as f64)).fold(0.0, f64::max)).collect();
+        let radius: Vec<f64> =
+            pieces.iter().map(|p| 0.5 * size + p.iter().map(|q| (q.dx as f64).hypot(q.dy as f64)).fold(0.0, f64::max)).collect();
         let slot: HashMap<usize, usize> = filled.iter().enumerate().map(|(k, &(i, _))| (i, k)).collect();
         let mut at: Vec<(f64, f64)> = filled.iter().map(|&(i, _)| centres[i].1).collect();
         let mut jittered = vec![true; filled.len()];
@@ -636,11 +645,8 @@ fn blocks_of(slide: &Slide, sc: &SlideConfig, format: SynthFormat, n_points: usi
         SynthFormat::Agilent => (slide.height / SLIDE_TILE) as usize,
         _ => {
             let row_bytes = u64::from(slide.width) * n_points as u64 * 4;
-            let rows = if sc.block_rows > 0 {
-                sc.block_rows
-            } else {
-                (BLOCK_BYTES / row_bytes.max(1)).clamp(1, u64::from(slide.height)) as u32
-            };
+            let rows =
+                if sc.block_rows > 0 { sc.block_rows } else { (BLOCK_BYTES / row_bytes.max(1)).clamp(1, u64::from(slide.height)) as u32 };
             slide.height.div_ceil(rows) as usize
         }
     }
