@@ -57,10 +57,10 @@ fn read_envi(hdr: &Path) -> (usize, usize, usize, Vec<f32>) {
     (w, h, n, values)
 }
 
-/// Ground truth: sample → (mask per pixel, paraffin fraction per pixel), row-major.
-fn read_masks(path: &Path, size: u32) -> HashMap<String, (Vec<String>, Vec<f32>)> {
+/// The rows of a `truth/masks.parquet`: (sample, x, y, mask, paraffin fraction).
+fn mask_rows(path: &Path) -> Vec<(String, u32, u32, String, f32)> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(path).unwrap()).unwrap().build().unwrap();
-    let mut out: HashMap<String, (Vec<String>, Vec<f32>)> = HashMap::new();
+    let mut out = Vec::new();
     for batch in reader {
         let b = batch.unwrap();
         let sample = b.column_by_name("sample").unwrap().as_string::<i32>();
@@ -69,13 +69,22 @@ fn read_masks(path: &Path, size: u32) -> HashMap<String, (Vec<String>, Vec<f32>)
         let mask = b.column_by_name("mask").unwrap().as_string::<i32>();
         let frac = b.column_by_name("paraffin_fraction").unwrap().as_primitive::<Float32Type>();
         for i in 0..b.num_rows() {
-            let e = out.entry(sample.value(i).to_string()).or_default();
-            // Rows come in row-major order per core.
-            let k = e.0.len() as u32;
-            assert_eq!((x.value(i), y.value(i)), (k % size, k / size), "masks row order");
-            e.0.push(mask.value(i).to_string());
-            e.1.push(frac.value(i));
+            out.push((sample.value(i).to_string(), x.value(i), y.value(i), mask.value(i).to_string(), frac.value(i)));
         }
+    }
+    out
+}
+
+/// Ground truth: sample → (mask per pixel, paraffin fraction per pixel), row-major.
+fn read_masks(path: &Path, size: u32) -> HashMap<String, (Vec<String>, Vec<f32>)> {
+    let mut out: HashMap<String, (Vec<String>, Vec<f32>)> = HashMap::new();
+    for (sample, x, y, mask, frac) in mask_rows(path) {
+        let e = out.entry(sample).or_default();
+        // Rows come in row-major order per core.
+        let k = e.0.len() as u32;
+        assert_eq!((x, y), (k % size, k / size), "masks row order");
+        e.0.push(mask);
+        e.1.push(frac);
     }
     out
 }
@@ -407,8 +416,11 @@ mod slides {
         serde_json::from_slice(&fs::read(dir.join("truth").join(format!("slide_{slide}.json"))).unwrap()).unwrap()
     }
 
-    /// (x, y) → spectrum bits, through `ftirflow::io::open`; also the reader's width and height.
-    fn read_pixels(path: &Path) -> ((u32, u32), BTreeMap<(u32, u32), Vec<u32>>) {
+    /// (x, y) → the bits of the spectrum.
+    type Pixels = BTreeMap<(u32, u32), Vec<u32>>;
+
+    /// The pixels of `path` through `ftirflow::io::open`, and the reader's width and height.
+    fn read_pixels(path: &Path) -> ((u32, u32), Pixels) {
         let reader = ftirflow::io::open(path, &ftirflow::io::ReadOptions::new("S1")).unwrap();
         let info = reader.info().clone();
         let mut px = BTreeMap::new();
@@ -535,20 +547,9 @@ mod slides {
         let axis = config_axis(&cfg);
         let i_amide = index_of(&axis, 1655.0);
         // Truth masks of every core, in slide pixels.
-        let reader = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(dir.path().join("truth/masks.parquet")).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
         let mut masks: HashMap<String, HashMap<(u32, u32), String>> = HashMap::new();
-        for b in reader {
-            let b = b.unwrap();
-            let sample = b.column_by_name("sample").unwrap().as_string::<i32>();
-            let x = b.column_by_name("x").unwrap().as_primitive::<UInt32Type>();
-            let y = b.column_by_name("y").unwrap().as_primitive::<UInt32Type>();
-            let mask = b.column_by_name("mask").unwrap().as_string::<i32>();
-            for i in 0..b.num_rows() {
-                masks.entry(sample.value(i).to_string()).or_default().insert((x.value(i), y.value(i)), mask.value(i).to_string());
-            }
+        for (sample, x, y, mask, _) in mask_rows(&dir.path().join("truth/masks.parquet")) {
+            masks.entry(sample).or_default().insert((x, y), mask);
         }
         let positions = t["positions"].as_array().unwrap();
         assert_eq!(positions.len(), 6);
