@@ -57,10 +57,10 @@ fn read_envi(hdr: &Path) -> (usize, usize, usize, Vec<f32>) {
     (w, h, n, values)
 }
 
-/// Ground truth: sample → (mask per pixel, paraffin fraction per pixel), row-major.
-fn read_masks(path: &Path, size: u32) -> HashMap<String, (Vec<String>, Vec<f32>)> {
+/// The rows of a `truth/masks.parquet`: (sample, x, y, mask, paraffin fraction).
+fn mask_rows(path: &Path) -> Vec<(String, u32, u32, String, f32)> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(path).unwrap()).unwrap().build().unwrap();
-    let mut out: HashMap<String, (Vec<String>, Vec<f32>)> = HashMap::new();
+    let mut out = Vec::new();
     for batch in reader {
         let b = batch.unwrap();
         let sample = b.column_by_name("sample").unwrap().as_string::<i32>();
@@ -69,13 +69,22 @@ fn read_masks(path: &Path, size: u32) -> HashMap<String, (Vec<String>, Vec<f32>)
         let mask = b.column_by_name("mask").unwrap().as_string::<i32>();
         let frac = b.column_by_name("paraffin_fraction").unwrap().as_primitive::<Float32Type>();
         for i in 0..b.num_rows() {
-            let e = out.entry(sample.value(i).to_string()).or_default();
-            // Rows come in row-major order per core.
-            let k = e.0.len() as u32;
-            assert_eq!((x.value(i), y.value(i)), (k % size, k / size), "masks row order");
-            e.0.push(mask.value(i).to_string());
-            e.1.push(frac.value(i));
+            out.push((sample.value(i).to_string(), x.value(i), y.value(i), mask.value(i).to_string(), frac.value(i)));
         }
+    }
+    out
+}
+
+/// Ground truth: sample → (mask per pixel, paraffin fraction per pixel), row-major.
+fn read_masks(path: &Path, size: u32) -> HashMap<String, (Vec<String>, Vec<f32>)> {
+    let mut out: HashMap<String, (Vec<String>, Vec<f32>)> = HashMap::new();
+    for (sample, x, y, mask, frac) in mask_rows(path) {
+        let e = out.entry(sample).or_default();
+        // Rows come in row-major order per core.
+        let k = e.0.len() as u32;
+        assert_eq!((x, y), (k % size, k / size), "masks row order");
+        e.0.push(mask);
+        e.1.push(frac);
     }
     out
 }
@@ -376,4 +385,235 @@ fn refuses_a_foreign_directory_and_reports_progress() {
     calls.sort();
     assert_eq!(calls, (0..=6).map(|d| (d, 6)).collect::<Vec<_>>());
     assert_eq!(s.cores, 6);
+}
+
+/// Whole slides (`synth --slide`): both formats read back, the truth JSON and labels, determinism,
+/// torn cores, block-wise writing.
+mod slides {
+    use super::*;
+    use ftirflow::synth::SlideConfig;
+    use serde_json::Value;
+
+    /// A 3×4 slide of 24 px cores on a short axis, as many patients as the positions need.
+    fn slide_cfg(format: SynthFormat, sc: SlideConfig) -> SynthConfig {
+        SynthConfig {
+            patients: sc.patients_needed(),
+            size: 24,
+            format,
+            wn_min: 900.0,
+            wn_max: 1800.0,
+            wn_step: 4.0 * 1.928467273712158,
+            slide: Some(sc),
+            ..SynthConfig::default()
+        }
+    }
+
+    fn grid_3x4() -> SlideConfig {
+        SlideConfig { rows: 3, cols: 4, ..SlideConfig::default() }
+    }
+
+    fn truth(dir: &Path, slide: &str) -> Value {
+        serde_json::from_slice(&fs::read(dir.join("truth").join(format!("slide_{slide}.json"))).unwrap()).unwrap()
+    }
+
+    /// (x, y) → the bits of the spectrum.
+    type Pixels = BTreeMap<(u32, u32), Vec<u32>>;
+
+    /// The pixels of `path` through `ftirflow::io::open`, and the reader's width and height.
+    fn read_pixels(path: &Path) -> ((u32, u32), Pixels) {
+        let reader = ftirflow::io::open(path, &ftirflow::io::ReadOptions::new("S1")).unwrap();
+        let info = reader.info().clone();
+        let mut px = BTreeMap::new();
+        for b in reader {
+            let b = b.unwrap();
+            let x = b.column_by_name("x").unwrap().as_primitive::<UInt32Type>();
+            let y = b.column_by_name("y").unwrap().as_primitive::<UInt32Type>();
+            let s = b.column_by_name("spectrum").unwrap().as_fixed_size_list();
+            for i in 0..b.num_rows() {
+                let v = s.value(i);
+                px.insert((x.value(i), y.value(i)), v.as_primitive::<Float32Type>().values().iter().map(|f| f.to_bits()).collect());
+            }
+        }
+        assert_eq!(px.len() as u64, info.n_spectra);
+        ((info.width.unwrap(), info.height.unwrap()), px)
+    }
+
+    #[test]
+    fn slide_reads_back_in_both_formats_with_truth_and_labels() {
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut images = Vec::new();
+        for (format, dir) in [SynthFormat::Envi, SynthFormat::Agilent].into_iter().zip(&dirs) {
+            let cfg = slide_cfg(format, grid_3x4());
+            let summary = gen(&cfg, dir.path(), 2);
+            // 12 positions, round(0.1 × 12) = 1 missing: 11 cores (6 patients, the last AT unplaced).
+            assert_eq!(summary.cores, 11, "{format}");
+            let t = truth(dir.path(), "S1");
+            let (w, h) = (t["width"].as_u64().unwrap() as u32, t["height"].as_u64().unwrap() as u32);
+            let image = dir.path().join("images").join(format!("S1.{}", format.extension()));
+            assert_eq!(t["image"], format!("images/S1.{}", format.extension()));
+            let ((rw, rh), px) = read_pixels(&image);
+            assert_eq!((rw, rh), (w, h), "{format}");
+            assert_eq!(px.len(), w as usize * h as usize);
+            assert_eq!(summary.spectra, u64::from(w) * u64::from(h));
+            if format == SynthFormat::Agilent {
+                assert!(w % 128 == 0 && h % 128 == 0 && w > 128, "{w}×{h}: more than one 128 px tile across");
+                let tiles = fs::read_dir(dir.path().join("images"))
+                    .unwrap()
+                    .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "dmd")
+                    .count();
+                assert_eq!(tiles as u32, (w / 128) * (h / 128));
+            }
+
+            // Every position: present ones with a box inside the image, missing ones without.
+            let positions = t["positions"].as_array().unwrap();
+            assert_eq!(positions.len(), 12);
+            let grid = &t["grid"];
+            assert_eq!((grid["rows"].as_u64(), grid["cols"].as_u64()), (Some(3), Some(4)));
+            assert!(grid["rotation_deg"].as_f64().unwrap().abs() <= 3.0);
+            assert!((grid["pitch"].as_f64().unwrap() - 24.0 * 1.4).abs() < 1e-9);
+            let mut names = Vec::new();
+            let mut missing = 0;
+            for p in positions {
+                let name = p["position"].as_str().unwrap().to_string();
+                assert_eq!(p["sample"], format!("S1/{name}"));
+                if p["present"].as_bool().unwrap() {
+                    let b: Vec<u64> = p["bbox"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+                    assert!(b[0] < b[2] && b[1] < b[3] && b[2] <= u64::from(w) && b[3] <= u64::from(h), "{name}: {b:?} in {w}×{h}");
+                    let c: Vec<f64> = p["centre"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+                    assert!(
+                        c[0] > b[0] as f64 && c[0] < b[2] as f64 && c[1] > b[1] as f64 && c[1] < b[3] as f64,
+                        "{name}: centre {c:?} outside {b:?}"
+                    );
+                    names.push((name, p["patient"].as_str().unwrap().to_string(), p["type"].as_str().unwrap().to_string()));
+                } else {
+                    assert!(p.get("bbox").is_none(), "{name}");
+                    missing += 1;
+                }
+            }
+            assert_eq!(missing, 1);
+            assert_eq!(["A1", "A2", "A3", "A4", "B1"].iter().filter(|n| positions.iter().any(|p| p["position"] == **n)).count(), 5);
+
+            // labels.csv: one row per present position, keyed <slide>/<position>.
+            let csv = fs::read_to_string(dir.path().join("labels.csv")).unwrap();
+            let rows: Vec<&str> = csv.lines().skip(1).collect();
+            assert_eq!(rows.len(), 11);
+            for (name, patient, ty) in &names {
+                let row = rows.iter().find(|r| r.starts_with(&format!("S1/{name},"))).unwrap_or_else(|| panic!("S1/{name} not in labels"));
+                assert!(row.starts_with(&format!("S1/{name},{patient},{ty},")), "{row}");
+            }
+            assert_eq!(rows.iter().filter(|r| r.contains(",CA,")).count(), 6);
+            images.push((format, (w, h), px, t));
+        }
+        // The same slide in both formats: same truth, same spectra (the Agilent mosaic pads with
+        // glass to whole tiles).
+        let (envi, agilent) = (&images[0], &images[1]);
+        assert_eq!(envi.3["positions"], agilent.3["positions"]);
+        let differing = envi.2.iter().filter(|(k, v)| agilent.2.get(k) != Some(v)).count();
+        assert_eq!(differing, 0, "{differing} ENVI pixels differ in the Agilent mosaic");
+    }
+
+    #[test]
+    fn same_seed_same_bytes_for_any_block_and_thread_count() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let cfg = slide_cfg(SynthFormat::Envi, grid_3x4());
+        gen(&cfg, dirs[0].path(), 1);
+        // Blocks of 5 rows (many blocks, cores spanning several), two threads.
+        let blocks = slide_cfg(SynthFormat::Envi, SlideConfig { block_rows: 5, ..grid_3x4() });
+        gen(&blocks, dirs[1].path(), 2);
+        let (a, b) = (tree(dirs[0].path()), tree(dirs[1].path()));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (k, v) in &a {
+            // The two JSON records that quote the config (block_rows) aside.
+            if k != Path::new("synth.json") && k != Path::new("truth/planted_bands.json") {
+                assert!(v == &b[k], "{} differs", k.display());
+            }
+        }
+        let other = SynthConfig { seed: 43, ..cfg };
+        gen(&other, dirs[2].path(), 2);
+        let c = tree(dirs[2].path());
+        assert_ne!(a[Path::new("images/S1.img")], c[Path::new("images/S1.img")]);
+        assert_ne!(a[Path::new("truth/slide_S1.json")], c[Path::new("truth/slide_S1.json")]);
+    }
+
+    #[test]
+    fn torn_cores_are_split_by_glass() {
+        let dir = tempfile::tempdir().unwrap();
+        let sc = SlideConfig { torn: 1.0, missing: 0.0, rows: 2, cols: 3, rotation: Some(-2.0), ..SlideConfig::default() };
+        let cfg = slide_cfg(SynthFormat::Envi, sc);
+        gen(&cfg, dir.path(), 2);
+        let t = truth(dir.path(), "S1");
+        assert_eq!(t["grid"]["rotation_deg"].as_f64(), Some(-2.0));
+        let (w, _, n, values) = read_envi(&dir.path().join("images/S1.hdr"));
+        let axis = config_axis(&cfg);
+        let i_amide = index_of(&axis, 1655.0);
+        // Truth masks of every core, in slide pixels.
+        let mut masks: HashMap<String, HashMap<(u32, u32), String>> = HashMap::new();
+        for (sample, x, y, mask, _) in mask_rows(&dir.path().join("truth/masks.parquet")) {
+            masks.entry(sample).or_default().insert((x, y), mask);
+        }
+        let positions = t["positions"].as_array().unwrap();
+        assert_eq!(positions.len(), 6);
+        for p in positions {
+            let sample = p["sample"].as_str().unwrap();
+            assert_eq!(p["torn"], true, "{sample}");
+            let pieces = p["pieces"].as_array().unwrap().len();
+            assert!((2..=3).contains(&pieces), "{sample}: {pieces} pieces");
+            let b: Vec<u32> = p["bbox"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let m = &masks[sample];
+            assert_eq!(m.len(), ((b[2] - b[0]) * (b[3] - b[1])) as usize, "{sample}: one mask row per bbox pixel");
+            // 8-connected components of the core (tissue or paraffin): one per piece.
+            let on = |x: u32, y: u32| m.get(&(x, y)).is_some_and(|v| v != "background");
+            let mut seen = std::collections::HashSet::new();
+            let mut components = 0;
+            for (&(x, y), _) in m.iter().filter(|(&(x, y), _)| on(x, y)) {
+                if !seen.insert((x, y)) {
+                    continue;
+                }
+                components += 1;
+                let mut stack = vec![(x, y)];
+                while let Some((x, y)) = stack.pop() {
+                    for (dx, dy) in [(-1i64, -1i64), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] {
+                        let (nx, ny) = ((i64::from(x) + dx) as u32, (i64::from(y) + dy) as u32);
+                        if on(nx, ny) && seen.insert((nx, ny)) {
+                            stack.push((nx, ny));
+                        }
+                    }
+                }
+            }
+            assert!(components >= 2, "{sample}: torn core in {components} piece(s)");
+            // The image agrees: tissue has amide I, the glass between the pieces does not.
+            let amide = |x: u32, y: u32| values[(y as usize * w + x as usize) * n + i_amide];
+            let glass: Vec<f32> = m.iter().filter(|(_, v)| *v == "background").map(|(&(x, y), _)| amide(x, y)).collect();
+            let tissue: Vec<f32> = m.iter().filter(|(_, v)| *v == "tissue").map(|(&(x, y), _)| amide(x, y)).collect();
+            assert!(
+                !glass.is_empty() && glass.iter().all(|a| a.abs() < 0.08),
+                "{sample}: glass amide I up to {:?}",
+                glass.iter().fold(0.0f32, |a, b| a.max(b.abs()))
+            );
+            let mean = tissue.iter().sum::<f32>() / tissue.len() as f32;
+            assert!(mean > 0.2, "{sample}: tissue amide I {mean}");
+        }
+    }
+
+    #[test]
+    fn slide_configs_are_checked() {
+        let msg = |cfg: SynthConfig| cfg.validate().unwrap_err().to_string();
+        let m = msg(slide_cfg(SynthFormat::Parquet, grid_3x4()));
+        assert!(m.contains("parquet"), "{m}");
+        let m = msg(SynthConfig { patients: 7, ..slide_cfg(SynthFormat::Envi, grid_3x4()) });
+        assert!(m.contains("14 cores do not fit") && m.contains("11 present positions"), "{m}");
+        let m = msg(slide_cfg(SynthFormat::Envi, SlideConfig { pitch: 0.9, rotation: Some(60.0), ..grid_3x4() }));
+        assert!(m.contains("pitch") && m.contains("rotation"), "{m}");
+        // Slides with fewer cores than positions leave the rest empty.
+        let dir = tempfile::tempdir().unwrap();
+        let s = gen(&SynthConfig { patients: 2, ..slide_cfg(SynthFormat::Envi, SlideConfig { slides: 2, ..grid_3x4() }) }, dir.path(), 2);
+        assert_eq!(s.cores, 4);
+        let (t1, t2) = (truth(dir.path(), "S1"), truth(dir.path(), "S2"));
+        let present = |t: &Value| t["positions"].as_array().unwrap().iter().filter(|p| p["present"] == true).count();
+        assert_eq!((present(&t1), present(&t2)), (4, 0));
+        assert!(dir.path().join("images/S2.hdr").exists());
+        let synth: Value = serde_json::from_slice(&fs::read(dir.path().join("synth.json")).unwrap()).unwrap();
+        assert_eq!(synth["summary"]["slides"], 2);
+        assert_eq!(synth["config"]["slide"]["rows"], 3);
+    }
 }

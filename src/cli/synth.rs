@@ -1,12 +1,13 @@
 //! `ftirflow synth`: writes a synthetic TMA archive (see [`crate::synth`]).
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use super::progress::Progress;
 use super::Outcome;
-use crate::synth::{self, SynthConfig, SynthFormat, SynthSummary};
+use crate::synth::{self, SlideConfig, SynthConfig, SynthFormat, SynthSummary};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(super) enum FormatArg {
@@ -23,10 +24,11 @@ pub(super) struct SynthArgs {
     /// Output directory (created; images go to OUT/images, labels to OUT/labels.csv).
     #[arg(long)]
     pub out: PathBuf,
-    /// Number of cores: one cancer (CA) and one adjacent-tissue (AT) core per patient, so even.
-    #[arg(long, default_value_t = 16)]
-    pub cores: u32,
-    /// Image side in pixels.
+    /// Number of cores: one cancer (CA) and one adjacent-tissue (AT) core per patient, so even
+    /// [default: 16; with --slide, as many as the present positions need].
+    #[arg(long)]
+    pub cores: Option<u32>,
+    /// Image side in pixels (with --slide: the side of each core's image).
     #[arg(long, default_value_t = 64)]
     pub size: u32,
     /// Random seed (same seed, same bytes).
@@ -44,17 +46,64 @@ pub(super) struct SynthArgs {
     /// Absorbance noise standard deviation.
     #[arg(long)]
     pub noise: Option<f64>,
+    /// Whole TMA slides instead of one image per core: ROWSxCOLS grid positions per slide (rows
+    /// lettered A, B, … from the top, columns numbered from the left; e.g. 5x4). Samples are
+    /// `<slide>/<position>` (S1/B3); truth/slide_<slide>.json maps positions to boxes.
+    #[arg(long, value_name = "ROWSxCOLS", value_parser = parse_grid)]
+    pub slide: Option<(u32, u32)>,
+    /// With --slide: number of slides, filled with cores in order.
+    #[arg(long, default_value_t = 1, requires = "slide")]
+    pub slides: u32,
+    /// With --slide: fraction of the positions of each slide left empty (seeded choice).
+    #[arg(long, default_value_t = 0.1, requires = "slide")]
+    pub missing: f64,
+    /// With --slide: fraction of the cores torn into 2–3 pieces with a gap.
+    #[arg(long, default_value_t = 0.1, requires = "slide")]
+    pub torn: f64,
+    /// With --slide: largest offset of a core from its grid point, as a fraction of the pitch.
+    #[arg(long, default_value_t = 0.05, requires = "slide")]
+    pub jitter: f64,
+    /// With --slide: grid pitch as a multiple of --size.
+    #[arg(long, default_value_t = 1.4, requires = "slide")]
+    pub pitch: f64,
+    /// With --slide: rotation of the whole grid in degrees [default: seeded per slide, within ±3°].
+    #[arg(long, value_name = "DEG", requires = "slide", allow_negative_numbers = true)]
+    pub rotation: Option<f64>,
+}
+
+/// `ROWSxCOLS`, e.g. `5x4`.
+fn parse_grid(s: &str) -> Result<(u32, u32), String> {
+    let (r, c) = s.split_once(['x', 'X']).ok_or_else(|| format!("expected ROWSxCOLS such as 5x4, got {s:?}"))?;
+    let n =
+        |v: &str| v.trim().parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| format!("{v:?} in {s:?} is not a positive whole number"));
+    Ok((n(r)?, n(c)?))
 }
 
 impl SynthArgs {
     pub(super) fn config(&self) -> anyhow::Result<SynthConfig> {
+        let slide = self.slide.map(|(rows, cols)| SlideConfig {
+            rows,
+            cols,
+            slides: self.slides,
+            missing: self.missing,
+            torn: self.torn,
+            jitter: self.jitter,
+            pitch: self.pitch,
+            rotation: self.rotation,
+            block_rows: 0,
+        });
+        let cores = match (self.cores, &slide) {
+            (Some(c), _) => c,
+            (None, Some(sc)) => 2 * sc.patients_needed(),
+            (None, None) => 16,
+        };
         anyhow::ensure!(
-            self.cores >= 2 && self.cores.is_multiple_of(2),
-            "--cores must be an even number ≥ 2 (each patient has one CA and one AT core), got {}",
-            self.cores
+            cores >= 2 && cores.is_multiple_of(2),
+            "--cores must be an even number ≥ 2 (each patient has one CA and one AT core), got {cores}"
         );
         let mut cfg = SynthConfig {
-            patients: self.cores / 2,
+            patients: cores / 2,
+            slide,
             size: self.size,
             seed: self.seed,
             format: match self.format {
@@ -80,13 +129,17 @@ impl SynthArgs {
 
 /// Generates the archive with a progress bar and prints a one-line summary.
 pub(super) fn generate(cfg: &SynthConfig, out: &Path) -> anyhow::Result<SynthSummary> {
-    let total = 2 * cfg.patients as u64;
-    let progress = Progress::new("cores", total);
-    let summary = synth::generate(cfg, out, &|done, _| progress.set(done as u64, ""))
+    // Cores, or with slides, blocks of rows or tiles; the generator says how many.
+    let what = if cfg.slide.is_some() { "slide blocks" } else { "cores" };
+    let progress: OnceLock<Progress> = OnceLock::new();
+    let summary = synth::generate(cfg, out, &|done, total| progress.get_or_init(|| Progress::new(what, total as u64)).set(done as u64, ""))
         .with_context(|| format!("cannot write the synthetic archive to {}", out.display()))?;
-    progress.finish();
+    if let Some(p) = progress.get() {
+        p.finish();
+    }
+    let slides = cfg.slide.as_ref().map(|s| format!(" on {} slide(s)", s.slides)).unwrap_or_default();
     println!(
-        "synthesized {} cores ({} spectra, {:.1} MB) into {} in {:.1} s",
+        "synthesized {} cores{slides} ({} spectra, {:.1} MB) into {} in {:.1} s",
         summary.cores,
         summary.spectra,
         summary.bytes as f64 / 1e6,

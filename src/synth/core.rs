@@ -88,6 +88,11 @@ impl Model {
     pub fn n_points(&self) -> usize {
         self.axis.len()
     }
+
+    /// The seed of every draw.
+    pub fn seed(&self) -> u64 {
+        self.cfg.seed
+    }
 }
 
 /// Bits of randomness per noise value.
@@ -357,63 +362,224 @@ const SMEAR_WIDTH: f64 = 1.0;
 /// ... of at most this share (falling linearly to 0 at `SMEAR_WIDTH`).
 const SMEAR_MAX: f64 = 0.35;
 
+/// A core after its core-level draws and its geometry pass: everything needed to draw any of its
+/// pixels, in any order, from an RNG the caller positions.
+pub(crate) struct CoreDraw<'m> {
+    model: &'m Model,
+    size: usize,
+    cancer: Option<Subtype>,
+    comp_fields: Vec<Field>,
+    thick_field: Field,
+    par_field: Field,
+    stroma_field: Field,
+    infil_field: Field,
+    t_core: f64,
+    t_par_core: f64,
+    core_offset: [f64; N_TISSUE],
+    c0_core: f64,
+    c1_core: f64,
+    c2_core: f64,
+    /// Mask per pixel (row-major).
+    pub mask: Vec<u8>,
+    depth: Vec<f32>,
+    infil_theta: f64,
+    stroma_theta: f64,
+    edge_w: f64,
+}
+
+impl<'m> CoreDraw<'m> {
+    /// The core-level draws of `spec` from `rng` (in a fixed order) and the masks.
+    pub fn new(model: &'m Model, spec: &CoreSpec, rng: &mut ChaCha8Rng) -> Self {
+        let cfg = &model.cfg;
+        let size = cfg.size as usize;
+        let sz = size as f64;
+        let n_px = size * size;
+        let geo = Geometry::new(rng, sz);
+        let comp_fields: Vec<Field> = (0..N_TISSUE).map(|_| Field::new(rng, sz, (0.15, 0.5))).collect();
+        let thick_field = Field::new(rng, sz, (0.3, 0.8));
+        let par_field = Field::new(rng, sz, (0.3, 0.8));
+        let stroma_field = Field::new(rng, sz, (0.12, 0.35));
+        let infil_field = Field::new(rng, sz, (0.08, 0.25));
+        let t_core = rng.random_range(0.7..1.0);
+        let t_par_core = rng.random_range(0.7..1.0);
+        let mut core_offset = [0.0; N_TISSUE];
+        for (k, v) in core_offset.iter_mut().enumerate() {
+            *v = spec.patient_offset[k] + 0.5 * cfg.patient_var * normal(rng);
+        }
+        let c0_core = 0.003 * normal(rng);
+        let c1_core = 0.004 * normal(rng);
+        let c2_core = 0.003 * normal(rng);
+
+        // Masks, edge depth, and the fields that are thresholded by quantile.
+        let mut mask = vec![BACKGROUND; n_px];
+        let mut depth = vec![0.0f32; n_px];
+        let (mut infil, mut stroma) = (Vec::new(), Vec::new());
+        for y in 0..size {
+            for x in 0..size {
+                let (px, py) = (x as f64 + 0.5, y as f64 + 0.5);
+                let (m, d) = geo.classify(px, py);
+                let p = y * size + x;
+                mask[p] = m;
+                depth[p] = d as f32;
+                if m == TISSUE {
+                    infil.push(infil_field.at(px, py));
+                    stroma.push(stroma_field.at(px, py));
+                }
+            }
+        }
+        let infil_theta = upper_threshold(infil, cfg.paraffin_infiltration);
+        let stroma_theta = upper_threshold(stroma, if spec.cancer.is_some() { cfg.ca_stroma } else { 1.0 });
+        CoreDraw {
+            model,
+            size,
+            cancer: spec.cancer,
+            comp_fields,
+            thick_field,
+            par_field,
+            stroma_field,
+            infil_field,
+            t_core,
+            t_par_core,
+            core_offset,
+            c0_core,
+            c1_core,
+            c2_core,
+            mask,
+            depth,
+            infil_theta,
+            stroma_theta,
+            edge_w: (0.07 * sz).max(1.5),
+        }
+    }
+
+    /// Side in pixels.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Truth of pixel (`x`, `y`) (no random draws): mask, paraffin fraction, thickness, and the
+    /// paraffin share of a tissue pixel or the tissue share smeared into a paraffin pixel.
+    pub fn truth_at(&self, x: usize, y: usize) -> (u8, f32, f64, f64) {
+        let (px, py) = (x as f64 + 0.5, y as f64 + 0.5);
+        let p = y * self.size + x;
+        match self.mask[p] {
+            TISSUE => {
+                let edge = 0.45 + 0.55 * smoothstep(f64::from(self.depth[p]) / self.edge_w);
+                let t = (self.t_core * (0.12 * self.thick_field.at(px, py)).exp() * edge).clamp(0.35, 1.25);
+                let fi = self.infil_field.at(px, py);
+                let f = if fi > self.infil_theta { 0.08 + 0.5 * ((fi - self.infil_theta) / 0.8).min(1.0) } else { 0.0 };
+                (TISSUE, f as f32, t, f)
+            }
+            PARAFFIN => {
+                let t = (self.t_par_core * (0.1 * self.par_field.at(px, py)).exp()).clamp(0.4, 1.3);
+                // Just outside the tissue edge, a smear of tissue (up to SMEAR_MAX) in the
+                // paraffin: such pixels are not pure paraffin.
+                let out_by = -f64::from(self.depth[p]);
+                let share = if out_by < SMEAR_WIDTH { SMEAR_MAX * (1.0 - out_by / SMEAR_WIDTH) } else { 0.0 };
+                (PARAFFIN, (1.0 - share) as f32, t, share)
+            }
+            m => (m, 0.0, 0.0, 0.0),
+        }
+    }
+
+    /// Draws the spectrum of pixel (`x`, `y`) into `out` from `rng` (`bits` is scratch); returns
+    /// its paraffin fraction and thickness.
+    pub fn pixel(&self, x: usize, y: usize, rng: &mut ChaCha8Rng, bits: &mut Vec<u64>, out: &mut [f32]) -> (f32, f32) {
+        let model = self.model;
+        let (px, py) = (x as f64 + 0.5, y as f64 + 0.5);
+        let composer = Composer {
+            effects: &model.effects,
+            cancer: self.cancer,
+            fields: &self.comp_fields,
+            stroma_field: &self.stroma_field,
+            stroma_theta: self.stroma_theta,
+            core_offset: self.core_offset,
+            pixel_var: model.cfg.pixel_var,
+        };
+        let (mask, frac, thick, f) = self.truth_at(x, y);
+        let mut coef = [0.0f64; N_TISSUE];
+        // (paraffin coefficient, (scatter mean, scatter sd, scale))
+        let (par, scatter) = match mask {
+            TISSUE => {
+                let t = thick;
+                coef = composer.draw(rng, px, py);
+                for c in &mut coef {
+                    *c *= t * (1.0 - f);
+                }
+                (t * f, (0.05, 0.03, t))
+            }
+            PARAFFIN => {
+                let (t, share) = (thick, f);
+                if share > 0.0 {
+                    coef = composer.draw(rng, px, py);
+                    for c in &mut coef {
+                        *c *= t * share;
+                    }
+                }
+                (t * (1.0 - share), (0.015, 0.01, t))
+            }
+            _ => (0.0, (0.002, 0.002, 1.0)),
+        };
+        let c0 = (self.c0_core + 0.004 * normal(rng)) as f32;
+        let c1 = (self.c1_core + 0.003 * normal(rng)) as f32;
+        let c2 = (self.c2_core + 0.002 * normal(rng)) as f32;
+        let sc = (scatter.2 * (scatter.0 + scatter.1 * normal(rng)).max(0.0)) as f32;
+        model.baseline(c0, c1, c2, sc, out);
+        for (&c, comp) in coef.iter().zip(&model.comps).take(N_TISSUE) {
+            if c != 0.0 {
+                axpy(out, c as f32, comp);
+            }
+        }
+        if par != 0.0 {
+            axpy(out, par as f32, &model.paraffin);
+        }
+        model.add_noise(rng, bits, out);
+        (frac, thick as f32)
+    }
+}
+
+impl Model {
+    /// Writes the baseline `c0 + c1·x + c2·x² + sc·scatter` into `out`.
+    pub(crate) fn baseline(&self, c0: f32, c1: f32, c2: f32, sc: f32, out: &mut [f32]) {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = c0 + c1 * self.x1[i] + c2 * self.x2[i] + sc * self.scatter[i];
+        }
+    }
+
+    /// Adds the detector noise to `out` (nothing when the configured noise is 0); `bits` is scratch.
+    pub(crate) fn add_noise(&self, rng: &mut ChaCha8Rng, bits: &mut Vec<u64>, out: &mut [f32]) {
+        if self.cfg.noise > 0.0 {
+            bits.resize(out.len().div_ceil(4), 0);
+            rng.fill(&mut bits[..]);
+            let table = &self.normal_table;
+            for (i, (o, &s)) in out.iter_mut().zip(&self.noise_sd).enumerate() {
+                let k = (bits[i / 4] >> ((i % 4) as u32 * NOISE_BITS)) as usize & ((1 << NOISE_BITS) - 1);
+                *o += s * table[k];
+            }
+        }
+    }
+
+    /// A bare-slide (glass) spectrum: the slide's baseline `c` plus a per-pixel offset, a faint
+    /// scattering baseline and noise, drawn from `rng` (the same draws as a core's bare slide).
+    pub(crate) fn glass(&self, c: [f64; 3], rng: &mut ChaCha8Rng, bits: &mut Vec<u64>, out: &mut [f32]) {
+        let c0 = (c[0] + 0.004 * normal(rng)) as f32;
+        let c1 = (c[1] + 0.003 * normal(rng)) as f32;
+        let c2 = (c[2] + 0.002 * normal(rng)) as f32;
+        let sc = (0.002 + 0.002 * normal(rng)).max(0.0) as f32;
+        self.baseline(c0, c1, c2, sc, out);
+        self.add_noise(rng, bits, out);
+    }
+}
+
 /// Draws core `spec` into `cube` (whose buffer is reused) and returns its ground truth.
 pub(crate) fn synth_core(model: &Model, spec: &CoreSpec, cube: &mut ImageCube) -> CoreTruth {
     let cfg = &model.cfg;
     let size = cfg.size as usize;
-    let sz = size as f64;
     let n = model.n_points();
     let n_px = size * size;
     let mut rng = rng_for(cfg.seed, core_stream(spec.index));
-
-    // Core-level draws, in a fixed order.
-    let geo = Geometry::new(&mut rng, sz);
-    let comp_fields: Vec<Field> = (0..N_TISSUE).map(|_| Field::new(&mut rng, sz, (0.15, 0.5))).collect();
-    let thick_field = Field::new(&mut rng, sz, (0.3, 0.8));
-    let par_field = Field::new(&mut rng, sz, (0.3, 0.8));
-    let stroma_field = Field::new(&mut rng, sz, (0.12, 0.35));
-    let infil_field = Field::new(&mut rng, sz, (0.08, 0.25));
-    let t_core = rng.random_range(0.7..1.0);
-    let t_par_core = rng.random_range(0.7..1.0);
-    let mut core_offset = [0.0; N_TISSUE];
-    for (k, v) in core_offset.iter_mut().enumerate() {
-        *v = spec.patient_offset[k] + 0.5 * cfg.patient_var * normal(&mut rng);
-    }
-    let c0_core = 0.003 * normal(&mut rng);
-    let c1_core = 0.004 * normal(&mut rng);
-    let c2_core = 0.003 * normal(&mut rng);
-
-    // Pass 1: masks, edge depth, and the fields that are thresholded by quantile.
-    let mut truth = CoreTruth { mask: vec![BACKGROUND; n_px], paraffin_fraction: vec![0.0; n_px], thickness: vec![0.0; n_px] };
-    let mut depth = vec![0.0f32; n_px];
-    let (mut infil, mut stroma) = (Vec::new(), Vec::new());
-    for y in 0..size {
-        for x in 0..size {
-            let (px, py) = (x as f64 + 0.5, y as f64 + 0.5);
-            let (m, d) = geo.classify(px, py);
-            let p = y * size + x;
-            truth.mask[p] = m;
-            depth[p] = d as f32;
-            if m == TISSUE {
-                infil.push(infil_field.at(px, py));
-                stroma.push(stroma_field.at(px, py));
-            }
-        }
-    }
-    let infil_theta = upper_threshold(infil, cfg.paraffin_infiltration);
-    let stroma_theta = upper_threshold(stroma, if spec.cancer.is_some() { cfg.ca_stroma } else { 1.0 });
-    let edge_w = (0.07 * sz).max(1.5);
-    let composer = Composer {
-        effects: &model.effects,
-        cancer: spec.cancer,
-        fields: &comp_fields,
-        stroma_field: &stroma_field,
-        stroma_theta,
-        core_offset,
-        pixel_var: cfg.pixel_var,
-    };
-
-    // Pass 2: spectra.
+    let draw = CoreDraw::new(model, spec, &mut rng);
+    let mut truth = CoreTruth { mask: draw.mask.clone(), paraffin_fraction: vec![0.0; n_px], thickness: vec![0.0; n_px] };
     let mut bits = vec![0u64; n.div_ceil(4)];
     cube.width = cfg.size;
     cube.height = cfg.size;
@@ -423,67 +589,10 @@ pub(crate) fn synth_core(model: &Model, spec: &CoreSpec, cube: &mut ImageCube) -
     cube.values.resize(n_px * n, 0.0);
     for y in 0..size {
         for x in 0..size {
-            let (px, py) = (x as f64 + 0.5, y as f64 + 0.5);
             let p = y * size + x;
-            let out = &mut cube.values[p * n..(p + 1) * n];
-            let mask = truth.mask[p];
-            let mut coef = [0.0f64; N_TISSUE];
-            // (paraffin coefficient, (scatter mean, scatter sd, scale))
-            let (par, scatter) = match mask {
-                TISSUE => {
-                    let edge = 0.45 + 0.55 * smoothstep(f64::from(depth[p]) / edge_w);
-                    let t = (t_core * (0.12 * thick_field.at(px, py)).exp() * edge).clamp(0.35, 1.25);
-                    let fi = infil_field.at(px, py);
-                    let f = if fi > infil_theta { 0.08 + 0.5 * ((fi - infil_theta) / 0.8).min(1.0) } else { 0.0 };
-                    coef = composer.draw(&mut rng, px, py);
-                    for c in &mut coef {
-                        *c *= t * (1.0 - f);
-                    }
-                    truth.paraffin_fraction[p] = f as f32;
-                    truth.thickness[p] = t as f32;
-                    (t * f, (0.05, 0.03, t))
-                }
-                PARAFFIN => {
-                    let t = (t_par_core * (0.1 * par_field.at(px, py)).exp()).clamp(0.4, 1.3);
-                    // Just outside the tissue edge, a smear of tissue (up to SMEAR_MAX) in the
-                    // paraffin: such pixels are not pure paraffin.
-                    let out_by = -f64::from(depth[p]);
-                    let share = if out_by < SMEAR_WIDTH { SMEAR_MAX * (1.0 - out_by / SMEAR_WIDTH) } else { 0.0 };
-                    if share > 0.0 {
-                        coef = composer.draw(&mut rng, px, py);
-                        for c in &mut coef {
-                            *c *= t * share;
-                        }
-                    }
-                    truth.paraffin_fraction[p] = (1.0 - share) as f32;
-                    truth.thickness[p] = t as f32;
-                    (t * (1.0 - share), (0.015, 0.01, t))
-                }
-                _ => (0.0, (0.002, 0.002, 1.0)),
-            };
-            let c0 = (c0_core + 0.004 * normal(&mut rng)) as f32;
-            let c1 = (c1_core + 0.003 * normal(&mut rng)) as f32;
-            let c2 = (c2_core + 0.002 * normal(&mut rng)) as f32;
-            let sc = (scatter.2 * (scatter.0 + scatter.1 * normal(&mut rng)).max(0.0)) as f32;
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = c0 + c1 * model.x1[i] + c2 * model.x2[i] + sc * model.scatter[i];
-            }
-            for (&c, comp) in coef.iter().zip(&model.comps).take(N_TISSUE) {
-                if c != 0.0 {
-                    axpy(out, c as f32, comp);
-                }
-            }
-            if par != 0.0 {
-                axpy(out, par as f32, &model.paraffin);
-            }
-            if cfg.noise > 0.0 {
-                rng.fill(&mut bits[..]);
-                let table = &model.normal_table;
-                for (i, (o, &s)) in out.iter_mut().zip(&model.noise_sd).enumerate() {
-                    let k = (bits[i / 4] >> ((i % 4) as u32 * NOISE_BITS)) as usize & ((1 << NOISE_BITS) - 1);
-                    *o += s * table[k];
-                }
-            }
+            let (f, t) = draw.pixel(x, y, &mut rng, &mut bits, &mut cube.values[p * n..(p + 1) * n]);
+            truth.paraffin_fraction[p] = f;
+            truth.thickness[p] = t;
         }
     }
     truth

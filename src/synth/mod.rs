@@ -26,6 +26,10 @@
 //! Every file is byte-identical for a given config whatever the number of threads: each core and
 //! each patient draws from its own ChaCha8 stream.
 //!
+//! With [`SynthConfig::slide`] set, the cores are laid out on whole TMA slides instead
+//! (`images/S1.{hdr,img}` or an Agilent mosaic, `truth/slide_S1.json`, samples `S1/B3`), written
+//! block by block; see the `slide` module and docs/formats.md.
+//!
 //! ```no_run
 //! use ftirflow::synth::{generate, SynthConfig};
 //! let cfg = SynthConfig { patients: 2, size: 32, ..SynthConfig::default() };
@@ -35,6 +39,7 @@
 
 mod core;
 mod model;
+mod slide;
 mod truth;
 
 use std::fs;
@@ -47,6 +52,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 pub use model::{planted_bands, AbsorptionBand, ClassBands, PlantedBand, Subtype, AMIDE_I};
+pub use slide::{position_name, row_name, SlideConfig, MAX_SLIDE_SIDE, SLIDE_TILE};
 
 use self::core::{CoreSpec, CoreTruth, Model};
 use crate::io::ImageCube;
@@ -145,6 +151,10 @@ pub struct SynthConfig {
     /// Fraction of the tissue of cancer cores that is stroma, composed like adjacent tissue
     /// (default 0.2), 0–1. Makes single cancer spectra ambiguous, as in real cores.
     pub ca_stroma: f64,
+    /// Whole slides instead of one image per core (default: none). With it, `size` is the side of
+    /// each core's image, and the cores of `patients` fill the slides' present positions in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slide: Option<SlideConfig>,
 }
 
 impl Default for SynthConfig {
@@ -164,6 +174,7 @@ impl Default for SynthConfig {
             noise: 0.002,
             paraffin_infiltration: 0.15,
             ca_stroma: 0.2,
+            slide: None,
         }
     }
 }
@@ -184,7 +195,7 @@ impl SynthConfig {
         }
         if self.size < 8 || self.size > MAX_SIZE {
             problems.push(format!("size must be between 8 and {MAX_SIZE} pixels (got {})", self.size));
-        } else if self.format == SynthFormat::Agilent && !self.size.is_multiple_of(8) {
+        } else if self.format == SynthFormat::Agilent && self.slide.is_none() && !self.size.is_multiple_of(8) {
             problems.push(format!("size must be a multiple of 8 for the agilent format (FPA tiles; got {})", self.size));
         }
         let mut axis_ok = true;
@@ -222,6 +233,9 @@ impl SynthConfig {
             } else if !(lo..=hi).contains(&v) {
                 problems.push(format!("{name} must be between {lo} and {hi} (got {v})"));
             }
+        }
+        if let Some(sc) = &self.slide {
+            sc.problems(self, &mut problems);
         }
         if problems.is_empty() {
             Ok(())
@@ -399,6 +413,10 @@ pub fn generate_with_threads(
     cfg.validate()?;
     let n_cores = cfg.n_cores();
     let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+    if let Some(sc) = &cfg.slide {
+        prepare_output(out)?;
+        return slide::generate(cfg, sc, out, threads, progress, start);
+    }
     let by_memory = (CUBE_MEMORY_BUDGET / cfg.core_bytes().max(1)).max(1) as usize;
     let threads = threads.min(n_cores).min(by_memory).max(1);
 
@@ -412,18 +430,7 @@ pub fn generate_with_threads(
     let model = Model::new(cfg);
     let labels = labels(cfg)?;
     let planted = planted_bands(cfg)?;
-    let mut patient_offsets = vec![[0.0; model::N_TISSUE]; cfg.patients as usize + 1];
-    for p in 1..=cfg.patients {
-        let mut rng = core::rng_for(cfg.seed, core::patient_stream(p));
-        for v in &mut patient_offsets[p as usize] {
-            *v = cfg.patient_var * rand::Rng::sample::<f64, _>(&mut rng, rand_distr::StandardNormal);
-        }
-    }
-    let specs: Vec<CoreSpec> = labels
-        .iter()
-        .enumerate()
-        .map(|(index, l)| CoreSpec { index, sample: l.sample.clone(), cancer: l.subtype, patient_offset: patient_offsets[index / 2 + 1] })
-        .collect();
+    let specs = core_specs(cfg, &labels);
     tracing::info!(
         cores = n_cores,
         size = cfg.size,
@@ -523,6 +530,23 @@ pub fn generate_with_threads(
         "synthetic archive written"
     );
     Ok(summary)
+}
+
+/// What each core of `labels` (archive order) is: its index, name, class and its patient's
+/// log-composition offsets.
+fn core_specs(cfg: &SynthConfig, labels: &[SampleLabel]) -> Vec<CoreSpec> {
+    let mut patient_offsets = vec![[0.0; model::N_TISSUE]; cfg.patients as usize + 1];
+    for p in 1..=cfg.patients {
+        let mut rng = core::rng_for(cfg.seed, core::patient_stream(p));
+        for v in &mut patient_offsets[p as usize] {
+            *v = cfg.patient_var * rand::Rng::sample::<f64, _>(&mut rng, rand_distr::StandardNormal);
+        }
+    }
+    labels
+        .iter()
+        .enumerate()
+        .map(|(index, l)| CoreSpec { index, sample: l.sample.clone(), cancer: l.subtype, patient_offset: patient_offsets[index / 2 + 1] })
+        .collect()
 }
 
 /// Names a previous run may have left in the output directory.

@@ -46,7 +46,7 @@ pub(crate) fn masks_schema() -> Arc<Schema> {
     ]))
 }
 
-fn mask_name(m: u8) -> &'static str {
+pub(crate) fn mask_name(m: u8) -> &'static str {
     match m {
         BACKGROUND => "background",
         PARAFFIN => "paraffin",
