@@ -5,6 +5,7 @@ mod archive;
 mod baseline;
 mod cli;
 mod common;
+mod dearray;
 mod envi;
 mod interop;
 mod layers;
