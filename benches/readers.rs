@@ -39,7 +39,7 @@ fn plain_read(path: &Path, buf: &mut [u8]) -> usize {
 }
 
 fn read_spectra(path: &Path, batch_rows: usize) -> usize {
-    let reader = open(path, &ReadOptions { batch_rows, sample: "bench".into() }).unwrap();
+    let reader = open(path, &ReadOptions { batch_rows, sample: "bench".into(), window: None }).unwrap();
     reader.map(|b| b.unwrap().num_rows()).sum()
 }
 
