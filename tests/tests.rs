@@ -16,3 +16,4 @@ mod run;
 mod segment;
 mod synth;
 mod tables;
+mod window;
