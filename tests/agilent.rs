@@ -85,7 +85,8 @@ fn ramp_cube(width: u32, height: u32, points: usize) -> ImageCube {
 }
 
 fn read_cube(path: &Path, batch_rows: usize) -> ImageCube {
-    let (h, w, _, wavenumbers, values) = collect_image(io::open(path, &ReadOptions { batch_rows, sample: "x".into(), window: None }).unwrap());
+    let (h, w, _, wavenumbers, values) =
+        collect_image(io::open(path, &ReadOptions { batch_rows, sample: "x".into(), window: None }).unwrap());
     ImageCube { width: w, height: h, wavenumbers, values }
 }
 

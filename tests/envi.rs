@@ -76,7 +76,7 @@ fn raster(width: u32, height: u32) -> Vec<(u32, u32)> {
 
 /// Values representable exactly in `dt` (integer-valued and in range for integers; floats with
 /// NaN, ±inf and -0.0 mixed in, which the reader passes on as they are).
-fn values_for(dt: ValueType, n: usize, seed: u64) -> Vec<f32> {
+pub fn values_for(dt: ValueType, n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|i| {

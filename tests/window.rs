@@ -6,13 +6,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Float64Builder, ListBuilder, RecordBatch};
-use arrow::datatypes::{Field, Schema, UInt32Type};
+use arrow::array::{ArrayRef, AsArray, ListArray};
+use arrow::datatypes::{Field, Float64Type, Schema, UInt32Type};
 use ftirflow::io::envi::{self, ByteOrder, EnviWriteOptions, Interleave, ValueType};
-use ftirflow::io::parquet::AtomicParquetWriter;
 use ftirflow::io::{self, agilent, ImageCube, ImageInfo, ReadError, ReadOptions, Window};
 use ftirflow::operators::schema::{axis_metadata, SpectraLayout};
 use proptest::prelude::*;
+
+use crate::envi::values_for;
+use crate::tables::write_table;
 
 const BATCH_SIZES: [usize; 5] = [1, 3, 7, 16, 4096];
 
@@ -78,33 +80,20 @@ fn check_windows(path: &Path, windows: &[Window], what: &str) {
     }
 }
 
-/// Random values with NaN, ±inf and -0.0 mixed in, exactly representable in `dt`.
-fn values(dt: ValueType, n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|i| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let r = (state >> 33) as i64;
-            match dt {
-                ValueType::F32 | ValueType::F64 => match i % 17 {
-                    3 => f32::NAN,
-                    5 => f32::INFINITY,
-                    11 => -0.0,
-                    _ => (r % 200_000) as f32 * 1.37e-4 - 13.5,
-                },
-                _ => (r % 30_000) as f32,
-            }
-        })
-        .collect()
-}
-
 /// An image with an evenly spaced ascending axis (storable by ENVI and Agilent alike).
 fn cube(width: u32, height: u32, bands: usize, dt: ValueType, seed: u64) -> ImageCube {
     let wavenumbers = (0..bands).map(|i| 1.9285 * (467 + i) as f64).collect();
-    ImageCube { width, height, wavenumbers, values: values(dt, width as usize * height as usize * bands, seed) }
+    ImageCube { width, height, wavenumbers, values: values_for(dt, width as usize * height as usize * bands, seed) }
 }
 
-fn envi_file(dir: &Path, c: &ImageCube, interleave: Interleave, data_type: ValueType, byte_order: ByteOrder, header_offset: u64) -> std::path::PathBuf {
+fn envi_file(
+    dir: &Path,
+    c: &ImageCube,
+    interleave: Interleave,
+    data_type: ValueType,
+    byte_order: ByteOrder,
+    header_offset: u64,
+) -> std::path::PathBuf {
     let hdr = dir.join(format!("{}_{}_{:?}_{header_offset}.hdr", interleave.name(), data_type.name(), byte_order));
     envi::write_cube(&hdr, c, &EnviWriteOptions { interleave, data_type, byte_order, header_offset }).unwrap();
     hdr
@@ -138,9 +127,8 @@ fn envi_window_equals_whole_read_filtered_for_every_interleave() {
 #[test]
 fn envi_window_with_other_types_orders_and_a_header_offset() {
     let dir = tempfile::tempdir().unwrap();
-    for (k, (data_type, byte_order)) in [(ValueType::I16, ByteOrder::Big), (ValueType::F64, ByteOrder::Little), (ValueType::F32, ByteOrder::Big)]
-        .into_iter()
-        .enumerate()
+    for (k, (data_type, byte_order)) in
+        [(ValueType::I16, ByteOrder::Big), (ValueType::F64, ByteOrder::Little), (ValueType::F32, ByteOrder::Big)].into_iter().enumerate()
     {
         let c = cube(13, 9, 5, data_type, 10 + k as u64);
         for interleave in Interleave::ALL {
@@ -224,7 +212,9 @@ fn windows_outside_or_empty_are_errors_naming_window_and_image() {
     let dmt = mosaic(dir.path());
     let dat = dir.path().join("tile.dat");
     agilent::write_tile(&dat, &cube(8, 8, 6, ValueType::F32, 3)).unwrap();
-    for (path, size, outside) in [(&hdr, "13×9", Window::new(13, 0, 2, 2)), (&dmt, "12×8", Window::new(0, 8, 5, 5)), (&dat, "8×8", Window::new(100, 100, 1, 1))] {
+    for (path, size, outside) in
+        [(&hdr, "13×9", Window::new(13, 0, 2, 2)), (&dmt, "12×8", Window::new(0, 8, 5, 5)), (&dat, "8×8", Window::new(100, 100, 1, 1))]
+    {
         let e = window_error(path, outside);
         assert!(e.contains(&outside.to_string()) && e.contains(&format!("outside the {size} image")), "{e}");
         let empty = Window::new(1, 1, 0, 3);
@@ -257,18 +247,13 @@ fn parquet_table_window_selects_rows_by_x_and_y() {
 fn parquet_table_without_coordinates_cannot_be_windowed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("noxy.parquet");
-    let mut lb = ListBuilder::new(Float64Builder::new());
-    for r in 0..3 {
-        lb.values().append_slice(&[r as f64, r as f64 + 0.5]);
-        lb.append(true);
-    }
-    let spectrum: ArrayRef = Arc::new(lb.finish());
-    let schema =
-        Arc::new(Schema::new_with_metadata(vec![Field::new("spectrum", spectrum.data_type().clone(), true)], axis_metadata(&[1000.0, 1010.0])));
-    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![spectrum]).unwrap();
-    let mut w = AtomicParquetWriter::create(&path, schema, vec![]).unwrap();
-    w.write(&batch).unwrap();
-    w.finish().unwrap();
+    let rows = (0..3).map(|r| Some(vec![Some(r as f64), Some(r as f64 + 0.5)]));
+    let spectrum: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Float64Type, _, _>(rows));
+    let schema = Arc::new(Schema::new_with_metadata(
+        vec![Field::new("spectrum", spectrum.data_type().clone(), true)],
+        axis_metadata(&[1000.0, 1010.0]),
+    ));
+    write_table(&path, schema, vec![spectrum]);
     assert_eq!(read(&path, 2, None).unwrap().xy.len(), 3);
     let e = window_error(&path, Window::new(0, 0, 2, 1));
     assert!(e.contains("no pixel coordinates"), "{e}");

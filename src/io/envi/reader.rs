@@ -167,7 +167,8 @@ impl EnviReader {
         let window = clip_to_image(&hdr_path, opts.window, header.samples, header.lines)?;
         let n_spectra = window.n_pixels();
         // At most the image's data bytes, which fit u64.
-        let data_bytes = if opts.window.is_some() { n_spectra * u64::from(header.bands) * header.data_type.size() as u64 } else { data_bytes };
+        let data_bytes =
+            if opts.window.is_some() { n_spectra * u64::from(header.bands) * header.data_type.size() as u64 } else { data_bytes };
         let schema = spectra_schema(&header.wavenumbers).map_err(|e| ReadError::schema(&hdr_path, e))?;
         let info = ImageInfo {
             format: Format::Envi,
