@@ -21,7 +21,7 @@ fn parquet_cube_round_trip_any_batch_size() {
     write_cube(&path, &cube(), "slide1/A01").unwrap();
     assert!(!io::atomic::partial_path(&path).exists());
     for batch_rows in [1, 4, 100] {
-        let batches = io::read_all(&path, &ReadOptions { batch_rows, sample: "ignored".into() }).unwrap();
+        let batches = io::read_all(&path, &ReadOptions { batch_rows, sample: "ignored".into(), window: None }).unwrap();
         assert!(batches.iter().all(|b| b.num_rows() <= batch_rows));
         let mut values = Vec::new();
         for b in &batches {
@@ -82,7 +82,7 @@ fn parquet_from_pyarrow_style_columns_is_normalized() {
     assert_eq!(b.column_by_name("note").unwrap().as_string::<i32>().value(1), "q");
 }
 
-fn write_table(path: &std::path::Path, schema: Arc<Schema>, cols: Vec<ArrayRef>) {
+pub fn write_table(path: &std::path::Path, schema: Arc<Schema>, cols: Vec<ArrayRef>) {
     let batch = RecordBatch::try_new(Arc::clone(&schema), cols).unwrap();
     let mut w = AtomicParquetWriter::create(path, schema, vec![]).unwrap();
     w.write(&batch).unwrap();
@@ -126,7 +126,8 @@ fn bad_parquet_tables_are_named() {
 #[test]
 fn orange_collagen_table_reads_completely() {
     let Some(dir) = shared_data("collagen") else { return };
-    let batches = io::read_all(&dir.join("collagen.csv"), &ReadOptions { batch_rows: 100, sample: "collagen".into() }).unwrap();
+    let batches =
+        io::read_all(&dir.join("collagen.csv"), &ReadOptions { batch_rows: 100, sample: "collagen".into(), window: None }).unwrap();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 731);
     let layout = SpectraLayout::validate_batch(&batches[0]).unwrap();

@@ -17,3 +17,4 @@ mod run;
 mod segment;
 mod synth;
 mod tables;
+mod window;

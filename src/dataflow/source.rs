@@ -18,7 +18,7 @@ pub fn feed(image: &ImageJob, batch_rows: usize, mut send: impl FnMut(Item), mut
         Action::Reuse(records) => send(Item::Reused(Arc::clone(records))),
         Action::Refuse(reject) => send(Item::Failed(reject.clone())),
         Action::Process => {
-            let opts = ReadOptions { batch_rows, sample: image.entry.sample.clone() };
+            let opts = ReadOptions { batch_rows, sample: image.entry.sample.clone(), window: None };
             match crate::io::open_as(path, image.entry.format, &opts) {
                 Ok(reader) => {
                     let mut seen = None;

@@ -9,6 +9,13 @@
 //! of points (i32 at 2236); `wavenumber[i] = spacing × (start + i)`. Mosaic tile `XXXX` is the tile
 //! column (left to right) and `YYYY` the tile row counted from the *bottom*: tile (x, y) covers
 //! image rows `(ytiles − 1 − y) × fpa ..` and columns `x × fpa ..`.
+//!
+//! Spectra come tile by tile (tiles from the top tile row down, left to right; each tile's pixels
+//! row-major), so a mosaic's whole read is not row-major over the image. With a
+//! [`Window`](super::Window) the reader opens only the tiles the window touches and yields their
+//! pixels inside it in the same order, with the same `x`, `y`, as the whole read; each block of
+//! rows costs one read per band spanning the window's columns of those rows (a tile row is
+//! `fpa × 4` bytes, less than a page, so the span touches the same pages as the rows themselves).
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -20,7 +27,8 @@ use arrow::datatypes::SchemaRef;
 
 use super::atomic::write_atomic;
 use super::layout::{transpose_append, ROW_PAD};
-use super::{Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader};
+use super::window::clip_to_image;
+use super::{Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader, Window};
 use crate::operators::schema::{image_batch, spectra_schema};
 
 /// Floats before the data in every tile file.
@@ -123,7 +131,7 @@ fn fpa_size(path: &Path, bytes: u64, points: u32) -> Result<u32, ReadError> {
     Ok(fpa as u32)
 }
 
-/// One tile file and where it sits in the image.
+/// One tile file, where it sits in the image and the part of it to read.
 #[derive(Debug, Clone)]
 struct Tile {
     path: PathBuf,
@@ -131,6 +139,41 @@ struct Tile {
     x0: u32,
     /// Image row of the tile's first row.
     y0: u32,
+    /// Tile columns to read, `cols.0 .. cols.1`.
+    cols: (u32, u32),
+    /// Tile rows to read, `rows.0 .. rows.1`.
+    rows: (u32, u32),
+}
+
+impl Tile {
+    /// The whole `fpa × fpa` tile at image column `x0`, row `y0`.
+    fn whole(path: PathBuf, x0: u32, y0: u32, fpa: u32) -> Self {
+        Self { path, x0, y0, cols: (0, fpa), rows: (0, fpa) }
+    }
+
+    /// Pixels to read.
+    fn n_pixels(&self) -> u64 {
+        u64::from(self.cols.1 - self.cols.0) * u64::from(self.rows.1 - self.rows.0)
+    }
+}
+
+/// The tiles that `window` touches (in their order), each limited to its part inside the window.
+fn tiles_in(tiles: Vec<Tile>, fpa: u32, window: Window) -> Vec<Tile> {
+    let (wx0, wy0, wx1, wy1) = (u64::from(window.x), u64::from(window.y), window.x_end(), window.y_end());
+    tiles
+        .into_iter()
+        .filter_map(|t| {
+            let (tx0, ty0) = (u64::from(t.x0), u64::from(t.y0));
+            let (tx1, ty1) = (tx0 + u64::from(fpa), ty0 + u64::from(fpa));
+            let (c0, c1, r0, r1) = (wx0.max(tx0), wx1.min(tx1), wy0.max(ty0), wy1.min(ty1));
+            // Local offsets are below fpa (a u32).
+            (c0 < c1 && r0 < r1).then(|| Tile {
+                cols: ((c0 - tx0) as u32, (c1 - tx0) as u32),
+                rows: ((r0 - ty0) as u32, (r1 - ty0) as u32),
+                ..t
+            })
+        })
+        .collect()
 }
 
 /// Streams the spectra of an Agilent tile or mosaic, one tile at a time, a band-sequential block of
@@ -142,7 +185,6 @@ pub struct AgilentReader {
     tiles: Vec<Tile>,
     fpa: u32,
     points: usize,
-    rows_per_batch: u32,
     tile: usize,
     row: u32,
     file: Option<File>,
@@ -163,7 +205,8 @@ impl AgilentReader {
         let header = read_header(&bsp)?;
         let bytes = file_len(&dat)?;
         let fpa = fpa_size(&dat, bytes, header.points)?;
-        let tiles = vec![Tile { path: dat, x0: 0, y0: 0 }];
+        let window = clip_to_image(&dat, opts.window, fpa, fpa)?;
+        let tiles = tiles_in(vec![Tile::whole(dat, 0, 0, fpa)], fpa, window);
         Self::new(Format::AgilentTile, header, tiles, fpa, fpa, fpa, opts)
     }
 
@@ -231,9 +274,11 @@ impl AgilentReader {
                 if len != first_len {
                     return Err(ReadError::Truncated { path, expected: first_len, actual: len });
                 }
-                tiles.push(Tile { path, x0: x * fpa, y0: row * fpa });
+                tiles.push(Tile::whole(path, x * fpa, row * fpa, fpa));
             }
         }
+        let window = clip_to_image(&dmt, opts.window, width, height)?;
+        let tiles = tiles_in(tiles, fpa, window);
         Self::new(Format::AgilentMosaic, header, tiles, fpa, width, height, opts)
     }
 
@@ -249,8 +294,8 @@ impl AgilentReader {
         let wavenumbers = header.wavenumbers();
         let schema = spectra_schema(&wavenumbers).map_err(|e| ReadError::schema(&tiles[0].path, e))?;
         let points = header.points as usize;
-        let n_spectra = width as u64 * height as u64;
-        let rows_per_batch = (opts.batch_rows as u64 / fpa as u64).clamp(1, fpa as u64) as u32;
+        let n_spectra = tiles.iter().map(Tile::n_pixels).sum::<u64>();
+        let row = tiles.first().map_or(0, |t| t.rows.0);
         let info = ImageInfo {
             format,
             width: Some(width),
@@ -266,9 +311,8 @@ impl AgilentReader {
             tiles,
             fpa,
             points,
-            rows_per_batch,
             tile: 0,
-            row: 0,
+            row,
             file: None,
             failed: false,
             raw: Vec::new(),
@@ -288,17 +332,23 @@ impl AgilentReader {
         }
         let file = self.file.as_ref().expect("opened above");
         let fpa = self.fpa as usize;
-        let rows = (self.rows_per_batch).min(self.fpa - self.row) as usize;
+        let (c0, c1) = (tile.cols.0 as usize, tile.cols.1 as usize);
+        let width = c1 - c0;
+        // About `batch_rows` pixels per block, at least one row.
+        let rows_per_block = (self.batch_rows / width).clamp(1, fpa) as u32;
+        let rows = rows_per_block.min(tile.rows.1 - self.row) as usize;
         let plane = fpa * fpa;
-        let segment = rows * fpa;
+        // Per band, the span from the block's first window pixel to its last (contiguous rows when
+        // the window spans the tile's width).
+        let span = (rows - 1) * fpa + width;
         let n = self.points;
-        self.raw.resize(segment * 4, 0);
-        // Band-major block (one padded row per band), then one tiled transpose to pixel-major.
-        let stride = segment + ROW_PAD;
+        self.raw.resize(span * 4, 0);
+        // Band-major block (one padded span per band), then one tiled transpose to pixel-major.
+        let stride = span + ROW_PAD;
         self.planes.clear();
         self.planes.reserve(n * stride);
         for band in 0..n {
-            let offset = (PREAMBLE_FLOATS as usize + band * plane + self.row as usize * fpa) as u64 * 4;
+            let offset = (PREAMBLE_FLOATS as usize + band * plane + self.row as usize * fpa + c0) as u64 * 4;
             file.read_exact_at(&mut self.raw, offset).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     let actual = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -311,20 +361,27 @@ impl AgilentReader {
             self.planes.extend(chunks.iter().map(|c| f32::from_le_bytes(*c)));
             self.planes.resize(self.planes.len() + ROW_PAD, 0.0);
         }
-        let mut values = Vec::with_capacity(segment * n);
-        transpose_append(&self.planes, 0, stride, segment, n, &mut values);
-        let mut xs = Vec::with_capacity(segment);
-        let mut ys = Vec::with_capacity(segment);
+        let count = rows * width;
+        let mut values = Vec::with_capacity(count * n);
+        if width == fpa {
+            transpose_append(&self.planes, 0, stride, count, n, &mut values);
+        } else {
+            for r in 0..rows {
+                transpose_append(&self.planes, r * fpa, stride, width, n, &mut values);
+            }
+        }
+        let mut xs = Vec::with_capacity(count);
+        let mut ys = Vec::with_capacity(count);
         for r in 0..rows as u32 {
-            for c in 0..self.fpa {
+            for c in tile.cols.0..tile.cols.1 {
                 xs.push(tile.x0 + c);
                 ys.push(tile.y0 + self.row + r);
             }
         }
         self.row += rows as u32;
-        if self.row >= self.fpa {
-            self.row = 0;
+        if self.row >= tile.rows.1 {
             self.tile += 1;
+            self.row = self.tiles.get(self.tile).map_or(0, |t| t.rows.0);
             self.file = None;
         }
         image_batch(Arc::clone(&self.schema), &self.sample, xs, ys, values).map(Some).map_err(|e| ReadError::schema(&tile.path, e))

@@ -1,7 +1,9 @@
-//! Errors of the readers. Every variant names the file; all of them are the input's fault (bad or
-//! unsupported data), so a run rejects the file and goes on.
+//! Errors of the readers. Every variant names the file; all of them but [`ReadError::Window`] are the input's fault (bad
+//! or unsupported data), so a run rejects the file and goes on; a window that selects nothing is the
+//! caller's.
 use std::path::{Path, PathBuf};
 
+use super::Window;
 use crate::operators::SchemaError;
 
 /// Why a file could not be read.
@@ -43,6 +45,16 @@ pub enum ReadError {
         /// What is wrong.
         reason: String,
     },
+    /// The requested [`Window`] selects no pixel of the image (empty, or entirely outside it).
+    #[error("{}: window {window} {reason}", path.display())]
+    Window {
+        /// The file.
+        path: PathBuf,
+        /// The window as requested.
+        window: Window,
+        /// Why it selects nothing, naming the image size.
+        reason: String,
+    },
     /// The table does not follow the spectra schema.
     #[error("{}: {source}", path.display())]
     Schema {
@@ -81,6 +93,7 @@ impl ReadError {
             | Self::Header { path, .. }
             | Self::Truncated { path, .. }
             | Self::Format { path, .. }
+            | Self::Window { path, .. }
             | Self::Schema { path, .. } => path,
         }
     }

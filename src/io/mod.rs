@@ -14,6 +14,7 @@ pub mod orange;
 pub mod parquet;
 pub mod parquet_guard;
 pub mod table;
+mod window;
 
 use std::path::Path;
 
@@ -22,6 +23,7 @@ use arrow::datatypes::SchemaRef;
 
 pub use archive::{discover, ImageEntry};
 pub use error::ReadError;
+pub use window::Window;
 
 /// Default number of spectra per record batch.
 pub const DEFAULT_BATCH_ROWS: usize = 1024;
@@ -85,12 +87,20 @@ pub struct ReadOptions {
     /// The `sample` id written for images that do not carry their own (all but Parquet tables
     /// with a `sample` column).
     pub sample: String,
+    /// Read only the pixels inside this rectangle (image coordinates); `None` reads the whole
+    /// image. See [`Window`] for clipping, order and errors.
+    pub window: Option<Window>,
 }
 
 impl ReadOptions {
-    /// Options with the default batch size for `sample`.
+    /// Options with the default batch size for `sample`, reading the whole image.
     pub fn new(sample: impl Into<String>) -> Self {
-        Self { batch_rows: DEFAULT_BATCH_ROWS, sample: sample.into() }
+        Self { batch_rows: DEFAULT_BATCH_ROWS, sample: sample.into(), window: None }
+    }
+
+    /// The same options reading only `window`.
+    pub fn with_window(self, window: Window) -> Self {
+        Self { window: Some(window), ..self }
     }
 }
 
@@ -103,11 +113,14 @@ pub struct ImageInfo {
     pub width: Option<u32>,
     /// Image height in pixels (rows), when the file is an image.
     pub height: Option<u32>,
-    /// Number of spectra the reader will yield.
+    /// Number of spectra the reader will yield (for an image read through a [`Window`], the
+    /// pixels of the clipped window; for a table read through one, the table's rows, an upper
+    /// bound; 0 when unknown).
     pub n_spectra: u64,
     /// The wavenumber axis, cm⁻¹, in file order.
     pub wavenumbers: Vec<f64>,
-    /// Bytes of spectral data the reader will read.
+    /// Bytes of spectral data the reader will read (for an image read through a [`Window`], those
+    /// of the window's pixels).
     pub data_bytes: u64,
 }
 

@@ -9,6 +9,10 @@
 //! `x` is the row number and `y` is 0; every other column is kept as a Utf8 column of its own name
 //! (`patient`, for instance). Empty cells, `?` and `nan` in the spectrum are read as NaN (later
 //! stages flag such spectra); any other non-numeric value is an error naming row and column.
+//!
+//! With a [`Window`](super::Window) only the rows whose `map_x`, `map_y` lie inside it are kept
+//! (the others are skipped before their spectrum is parsed); a table without both columns, an
+//! empty window, or a window that selects no row is a [`ReadError::Window`].
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, SchemaRef};
 
+use super::window::TableWindow;
 use super::{Format, ImageInfo, ReadError, ReadOptions, SpectraReader};
 use crate::operators::schema::{self, spectra_schema_with};
 
@@ -47,6 +52,8 @@ pub struct OrangeCsvReader {
     row: u64,
     /// A data record already read while detecting the header layout.
     pending: Option<csv::StringRecord>,
+    /// The row selection when reading through a window, with the columns of `map_x`, `map_y`.
+    window: Option<(TableWindow, usize, usize)>,
     done: bool,
 }
 
@@ -109,6 +116,12 @@ impl OrangeCsvReader {
         let n_extra = extra_fields.len();
         fields.extend(extra_fields);
         let schema = spectra_schema_with(&wavenumbers, fields).map_err(|e| ReadError::schema(path, e))?;
+        let x_col = plan.iter().position(|r| matches!(r, Role::X));
+        let y_col = plan.iter().position(|r| matches!(r, Role::Y));
+        let window = match (TableWindow::new(path, opts.window, x_col.is_some() && y_col.is_some())?, x_col, y_col) {
+            (Some(w), Some(x), Some(y)) => Some((w, x, y)),
+            _ => None,
+        };
         let info = ImageInfo {
             format: Format::OrangeCsv,
             width: None,
@@ -129,6 +142,7 @@ impl OrangeCsvReader {
             batch_rows: opts.batch_rows,
             row: 0,
             pending,
+            window,
             done: false,
         })
     }
@@ -158,6 +172,14 @@ impl OrangeCsvReader {
                     format!("data row {line} has {} fields, the header {}", record.len(), self.roles.len()),
                 ));
             }
+            if let Some((w, xc, yc)) = &mut self.window {
+                let x = coordinate(&self.path, record.get(*xc).unwrap_or("").trim(), line)?;
+                let y = coordinate(&self.path, record.get(*yc).unwrap_or("").trim(), line)?;
+                if !w.keep(x, y) {
+                    self.row += 1;
+                    continue;
+                }
+            }
             spectrum.fill(f32::NAN);
             let (mut x, mut y) = (self.row as u32, 0u32);
             let mut class = None;
@@ -171,17 +193,7 @@ impl OrangeCsvReader {
                     }
                     Role::Class => class = (!cell.is_empty() && cell != "?").then(|| cell.to_string()),
                     Role::X | Role::Y => {
-                        let v: u32 = cell
-                            .parse::<f64>()
-                            .ok()
-                            .filter(|v| *v >= 0.0 && v.fract() == 0.0 && *v <= u32::MAX as f64)
-                            .map(|v| v as u32)
-                            .ok_or_else(|| {
-                                ReadError::format(
-                                    &self.path,
-                                    format!("data row {line}: map coordinate `{cell}` is not a non-negative integer"),
-                                )
-                            })?;
+                        let v = coordinate(&self.path, cell, line)?;
                         if matches!(role, Role::X) {
                             x = v
                         } else {
@@ -199,7 +211,11 @@ impl OrangeCsvReader {
             self.row += 1;
         }
         if xs.is_empty() {
-            return Ok(None);
+            // The end: an error if a window selected nothing.
+            return match self.window.as_mut().and_then(|(w, _, _)| w.end(&self.path)) {
+                Some(e) => Err(e),
+                None => Ok(None),
+            };
         }
         let rows = xs.len();
         let sample: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(self.sample.as_str(), rows)));
@@ -220,6 +236,15 @@ impl OrangeCsvReader {
         }
         RecordBatch::try_new(Arc::clone(&self.schema), columns).map(Some).map_err(|e| ReadError::format(&self.path, e.to_string()))
     }
+}
+
+/// A `map_x`/`map_y` cell of data row `line` as a pixel coordinate.
+fn coordinate(path: &Path, cell: &str, line: u64) -> Result<u32, ReadError> {
+    cell.parse::<f64>()
+        .ok()
+        .filter(|v| *v >= 0.0 && v.fract() == 0.0 && *v <= u32::MAX as f64)
+        .map(|v| v as u32)
+        .ok_or_else(|| ReadError::format(path, format!("data row {line}: map coordinate `{cell}` is not a non-negative integer")))
 }
 
 fn push_extra(fields: &mut Vec<Field>, name: &str) -> usize {

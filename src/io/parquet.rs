@@ -7,11 +7,17 @@
 //! absent (then `x` is the row number and `y` is 0), and `spectrum` may be a fixed-size list or a
 //! list of Float32 or Float64 as long as every row has one value per wavenumber. The axis must be in
 //! the schema metadata under `ftirflow:wavenumbers`. Other columns pass through unchanged.
+//!
+//! With a [`Window`](super::Window) the reader yields only the rows whose `x`, `y` lie inside it
+//! (filtered batch by batch as the file streams, so batches may be shorter than `batch_rows`); a
+//! table without `x` and `y` columns, an empty window, or a window that selects no row is a
+//! [`ReadError::Window`].
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use arrow::datatypes::UInt32Type;
 use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ArrowWriter;
@@ -21,6 +27,7 @@ use parquet::file::properties::WriterProperties;
 use super::atomic::{self, AtomicFile};
 // Kept for `crate::run::manifest` and `crate::dataflow`, which name it here.
 use super::atomic::partial_path;
+use super::window::TableWindow;
 use super::{Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader};
 use crate::operators::schema::{self, image_batch, spectra_schema, SchemaError, SAMPLE, SPECTRUM, X, Y};
 
@@ -154,6 +161,8 @@ pub struct ParquetSpectraReader {
     info: ImageInfo,
     sample: String,
     rows_seen: u64,
+    /// The row selection when reading through a window.
+    window: Option<TableWindow>,
     failed: bool,
 }
 
@@ -211,6 +220,8 @@ impl ParquetSpectraReader {
                 ));
             }
         }
+        let has_xy = input.field_with_name(X).is_ok() && input.field_with_name(Y).is_ok();
+        let window = TableWindow::new(path, opts.window, has_xy)?;
         let extra: Vec<Field> =
             input.fields().iter().filter(|f| ![SAMPLE, X, Y, SPECTRUM].contains(&f.name().as_str())).map(|f| f.as_ref().clone()).collect();
         let out = spectra_schema_with_extra(&wavenumbers, extra, &input).map_err(|e| ReadError::schema(path, e))?;
@@ -225,7 +236,7 @@ impl ParquetSpectraReader {
             wavenumbers,
         };
         let sample = opts.sample.clone();
-        Ok(Self { path: path.to_path_buf(), inner, schema: out, info, sample, rows_seen: 0, failed: false })
+        Ok(Self { path: path.to_path_buf(), inner, schema: out, info, sample, rows_seen: 0, window, failed: false })
     }
 
     fn convert(&mut self, batch: RecordBatch) -> Result<RecordBatch, ReadError> {
@@ -269,7 +280,15 @@ impl ParquetSpectraReader {
             columns.push(Arc::clone(batch.column_by_name(f.name()).expect("extra column present")));
         }
         self.rows_seen += rows as u64;
-        RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(|e| ReadError::format(&path, e.to_string()))
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(|e| ReadError::format(&path, e.to_string()))?;
+        match &mut self.window {
+            None => Ok(batch),
+            Some(w) => {
+                let (xs, ys) = (batch.column(1).as_primitive::<UInt32Type>(), batch.column(2).as_primitive::<UInt32Type>());
+                let mask: BooleanArray = xs.values().iter().zip(ys.values().iter()).map(|(&x, &y)| Some(w.keep(x, y))).collect();
+                arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| ReadError::format(&path, e.to_string()))
+            }
+        }
     }
 }
 
@@ -343,12 +362,24 @@ impl Iterator for ParquetSpectraReader {
         if self.failed {
             return None;
         }
-        let item = match self.inner.next()? {
-            Ok(batch) => self.convert(batch),
-            Err(e) => Err(ReadError::format(&self.path, format!("cannot decode Parquet: {e}"))),
-        };
-        self.failed = item.is_err();
-        Some(item)
+        loop {
+            let Some(next) = self.inner.next() else {
+                // The end: an error if a window selected nothing.
+                let e = self.window.as_mut().and_then(|w| w.end(&self.path))?;
+                self.failed = true;
+                return Some(Err(e));
+            };
+            let item = match next {
+                Ok(batch) => self.convert(batch),
+                Err(e) => Err(ReadError::format(&self.path, format!("cannot decode Parquet: {e}"))),
+            };
+            // A window may leave nothing of a batch: go on to the next one.
+            if matches!(&item, Ok(b) if b.num_rows() == 0 && self.window.is_some()) {
+                continue;
+            }
+            self.failed = item.is_err();
+            return Some(item);
+        }
     }
 }
 

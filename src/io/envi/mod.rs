@@ -28,6 +28,12 @@
 //! scatters it. A data file that shrinks while it is read ends the stream with a
 //! [`ReadError::Truncated`] item.
 //!
+//! With a [`Window`](crate::io::Window) it reads only the window's pixels, in the same order and
+//! with the same `x`, `y` as the whole read: `bip` one contiguous read per window row (of a batch),
+//! `bsq` one read per band and window row, `bil` one read per band of each line's window columns
+//! (the whole line in one read when the window spans the image's width). A window as wide as the
+//! image reads exactly like the whole image.
+//!
 //! # Files
 //! `header.rs` parses and validates the header and finds the data file, `reader.rs` streams the
 //! data, `writer.rs` writes an image cube.

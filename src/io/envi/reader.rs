@@ -9,7 +9,8 @@ use arrow::datatypes::SchemaRef;
 
 use super::header::{data_file_for, header_candidates, header_for, is_hdr, parse_header, ByteOrder, EnviHeader, Interleave, ValueType};
 use crate::io::layout::{transpose_append, ROW_PAD};
-use crate::io::{Format, ImageInfo, ReadError, ReadOptions, SpectraReader};
+use crate::io::window::clip_to_image;
+use crate::io::{Format, ImageInfo, ReadError, ReadOptions, SpectraReader, Window};
 use crate::operators::schema::{image_batch, spectra_schema};
 
 /// The data file and the layout facts the read loop needs.
@@ -36,18 +37,21 @@ impl Source {
 }
 
 impl Source {
-    /// Fills `values` (empty, with capacity for at least `n` values) with the `n` native-endian
+    /// Appends to `values` (with spare capacity for at least `n` values) the `n` native-endian
     /// f32 values at `offset`, reading straight into its spare capacity; a short file is
-    /// `Truncated` (and `values` stays empty).
+    /// `Truncated` (and `values` keeps its length).
     fn read_into_spare(&self, values: &mut Vec<f32>, n: usize, offset: u64) -> Result<(), ReadError> {
         use std::os::fd::AsRawFd;
-        debug_assert!(values.is_empty() && values.capacity() >= n);
+        if values.capacity() - values.len() < n {
+            values.reserve(n);
+        }
+        let len = values.len();
         let total = n * std::mem::size_of::<f32>();
         let base = values.spare_capacity_mut().as_mut_ptr().cast::<u8>();
         let mut done = 0usize;
         while done < total {
             // SAFETY: `base + done .. base + total` lies inside the spare capacity of `values`
-            // (capacity ≥ n values), which nothing else references; pread writes at most
+            // (capacity ≥ len + n values, reserved above), which nothing else references; pread writes at most
             // `total - done` bytes there and no Rust reference to the uninitialized bytes exists.
             let got =
                 unsafe { libc::pread(self.file.as_raw_fd(), base.add(done).cast(), total - done, (offset + done as u64) as libc::off_t) };
@@ -65,9 +69,9 @@ impl Source {
                 g => done += g as usize,
             }
         }
-        // SAFETY: pread initialized all `total` bytes, i.e. `n` f32 values (any bit pattern is a
-        // valid f32).
-        unsafe { values.set_len(n) };
+        // SAFETY: pread initialized all `total` bytes after the first `len` values, i.e. `n` f32
+        // values (any bit pattern is a valid f32), and the capacity holds `len + n`.
+        unsafe { values.set_len(len + n) };
         Ok(())
     }
 }
@@ -109,12 +113,18 @@ pub struct EnviReader {
     info: ImageInfo,
     sample: String,
     batch_rows: usize,
-    /// Next pixel (row-major index) to read.
+    /// The pixels read: the clipped window, or the whole image.
+    window: Window,
+    /// Next pixel to read, as a row-major index into `window`.
     next: u64,
-    n_pixels: u64,
+    /// Pixels of `window`.
+    n_spectra: u64,
+    /// The runs of the current batch (reused): (first pixel as a row-major image index, count),
+    /// each contiguous in the file's pixel order.
+    runs: Vec<(u64, usize)>,
     /// Raw bytes of the current read (reused).
     raw: Vec<u8>,
-    /// Decoded band segment (bsq) or line (bil), reused.
+    /// Decoded band segments (bsq) or the window's part of a line (bil), reused.
     decoded: Vec<f32>,
     /// The line held in `decoded` (bil).
     cached_line: Option<u64>,
@@ -154,13 +164,17 @@ impl EnviReader {
         if meta.len() < expected {
             return Err(ReadError::Truncated { path: data_path, expected, actual: meta.len() });
         }
+        let window = clip_to_image(&hdr_path, opts.window, header.samples, header.lines)?;
+        let n_spectra = window.n_pixels();
+        // At most the image's data bytes, which fit u64.
+        let data_bytes =
+            if opts.window.is_some() { n_spectra * u64::from(header.bands) * header.data_type.size() as u64 } else { data_bytes };
         let schema = spectra_schema(&header.wavenumbers).map_err(|e| ReadError::schema(&hdr_path, e))?;
-        let n_pixels = header.n_pixels();
         let info = ImageInfo {
             format: Format::Envi,
             width: Some(header.samples),
             height: Some(header.lines),
-            n_spectra: n_pixels,
+            n_spectra,
             wavenumbers: header.wavenumbers.clone(),
             data_bytes,
         };
@@ -172,8 +186,10 @@ impl EnviReader {
             info,
             sample: opts.sample.clone(),
             batch_rows: opts.batch_rows,
+            window,
             next: 0,
-            n_pixels,
+            n_spectra,
+            runs: Vec::new(),
             raw: Vec::new(),
             decoded: Vec::new(),
             cached_line: None,
@@ -196,68 +212,111 @@ impl EnviReader {
         &self.src.path
     }
 
-    /// Reads `count` pixels starting at pixel `p0` (row-major) into one batch.
-    fn read_batch(&mut self, p0: u64, count: usize) -> Result<RecordBatch, ReadError> {
+    /// Fills `self.runs` with the runs of the window's pixels `k0 .. k0 + count`: one per window
+    /// row, or a single one (possibly over several lines) when the window spans the image's width.
+    fn plan_runs(&mut self, k0: u64, count: usize) {
+        self.runs.clear();
+        let samples = u64::from(self.header.samples);
+        let w = self.window;
+        let (ww, wx, wy) = (u64::from(w.width), u64::from(w.x), u64::from(w.y));
+        if ww == samples {
+            self.runs.push((wy * samples + k0, count));
+            return;
+        }
+        let (mut k, end) = (k0, k0 + count as u64);
+        while k < end {
+            let (r, c) = (k / ww, k % ww);
+            let len = (ww - c).min(end - k);
+            self.runs.push(((wy + r) * samples + wx + c, len as usize));
+            k += len;
+        }
+    }
+
+    /// Reads the `count` pixels of `self.runs` into one batch.
+    fn read_batch(&mut self, count: usize) -> Result<RecordBatch, ReadError> {
         let h = &self.header;
         let bands = h.bands as usize;
         let size = h.data_type.size();
         let (dt, order) = (h.data_type, h.byte_order);
         let samples = u64::from(h.samples);
         let offset = h.header_offset;
+        let plane = h.n_pixels();
+        let runs = &self.runs;
         // Every offset below is at most `expected`, which was checked to fit u64 (and usize).
         let n_vals = count * bands;
         let mut values: Vec<f32> = Vec::with_capacity(n_vals);
         match h.interleave {
             Interleave::Bip if dt == ValueType::F32 && order == ByteOrder::NATIVE => {
                 // The common instrument layout: read straight into the output values, no copy
-                // and no zeroing first (that memset cost 15 % of the read).
-                let at = offset + p0 * (bands * size) as u64;
-                self.src.read_into_spare(&mut values, n_vals, at)?;
+                // and no zeroing first (that memset cost 15 % of the read). One read per run.
+                for &(p, len) in runs {
+                    self.src.read_into_spare(&mut values, len * bands, offset + p * (bands * size) as u64)?;
+                }
             }
             Interleave::Bip => {
-                let bytes = n_vals * size;
-                self.raw.resize(bytes, 0);
-                let at = offset + p0 * (bands * size) as u64;
-                self.src.read_at(&mut self.raw[..bytes], at)?;
-                decode(&self.raw[..bytes], dt, order, &mut values);
+                for &(p, len) in runs {
+                    let bytes = len * bands * size;
+                    self.raw.resize(bytes, 0);
+                    self.src.read_at(&mut self.raw[..bytes], offset + p * (bands * size) as u64)?;
+                    decode(&self.raw[..bytes], dt, order, &mut values);
+                }
             }
             Interleave::Bsq => {
-                // One contiguous segment per band plane, decoded band-major, then transposed.
-                let bytes = count * size;
-                self.raw.resize(bytes, 0);
+                // One contiguous segment per band plane and run, decoded band-major, then
+                // transposed.
                 self.decoded.clear();
                 for b in 0..bands {
-                    let at = offset + (b as u64 * self.n_pixels + p0) * size as u64;
-                    self.src.read_at(&mut self.raw[..bytes], at)?;
-                    decode(&self.raw[..bytes], dt, order, &mut self.decoded);
+                    for &(p, len) in runs {
+                        let bytes = len * size;
+                        self.raw.resize(bytes, 0);
+                        let at = offset + (b as u64 * plane + p) * size as u64;
+                        self.src.read_at(&mut self.raw[..bytes], at)?;
+                        decode(&self.raw[..bytes], dt, order, &mut self.decoded);
+                    }
                     self.decoded.resize(self.decoded.len() + ROW_PAD, 0.0);
                 }
                 transpose_append(&self.decoded, 0, count + ROW_PAD, count, bands, &mut values);
             }
             Interleave::Bil => {
-                let line_vals = samples as usize * bands;
-                let line_bytes = line_vals * size;
-                let end = p0 + count as u64;
-                let mut p = p0;
-                while p < end {
-                    let y = p / samples;
-                    let x0 = p % samples;
-                    let x1 = samples.min(x0 + (end - p));
-                    if self.cached_line != Some(y) {
-                        self.cached_line = None;
-                        self.raw.resize(line_bytes, 0);
-                        self.src.read_at(&mut self.raw[..line_bytes], offset + y * line_bytes as u64)?;
-                        self.decoded.clear();
-                        let row_bytes = samples as usize * size;
-                        for row in self.raw[..line_bytes].chunks_exact(row_bytes) {
-                            decode(row, dt, order, &mut self.decoded);
-                            self.decoded.resize(self.decoded.len() + ROW_PAD, 0.0);
+                // The window's columns of one line, decoded band-major and cached: the whole line
+                // in one read when the window spans the width, else one read per band.
+                let line_bytes = samples as usize * bands * size;
+                let (wx, ww) = (u64::from(self.window.x), self.window.width as usize);
+                let stride = ww + ROW_PAD;
+                for &(p0, len) in runs {
+                    let end = p0 + len as u64;
+                    let mut p = p0;
+                    while p < end {
+                        let y = p / samples;
+                        let x0 = p % samples;
+                        let x1 = samples.min(x0 + (end - p));
+                        if self.cached_line != Some(y) {
+                            self.cached_line = None;
+                            self.decoded.clear();
+                            let line_at = offset + y * line_bytes as u64;
+                            if ww as u64 == samples {
+                                self.raw.resize(line_bytes, 0);
+                                self.src.read_at(&mut self.raw[..line_bytes], line_at)?;
+                                let row_bytes = samples as usize * size;
+                                for row in self.raw[..line_bytes].chunks_exact(row_bytes) {
+                                    decode(row, dt, order, &mut self.decoded);
+                                    self.decoded.resize(self.decoded.len() + ROW_PAD, 0.0);
+                                }
+                            } else {
+                                let bytes = ww * size;
+                                self.raw.resize(bytes, 0);
+                                for b in 0..bands as u64 {
+                                    let at = line_at + (b * samples + wx) * size as u64;
+                                    self.src.read_at(&mut self.raw[..bytes], at)?;
+                                    decode(&self.raw[..bytes], dt, order, &mut self.decoded);
+                                    self.decoded.resize(self.decoded.len() + ROW_PAD, 0.0);
+                                }
+                            }
+                            self.cached_line = Some(y);
                         }
-                        self.cached_line = Some(y);
+                        transpose_append(&self.decoded, (x0 - wx) as usize, stride, (x1 - x0) as usize, bands, &mut values);
+                        p += x1 - x0;
                     }
-                    let stride = samples as usize + ROW_PAD;
-                    transpose_append(&self.decoded, x0 as usize, stride, (x1 - x0) as usize, bands, &mut values);
-                    p += x1 - x0;
                 }
             }
         }
@@ -272,14 +331,16 @@ impl EnviReader {
         let mut xs = Vec::with_capacity(count);
         let mut ys = Vec::with_capacity(count);
         let w = h.samples;
-        let (mut x, mut y) = ((p0 % samples) as u32, (p0 / samples) as u32);
-        for _ in 0..count {
-            xs.push(x);
-            ys.push(y);
-            x += 1;
-            if x == w {
-                x = 0;
-                y += 1;
+        for &(p, len) in runs {
+            let (mut x, mut y) = ((p % samples) as u32, (p / samples) as u32);
+            for _ in 0..len {
+                xs.push(x);
+                ys.push(y);
+                x += 1;
+                if x == w {
+                    x = 0;
+                    y += 1;
+                }
             }
         }
         image_batch(Arc::clone(&self.schema), &self.sample, xs, ys, values).map_err(|e| ReadError::schema(&self.src.path, e))
@@ -290,16 +351,17 @@ impl Iterator for EnviReader {
     type Item = Result<RecordBatch, ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done || self.next >= self.n_pixels {
+        if self.done || self.next >= self.n_spectra {
             return None;
         }
-        let remaining = self.n_pixels - self.next;
+        let remaining = self.n_spectra - self.next;
         let count = usize::try_from(remaining).map_or(self.batch_rows, |r| r.min(self.batch_rows));
-        let p0 = self.next;
-        match self.read_batch(p0, count) {
+        let k0 = self.next;
+        self.plan_runs(k0, count);
+        match self.read_batch(count) {
             Ok(batch) => {
-                self.next = p0 + count as u64;
-                if self.next >= self.n_pixels {
+                self.next = k0 + count as u64;
+                if self.next >= self.n_spectra {
                     // Release the buffers as soon as the image is done.
                     self.raw = Vec::new();
                     self.decoded = Vec::new();
@@ -317,7 +379,7 @@ impl Iterator for EnviReader {
         if self.done {
             return (0, Some(0));
         }
-        let remaining = self.n_pixels.saturating_sub(self.next);
+        let remaining = self.n_spectra.saturating_sub(self.next);
         let batches = remaining.div_ceil(self.batch_rows as u64);
         let n = usize::try_from(batches).unwrap_or(usize::MAX);
         (0, Some(n))
