@@ -97,7 +97,7 @@ impl Error {
 
 /// Whether `e` or any error in its `source()` chain is a storage [`std::io::Error`] (see
 /// [`is_storage_io`]).
-pub fn chain_has_storage_error(e: &(dyn std::error::Error + 'static)) -> bool {
+fn chain_has_storage_error(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(e);
     while let Some(c) = current {
         if c.downcast_ref::<std::io::Error>().is_some_and(is_storage_io) {
@@ -110,7 +110,7 @@ pub fn chain_has_storage_error(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Whether an I/O error says the storage cannot take more data: by its kind, or by its OS error
 /// code where the kind is not mapped.
-pub fn is_storage_io(e: &std::io::Error) -> bool {
+fn is_storage_io(e: &std::io::Error) -> bool {
     use std::io::ErrorKind;
     matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::ReadOnlyFilesystem | ErrorKind::FileTooLarge | ErrorKind::QuotaExceeded)
         || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EROFS | libc::EFBIG | libc::EDQUOT))

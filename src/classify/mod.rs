@@ -87,11 +87,6 @@ impl ClassifyKernel {
         Self { models, labels, held: Vec::new() }
     }
 
-    /// The schema of the prediction rows for input batches of `input`.
-    pub fn output_schema(&self, input: &Schema) -> SchemaRef {
-        prediction_schema(input, &self.models.types, self.models.subtypes.as_deref())
-    }
-
     /// Holds one batch of the current image.
     pub fn push_batch(&mut self, batch: &RecordBatch) {
         if batch.num_rows() > 0 {

@@ -67,7 +67,7 @@ pub fn discover(root: &Path) -> Result<Vec<ImageEntry>, ReadError> {
         entries.sort();
         for path in entries {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if name.starts_with('.') || name.ends_with(".partial") {
+            if name.starts_with('.') || super::atomic::is_partial(&name) {
                 continue;
             }
             let link = std::fs::symlink_metadata(&path).map(|m| m.file_type().is_symlink()).unwrap_or(false);

@@ -22,10 +22,19 @@ use std::path::{Path, PathBuf};
 /// Buffer size of [`AtomicFile`]'s writer.
 const BUFFER_BYTES: usize = 64 << 10;
 
+/// The suffix of the temporary name a file or directory is written under.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Whether a file name is a temporary name of this module (a write in progress, or left by a
+/// killed process).
+pub fn is_partial(name: &str) -> bool {
+    name.ends_with(PARTIAL_SUFFIX)
+}
+
 /// `<path>.partial`: where `path` is written before it is renamed into place.
 pub fn partial_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".partial");
+    name.push(PARTIAL_SUFFIX);
     path.with_file_name(name)
 }
 
@@ -256,11 +265,7 @@ mod tests {
 
     /// The names in `dir` that end in `.partial`.
     fn partials(dir: &Path) -> Vec<String> {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".partial"))
-            .collect()
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| is_partial(n)).collect()
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn image_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
         let e = e?;
         let name = e.file_name().to_string_lossy().to_lowercase();
         let belongs = name.strip_prefix(&stem).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('_'));
-        if belongs && !name.ends_with(".partial") && e.file_type()?.is_file() {
+        if belongs && !crate::io::atomic::is_partial(&name) && e.file_type()?.is_file() {
             files.push(e.path());
         }
     }
@@ -251,7 +251,7 @@ pub fn remove_partials(dir: &Path) -> std::io::Result<usize> {
     for d in dirs {
         let Ok(rd) = std::fs::read_dir(&d) else { continue };
         for e in rd.filter_map(|e| e.ok()) {
-            if e.file_name().to_string_lossy().ends_with(".partial") {
+            if crate::io::atomic::is_partial(&e.file_name().to_string_lossy()) {
                 // A killed report leaves a directory (`report.partial/`), the writers files.
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     std::fs::remove_dir_all(e.path())?;

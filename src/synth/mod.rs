@@ -555,7 +555,7 @@ const MANAGED: [&str; 4] = ["images", "truth", "labels.csv", "synth.json"];
 /// A file a killed run may have left half-written: `*.partial` ([`crate::io::atomic`]), or the
 /// `.*.tmp` name that earlier versions wrote through.
 fn is_temp(name: &str) -> bool {
-    name.ends_with(".partial") || (name.starts_with('.') && name.ends_with(".tmp"))
+    crate::io::atomic::is_partial(name) || (name.starts_with('.') && name.ends_with(".tmp"))
 }
 
 /// Creates `out`, or clears what an earlier run left there; refuses a directory with other content.
