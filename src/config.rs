@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::operators::axis::Band;
+use crate::operators::dearray::DearrayParams;
 use crate::operators::emsc::EmscParams;
 use crate::operators::model::DeviceChoice;
 use crate::operators::normalize::NormalizeParams;
@@ -26,6 +27,77 @@ pub struct Config {
     pub run: RunConfig,
     /// `[report]`: the HTML report written at the end of `run` and `train`.
     pub report: ReportConfig,
+    /// `[tma]`: de-arraying whole TMA slides into named cores (`ftirflow run`).
+    pub tma: TmaConfig,
+}
+
+/// `[tma]`: how `ftirflow run` finds the cores of a whole-slide image (ARCHITECTURE.md, Whole
+/// slides). A slide's cores become the run's units of work, each read as a window of the image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TmaConfig {
+    /// `auto` (default: an image whose objects lie on a grid is a slide, anything else one core),
+    /// `on` (every image must be a slide or one core; an image that is neither is rejected) or
+    /// `off` (every image is one core; no de-arraying pass).
+    pub dearray: DearrayMode,
+    /// Grid pitch in pixels, the same along rows and columns (default: estimated).
+    pub pitch: Option<f64>,
+    /// Core diameter in pixels (default: estimated).
+    pub diameter: Option<f64>,
+    /// Largest rotation of the grid, degrees (default 5, in `[0, 45)`).
+    pub max_rotation_deg: f64,
+    /// Pixels of slide kept around each core's box (default 4); less where two cores are closer,
+    /// so that no pixel belongs to two cores.
+    pub margin: u32,
+    /// With `dearray = "auto"`, the fewest cores a grid must hold to be taken for a slide (default
+    /// 4, at least 2): the pieces of one torn core also lie side by side, and 2–3 of them would
+    /// otherwise be taken for a small grid. `"on"` takes any grid.
+    pub min_cores: usize,
+}
+
+/// `[tma] dearray`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DearrayMode {
+    /// Slides are de-arrayed; images that are not slides run whole.
+    #[default]
+    Auto,
+    /// Every image must be a slide or a single core.
+    On,
+    /// Every image runs whole.
+    Off,
+}
+
+impl Default for TmaConfig {
+    fn default() -> Self {
+        let p = DearrayParams::default();
+        Self {
+            dearray: DearrayMode::Auto,
+            pitch: p.pitch,
+            diameter: p.diameter,
+            max_rotation_deg: p.max_rotation_deg,
+            margin: 4,
+            min_cores: 4,
+        }
+    }
+}
+
+impl TmaConfig {
+    /// The de-arraying parameters.
+    pub fn params(&self) -> DearrayParams {
+        DearrayParams { pitch: self.pitch, diameter: self.diameter, max_rotation_deg: self.max_rotation_deg, ..DearrayParams::default() }
+    }
+
+    /// Validates the section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.min_cores < 2 {
+            return Err(ConfigError::Invalid(OpError::config(
+                "tma",
+                format!("[tma] min_cores must be at least 2 (got {})", self.min_cores),
+            )));
+        }
+        self.params().check().map(|_| ()).map_err(|e| ConfigError::Invalid(OpError::config("tma", format!("[tma] {e}"))))
+    }
 }
 
 /// `[report]`: whether `ftirflow run` and `ftirflow train` finish by writing `OUT_DIR/report/`
@@ -66,6 +138,11 @@ pub struct RunConfig {
     /// device is CUDA, fed by the workers through a channel; each worker's own copy on the CPU),
     /// `local` or `shared`.
     pub inference: Inference,
+    /// Memory the run may use, MiB (default 0: 60 % of the machine's memory). A unit of work (a
+    /// whole image, or one core of a slide) whose spectra would take more than its share — the
+    /// budget over twice the workers per process, as each worker holds up to two units — is
+    /// rejected with a reason naming the budget instead of risking an out-of-memory kill.
+    pub memory_budget: u64,
 }
 
 /// `[run] inference`.
@@ -91,6 +168,7 @@ impl Default for RunConfig {
             threads: 1,
             batch_rows: 1024,
             inference: Inference::Auto,
+            memory_budget: 0,
         }
     }
 }
@@ -297,6 +375,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.preprocess.validate()?;
         self.run.validate()?;
+        self.tma.validate()?;
         self.train.validate()
     }
 }
@@ -373,6 +452,10 @@ mod tests {
         let e = Config::parse("[train]\nfolds = 1\n", "t").unwrap_err();
         assert!(matches!(e, ConfigError::Invalid(_)), "[run] and [train] faults are one kind: {e}");
         assert!(e.to_string().contains("folds"), "{e}");
+        let e = Config::parse("[tma]\ndearray = \"maybe\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("maybe"), "{e}");
+        let e = Config::parse("[tma]\npitch = -3.0\n", "t").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid(_)) && e.to_string().contains("pitch"), "{e}");
         let e = Config::parse("[train]\ndevice = \"tpu\"\n", "t").unwrap_err();
         assert!(e.to_string().contains("tpu"), "{e}");
     }

@@ -13,6 +13,7 @@ use crate::config::RunConfig;
 use crate::error::Error;
 use crate::io::archive::ImageEntry;
 use crate::operators::model::DeviceChoice;
+use crate::outputs::layouts::CorePlace;
 use crate::outputs::manifest::Identity;
 use crate::outputs::records::{Diff, Record};
 use crate::plan::PreprocessPlan;
@@ -42,6 +43,25 @@ pub struct ImageJob {
     pub identity: Option<Identity>,
     /// What to do with it.
     pub action: Action,
+    /// The core's place on its slide, when the job is one core of a slide (read through its
+    /// window); `None` when the job is a whole image.
+    pub core: Option<CorePlace>,
+}
+
+impl ImageJob {
+    /// A reject of this job at `stage`: of its file, the reason naming the core of a slide.
+    pub fn reject(&self, stage: &str, reason: impl std::fmt::Display) -> Reject {
+        match &self.core {
+            Some(c) => Reject::new(&self.entry.path, stage, format!("core {}: {reason}", c.grid.position)),
+            None => Reject::new(&self.entry.path, stage, reason.to_string()),
+        }
+    }
+
+    /// A reject of this job from a reader error.
+    pub fn read_reject(&self, stage: &str, e: &crate::io::ReadError) -> Reject {
+        let r = Reject::from_read_error(&self.entry.path, stage, e);
+        self.reject(stage, r.reason)
+    }
 }
 
 /// Counters that progress reporting reads while the graph runs.
@@ -107,6 +127,9 @@ pub struct RunJob {
     pub models: ModelInfo,
     /// The process's inference service, when the networks are shared.
     pub service: Option<crossbeam_channel::Sender<Request>>,
+    /// Bytes of spectra one unit of work may hold (`[run] memory_budget` over twice the workers
+    /// per process); a larger unit is rejected before it is read.
+    pub unit_budget: u64,
     /// Set when the outputs cannot be written any more (a full or read-only disk): the
     /// process's workers stop reading images and the run ends with this error.
     pub stopped: Mutex<Option<String>>,

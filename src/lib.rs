@@ -25,6 +25,7 @@ pub mod reject;
 pub mod report;
 pub mod run;
 pub mod synth;
+pub mod tma;
 pub mod torch_check;
 pub mod train;
 

@@ -15,6 +15,7 @@ mod report;
 mod robust;
 mod run;
 mod segment;
+mod slides;
 mod synth;
 mod tables;
 mod window;

@@ -36,7 +36,6 @@ use crate::classify::{ClassifyKernel, Models};
 use crate::error::Error;
 use crate::job::RunJob;
 use crate::outputs::records::{Diff, Record};
-use crate::reject::Reject;
 
 /// The preprocessing chain as timely operators (one per step of the plan).
 pub trait Preprocess<'scope> {
@@ -130,12 +129,13 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
         input.advance_to(t);
         if let Some(reason) = job.stopped() {
             // The outputs cannot be written: account for the image without reading it.
-            input.send(Item::Failed(Reject::new(&image.entry.path, "write", format!("not processed: {reason}"))));
+            input.send(Item::Failed(image.reject("write", format!("not processed: {reason}"))));
             continue;
         }
         source::feed(
             image,
             job.run.batch_rows,
+            job.unit_budget,
             |item| input.send(item),
             || {
                 worker.step();

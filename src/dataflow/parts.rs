@@ -93,7 +93,7 @@ fn finish_image(job: &RunJob, image: &ImageJob, items: Vec<Item>, manifest: &mut
     }
     let path = &image.entry.path;
     let Some(summary) = summary else {
-        return rejected(Reject::new(path, "read", "the image holds no spectra"));
+        return rejected(image.reject("read", "the image holds no spectra"));
     };
     // An image without a single classified spectrum has nothing to say about its core (NaN or
     // inf everywhere, a wrong byte order, a core with no tissue): it is reported, not counted.
@@ -111,7 +111,7 @@ fn finish_image(job: &RunJob, image: &ImageJob, items: Vec<Item>, manifest: &mut
                 r.tissue
             )
         };
-        return rejected(Reject::new(path, "classify", reason));
+        return rejected(image.reject("classify", reason));
     }
     match write_image(job, image, &batches, &summary, manifest) {
         Ok(records) => records,
@@ -122,7 +122,7 @@ fn finish_image(job: &RunJob, image: &ImageJob, items: Vec<Item>, manifest: &mut
             if e.is_storage() {
                 job.stop(format!("cannot write the outputs of {}: {e}", path.display()));
             }
-            rejected(Reject::new(path, "write", e.to_string()))
+            rejected(image.reject("write", e))
         }
     }
 }
@@ -143,7 +143,11 @@ fn write_image(
     }
     w.finish()?;
     job.progress.spectra.fetch_add(rows, Ordering::Relaxed);
-    let mut records = image_records(&image.rel_path, summary);
+    let (slide, grid) = match &image.core {
+        Some(c) => (c.image.as_str(), Some(&c.grid)),
+        None => (image.entry.sample.as_str(), None),
+    };
+    let mut records = image_records(&image.rel_path, slide, grid, summary);
     let part_path = summary_path(&job.out, &image.part);
     let text = serde_json::to_vec(&records).map_err(|e| Error::invalid(format!("cannot encode the image summary: {e}")))?;
     crate::io::atomic::write_atomic(&part_path, &text).map_err(|e| Error::io("cannot write", &part_path, e))?;

@@ -1,5 +1,6 @@
-//! The source of the graph: each worker reads its images (whole files, batch by batch) into the
-//! dataflow's input, or feeds a reused image's stored records, or its reject.
+//! The source of the graph: each worker reads its units of work (whole files, or the window of a
+//! slide's core; batch by batch) into the dataflow's input, or feeds a reused unit's stored
+//! records, or its reject.
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use std::sync::Arc;
@@ -8,24 +9,41 @@ use super::adapter::Item;
 use crate::io::ReadOptions;
 use crate::job::{Action, ImageJob};
 use crate::operators::schema::{sample_column, SAMPLE};
-use crate::reject::Reject;
 
 /// Feeds one image into `send`: its batches as they are read (calling `step` after each, so the
-/// graph works while the reader reads), its stored records, or its reject.
-pub fn feed(image: &ImageJob, batch_rows: usize, mut send: impl FnMut(Item), mut step: impl FnMut()) {
+/// graph works while the reader reads), its stored records, or its reject — also when its spectra
+/// would take more than `budget` bytes.
+pub fn feed(image: &ImageJob, batch_rows: usize, budget: u64, mut send: impl FnMut(Item), mut step: impl FnMut()) {
     let path = &image.entry.path;
     match &image.action {
         Action::Reuse(records) => send(Item::Reused(Arc::clone(records))),
         Action::Refuse(reject) => send(Item::Failed(reject.clone())),
         Action::Process => {
-            let opts = ReadOptions { batch_rows, sample: image.entry.sample.clone(), window: None };
+            let opts = ReadOptions { batch_rows, sample: image.entry.sample.clone(), window: image.core.as_ref().map(|c| c.window()) };
             match crate::io::open_as(path, image.entry.format, &opts) {
                 Ok(reader) => {
+                    let info = reader.info();
+                    let bytes = info.n_spectra.saturating_mul(info.wavenumbers.len() as u64).saturating_mul(4);
+                    if bytes > budget {
+                        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+                        send(Item::Failed(image.reject(
+                            "read",
+                            format!(
+                                "its {} spectra take {:.2} GiB, more than the {:.2} GiB a unit of work may hold ([run] \
+                                 memory_budget over twice the workers per process); de-array it as a slide ([tma]), run \
+                                 fewer workers or raise memory_budget",
+                                info.n_spectra,
+                                gib(bytes),
+                                gib(budget)
+                            ),
+                        )));
+                        return;
+                    }
                     let mut seen = None;
                     for b in reader {
                         let batch = b
-                            .map_err(|e| Reject::from_read_error(path, "read", &e))
-                            .and_then(|b| as_image(b, &image.entry.sample, &mut seen).map_err(|reason| Reject::new(path, "read", reason)));
+                            .map_err(|e| image.read_reject("read", &e))
+                            .and_then(|b| as_image(b, &image.entry.sample, &mut seen).map_err(|reason| image.reject("read", reason)));
                         match batch {
                             Ok(b) => send(Item::Batch(b)),
                             Err(reject) => {
@@ -36,7 +54,7 @@ pub fn feed(image: &ImageJob, batch_rows: usize, mut send: impl FnMut(Item), mut
                         step();
                     }
                 }
-                Err(e) => send(Item::Failed(Reject::from_read_error(path, "open", &e))),
+                Err(e) => send(Item::Failed(image.read_reject("open", &e))),
             }
         }
     }

@@ -5,9 +5,11 @@
 //! ```text
 //! OUT_DIR/predictions/<part>.parquet   prediction rows of one image
 //! OUT_DIR/parts/<part>.json            the image's summary records (reused by later runs)
+//! OUT_DIR/layouts/<part>.json          what de-arraying made of each image (layouts)
 //! OUT_DIR/manifest.jsonl               one line per finished image (manifest)
 //! OUT_DIR/{cores,gradcam,bands,rejects}.parquet, run.json   written at the end (tables)
 //! ```
+pub mod layouts;
 pub mod manifest;
 pub mod records;
 pub mod tables;

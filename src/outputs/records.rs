@@ -25,6 +25,10 @@ pub struct CoreRow {
     pub sample: String,
     /// The image's entry file, relative to the archive.
     pub path: String,
+    /// The image's sample id: the slide's for a core of a slide, else the sample itself.
+    pub image: String,
+    /// Where the core lies on its slide, for a core of a slide.
+    pub grid: Option<GridPlace>,
     /// Spectra.
     pub spectra: u64,
     /// Tissue spectra.
@@ -49,6 +53,19 @@ pub struct CoreRow {
     pub truth_type: Option<String>,
     /// Truth subtype label.
     pub truth_subtype: Option<String>,
+}
+
+/// Where a core lies on its slide (`cores.parquet`: `position`, `row`, `col`, `bbox_*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GridPlace {
+    /// Grid position (`B3`: row B, column 3).
+    pub position: String,
+    /// Row, 0-based from the top.
+    pub row: u32,
+    /// Column, 0-based from the left.
+    pub col: u32,
+    /// Box covering the core's pixels, `[x0, y0, x1, y1)` in image pixels.
+    pub bbox: [u32; 4],
 }
 
 /// A keyed summary record.
@@ -100,10 +117,12 @@ pub struct ImageSummary {
     pub cams: ImageCams,
 }
 
-/// The records of one classified image.
-pub fn image_records(path: &str, s: &ImageSummary) -> Vec<(Record, Diff)> {
+/// The records of one classified image: its core row completed with the image's `path`, the
+/// `image` it lies in and its `grid` place, and its Grad-CAM sums.
+pub fn image_records(path: &str, image: &str, grid: Option<&GridPlace>, s: &ImageSummary) -> Vec<(Record, Diff)> {
     let sample = s.row.sample.as_str();
-    let mut out = vec![(Record::Core(CoreRow { path: path.to_string(), ..s.row.clone() }), (1, 0, 0))];
+    let row = CoreRow { path: path.to_string(), image: image.to_string(), grid: grid.cloned(), ..s.row.clone() };
+    let mut out = vec![(Record::Core(row), (1, 0, 0))];
     let mut keys: Vec<_> = s.cams.stats.keys().collect();
     keys.sort();
     for key in keys {

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 
-use super::records::{CoreRow, Diff, Record, SPECTRUM_SCOPE};
+use super::records::{CoreRow, Diff, GridPlace, Record, SPECTRUM_SCOPE};
 use crate::error::Error;
 use crate::io::parquet::{AtomicParquetWriter, Staged};
 use crate::operators::grad_cam::{top_bands, CamStats};
@@ -88,9 +88,19 @@ pub fn write_tables(
     // cores.parquet
     let cores: Vec<&CoreRow> = totals.cores.values().collect();
     let u64s = |f: &dyn Fn(&CoreRow) -> u64| -> ArrayRef { Arc::new(cores.iter().map(|c| f(c)).collect::<UInt64Array>()) };
+    let u32s =
+        |f: &dyn Fn(&GridPlace) -> u32| -> ArrayRef { Arc::new(cores.iter().map(|c| c.grid.as_ref().map(f)).collect::<UInt32Array>()) };
     let mut fields = vec![
         Field::new("sample", DataType::Utf8, false),
         Field::new("path", DataType::Utf8, false),
+        Field::new("image", DataType::Utf8, false),
+        Field::new("position", DataType::Utf8, true),
+        Field::new("row", DataType::UInt32, true),
+        Field::new("col", DataType::UInt32, true),
+        Field::new("bbox_x0", DataType::UInt32, true),
+        Field::new("bbox_y0", DataType::UInt32, true),
+        Field::new("bbox_x1", DataType::UInt32, true),
+        Field::new("bbox_y1", DataType::UInt32, true),
         Field::new("spectra", DataType::UInt64, false),
         Field::new("tissue", DataType::UInt64, false),
         Field::new("paraffin", DataType::UInt64, false),
@@ -100,6 +110,14 @@ pub fn write_tables(
     let mut cols: Vec<ArrayRef> = vec![
         strings(cores.iter().map(|c| Some(c.sample.as_str()))),
         strings(cores.iter().map(|c| Some(c.path.as_str()))),
+        strings(cores.iter().map(|c| Some(c.image.as_str()))),
+        strings(cores.iter().map(|c| c.grid.as_ref().map(|g| g.position.as_str()))),
+        u32s(&|g| g.row),
+        u32s(&|g| g.col),
+        u32s(&|g| g.bbox[0]),
+        u32s(&|g| g.bbox[1]),
+        u32s(&|g| g.bbox[2]),
+        u32s(&|g| g.bbox[3]),
         u64s(&|c| c.spectra),
         u64s(&|c| c.tissue),
         u64s(&|c| c.paraffin),

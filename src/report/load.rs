@@ -220,9 +220,9 @@ pub enum PixelClass {
 pub struct CorePixels {
     /// Sample id.
     pub sample: String,
-    /// Columns (largest `x` + 1).
+    /// Columns (from the smallest `x` to the largest: a core of a slide is drawn alone).
     pub width: u32,
-    /// Rows (largest `y` + 1).
+    /// Rows (from the smallest `y` to the largest).
     pub height: u32,
     /// Row-major type map (`None`: no spectrum at that position).
     pub types: Vec<Option<PixelClass>>,
@@ -272,17 +272,20 @@ pub fn core_pixels(path: &Path, types: &[String], subtypes: &[String]) -> Result
             rows.push((x[i], y[i], t, st, a));
         }
     }
-    let width = rows.iter().map(|r| r.0 + 1).max().unwrap_or(0);
-    let height = rows.iter().map(|r| r.1 + 1).max().unwrap_or(0);
+    // A core of a slide keeps the slide's coordinates: its map starts at its own first pixel.
+    let x0 = rows.iter().map(|r| r.0).min().unwrap_or(0);
+    let y0 = rows.iter().map(|r| r.1).min().unwrap_or(0);
+    let width = rows.iter().map(|r| r.0 - x0 + 1).max().unwrap_or(0);
+    let height = rows.iter().map(|r| r.1 - y0 + 1).max().unwrap_or(0);
     if width > MAX_SIDE as u64 || height > MAX_SIDE as u64 {
-        return Err(ReportError::bad(path, format!("pixel coordinates up to {width}×{height}: larger than {MAX_SIDE} px, not drawn")));
+        return Err(ReportError::bad(path, format!("pixels spread over {width}×{height}: larger than {MAX_SIDE} px, not drawn")));
     }
     let (w, h) = (width as usize, height as usize);
     let mut types_map = vec![None; w * h];
     let mut sub_map = vec![None; w * h];
     let mut amide_i = vec![f32::NAN; w * h];
     for (x, y, t, st, a) in rows {
-        let i = y as usize * w + x as usize;
+        let i = (y - y0) as usize * w + (x - x0) as usize;
         types_map[i] = Some(t);
         sub_map[i] = Some(match (st, t) {
             (Some(k), _) => PixelClass::Class(k as u16),

@@ -8,6 +8,7 @@ use std::path::Path;
 use super::figures::class_map::ClassMap;
 use super::figures::confusion::ConfusionPlot;
 use super::figures::gradcam_plot::GradCamPlot;
+use super::figures::slide_overview::SlideOverview;
 use super::figures::{render, safe_name, sig3};
 use super::html::Html;
 use super::load::{self, CoreRecord, PixelClass};
@@ -155,6 +156,22 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
         &["sample", "spectra", "tissue", "paraffin", "outliers", "classified", "majority", "subtype majority", "truth", "truth subtype"],
         &rows,
     );
+
+    // Slides: one overview each, from the layouts the run recorded.
+    let slides = crate::outputs::layouts::slides(out);
+    if !slides.is_empty() {
+        page.section("slides", "Slides");
+        page.p("Each de-arrayed slide at reduced resolution (tissue and paraffin dark, bare slide white), every core outlined in the colour of its majority class and labelled by its grid position (rows lettered from the top, columns numbered from the left); grey ×: a grid position without a core. The cores' own class maps follow.");
+        for (_, grid, slide_cores, map) in &slides {
+            let Some(image) = slide_cores.first().map(|c| c.image.as_str()) else { continue };
+            let majority = |pos: &str| by_sample.get(format!("{image}/{pos}").as_str()).and_then(|c| c.majority.clone());
+            let fig = SlideOverview { image, grid, cores: slide_cores, map, majority: &majority, types: &types };
+            let empty = fig.empty_positions().len();
+            let stem = render(&fig, dir)?;
+            page.figure(&stem, &format!("slide {image}: {} cores, {empty} empty position(s)", slide_cores.len()));
+            figures.push(stem);
+        }
+    }
 
     // Class maps (and the per-spectrum confusion counts, from the same pass over the parts).
     let mut spec_type = Confusion::new(&types);

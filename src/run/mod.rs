@@ -19,11 +19,12 @@ use serde::Serialize;
 
 use crate::bundle::Bundle;
 use crate::classify::{Truth, CANCER};
-use crate::config::{Config, Inference};
+use crate::config::{Config, DearrayMode, Inference};
 use crate::error::{Error, ResultExt};
 use crate::io::archive::ImageEntry;
 use crate::job::{Action, Counters, ImageJob, ModelDirs, ModelInfo, RunJob};
 use crate::operators::model::DeviceChoice;
+use crate::outputs::layouts::{Layout, LayoutRecord};
 use crate::outputs::manifest::{self, ManifestEntry, RunManifest};
 use crate::outputs::records::{Diff, Record};
 use crate::outputs::tables::{write_tables, Totals};
@@ -59,9 +60,11 @@ pub struct RunOptions {
 pub struct RunSummary {
     /// Images in the archive.
     pub images: usize,
-    /// Images processed by this run.
+    /// Images de-arrayed into the cores of a slide.
+    pub slides: usize,
+    /// Units of work (whole images, cores of slides) processed by this run.
     pub processed: usize,
-    /// Images reused from earlier runs.
+    /// Units of work reused from earlier runs.
     pub reused: usize,
     /// Rejected inputs, sorted.
     pub rejects: Vec<Reject>,
@@ -121,15 +124,18 @@ pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result
     let entries =
         crate::io::archive::discover(&opts.archive).context_with(|| format!("cannot read the archive {}", opts.archive.display()))?;
     let root = if opts.archive.is_dir() { opts.archive.clone() } else { opts.archive.parent().unwrap_or(Path::new("")).to_path_buf() };
-    let labels = read_labels(opts, &root, &entries)?;
     let _lock = prepare_output(opts)?;
-    let images = plan_images(entries, &root, &opts.out, &models.hash)?;
+    let n_entries = entries.len();
+    let (images, slides) = plan_images(opts, entries, &root, &models.hash)?;
+    let labels = read_labels(opts, &root, &images)?;
     let reused = images.iter().filter(|t| matches!(t.action, Action::Reuse(_))).count();
     let n_images = images.len();
     tracing::info!(
-        "run: {} image(s) in {}, {} to process, {} reused; {} worker(s) × {} process(es); device {:?}",
-        n_images,
+        "run: {} image(s) in {} ({} slide(s) de-arrayed), {} unit(s) of work: {} to process, {} reused; {} worker(s) × {} process(es); device {:?}",
+        n_entries,
         opts.archive.display(),
+        slides,
+        n_images,
         n_images - reused,
         reused,
         workers,
@@ -171,6 +177,7 @@ pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result
             grid: models.types.manifest.wavenumbers.clone(),
         },
         service: service.as_ref().map(|(tx, _)| tx.clone()),
+        unit_budget: memory_budget(cfg.run.memory_budget) / (2 * workers as u64),
         stopped: std::sync::Mutex::new(None),
     });
     let mine = crate::job::images_of_process(n_images, workers, processes, opts.process) as u64;
@@ -187,7 +194,8 @@ pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result
     }
 
     let mut summary = RunSummary {
-        images: n_images,
+        images: n_entries,
+        slides,
         processed: n_images - reused,
         reused,
         workers: workers * processes,
@@ -247,16 +255,17 @@ fn check_models(opts: &RunOptions) -> Result<CheckedModels, Error> {
 }
 
 /// Truth labels: `--labels`, else `labels.csv` in the archive or the folder above it (where
-/// `ftirflow synth` puts it beside `images/`). Labels of samples that are not in the archive are
-/// allowed (a study's labels file covers more than one night's archive) but named, so that a
+/// `ftirflow synth` puts it beside `images/`). A core of a slide (`S1/B3`) also matches a label
+/// whose position is written otherwise (`S1/b03`). Labels of samples that are not in the archive
+/// are allowed (a study's labels file covers more than one night's archive) but named, so that a
 /// misspelt id does not pass unseen.
-fn read_labels(opts: &RunOptions, root: &Path, entries: &[ImageEntry]) -> Result<HashMap<String, Truth>, Error> {
+fn read_labels(opts: &RunOptions, root: &Path, images: &[ImageJob]) -> Result<HashMap<String, Truth>, Error> {
     let path = opts
         .labels
         .clone()
         .or_else(|| [root.join("labels.csv"), root.parent().unwrap_or(Path::new("")).join("labels.csv")].into_iter().find(|p| p.is_file()));
     let Some(path) = path else { return Ok(HashMap::new()) };
-    let labels: HashMap<String, Truth> = crate::train::data::read_labels(&path)
+    let mut labels: HashMap<String, Truth> = crate::train::data::read_labels(&path)
         .map_err(|e| Error::invalid(e.to_string()))?
         .into_iter()
         .map(|(s, l)| {
@@ -264,9 +273,24 @@ fn read_labels(opts: &RunOptions, root: &Path, entries: &[ImageEntry]) -> Result
             (s, Truth { kind: opt(l.kind), subtype: opt(l.subtype) })
         })
         .collect();
-    let samples: HashSet<&str> = entries.iter().map(|e| e.sample.as_str()).collect();
-    let stems: HashSet<String> = entries.iter().filter_map(|e| e.path.file_stem().map(|s| s.to_string_lossy().into_owned())).collect();
-    let unknown: Vec<&String> = labels.keys().filter(|k| !samples.contains(k.as_str()) && !stems.contains(*k)).collect();
+    // Cores of slides take the label of their position however it is written.
+    let by_position: HashMap<String, String> = labels.keys().map(|k| (crate::tma::canonical_sample(k), k.clone())).collect();
+    let mut matched: HashSet<String> = HashSet::new();
+    for job in images.iter().filter(|j| j.core.is_some()) {
+        let sample = &job.entry.sample;
+        if labels.contains_key(sample) {
+            matched.insert(sample.clone());
+        } else if let Some(key) = by_position.get(&crate::tma::canonical_sample(sample)) {
+            matched.insert(key.clone());
+            let truth = labels[key].clone();
+            labels.insert(sample.clone(), truth);
+        }
+    }
+    let samples: HashSet<&str> = images.iter().map(|j| j.entry.sample.as_str()).collect();
+    let stems: HashSet<String> = images.iter().filter_map(|j| j.entry.path.file_stem().map(|s| s.to_string_lossy().into_owned())).collect();
+    let mut unknown: Vec<&String> =
+        labels.keys().filter(|k| !samples.contains(k.as_str()) && !stems.contains(*k) && !matched.contains(*k)).collect();
+    unknown.sort();
     if !unknown.is_empty() {
         tracing::warn!(
             "labels: {} sample(s) are not in the archive and are ignored (e.g. {})",
@@ -298,35 +322,103 @@ fn prepare_output(opts: &RunOptions) -> Result<Option<manifest::DirLock>, Error>
     Ok(Some(lock))
 }
 
-/// What to do with each image: refuse a file linking outside the archive, reuse an image whose
-/// files, model and parts are unchanged since the manifest recorded it, process the rest.
-fn plan_images(entries: Vec<ImageEntry>, root: &Path, out: &Path, model_hash: &str) -> Result<Vec<ImageJob>, Error> {
+/// The units of work and what to do with each: an image is de-arrayed (`[tma]`, see
+/// [`crate::tma`]) into the cores of a slide or stays whole; a file linking outside the archive
+/// is refused; a unit whose files, model and parts are unchanged since the manifest recorded it
+/// is reused; the rest is processed. Returns the units and the number of slides.
+fn plan_images(opts: &RunOptions, entries: Vec<ImageEntry>, root: &Path, model_hash: &str) -> Result<(Vec<ImageJob>, usize), Error> {
+    let out = &opts.out;
+    let tma = &opts.config.tma;
     let previous = RunManifest::load(out).map_err(|e| Error::io("cannot read the manifest in", out, e))?;
+    // The layout of every readable image inside the archive: cached, or found by the pass.
+    let refused: Vec<Option<String>> = entries.iter().map(|e| crate::io::archive::escaping_link(root, &e.path)).collect();
+    let identities: Vec<Option<manifest::Identity>> =
+        entries.iter().zip(&refused).map(|(e, r)| r.is_none().then(|| manifest::identity(&e.path).ok()).flatten()).collect();
+    let mut layouts: Vec<Option<Layout>> = entries
+        .iter()
+        .zip(&identities)
+        .map(|(e, id)| id.as_ref().and_then(|id| crate::outputs::layouts::cached(out, &part_name(&e.sample), id, tma)))
+        .collect();
+    let todo: Vec<usize> = (0..entries.len()).filter(|&i| refused[i].is_none() && layouts[i].is_none()).collect();
+    if !todo.is_empty() && tma.dearray != DearrayMode::Off {
+        tracing::info!("de-arraying: mapping {} image(s)", todo.len());
+    }
+    let found = crate::tma::decide_all(
+        &todo.iter().map(|&i| &entries[i]).collect::<Vec<_>>(),
+        tma,
+        opts.config.run.batch_rows,
+        opts.config.run.workers,
+    );
+    for (&i, d) in todo.iter().zip(found) {
+        // Process 0 records what depends only on the image (the other processes find the same).
+        if let (true, 0, Some(id)) = (d.lasting, opts.process, &identities[i]) {
+            let record = LayoutRecord { identity: id.clone(), tma: tma.clone(), layout: d.layout.clone() };
+            if let Err(e) = crate::outputs::layouts::store(out, &part_name(&entries[i].sample), &record) {
+                tracing::warn!("cannot record the layout of {}: {e}", entries[i].path.display());
+            }
+        }
+        layouts[i] = Some(d.layout);
+    }
+
     let mut images = Vec::with_capacity(entries.len());
-    for entry in entries {
+    let mut slides = 0;
+    for ((entry, refused), (identity, layout)) in entries.into_iter().zip(refused).zip(identities.into_iter().zip(layouts)) {
         let rel_path = entry.path.strip_prefix(root).unwrap_or(&entry.path).to_string_lossy().into_owned();
-        let part = part_name(&entry.sample);
-        if let Some(reason) = crate::io::archive::escaping_link(root, &entry.path) {
-            let action = Action::Refuse(Reject::new(&entry.path, "discover", reason));
-            images.push(ImageJob { entry, rel_path, part, identity: None, action });
+        let whole = |action| ImageJob {
+            part: part_name(&entry.sample),
+            entry: entry.clone(),
+            rel_path: rel_path.clone(),
+            identity: identity.clone(),
+            action,
+            core: None,
+        };
+        if let Some(reason) = refused {
+            images.push(whole(Action::Refuse(Reject::new(&entry.path, "discover", reason))));
             continue;
         }
-        let identity = manifest::identity(&entry.path).ok();
-        let reuse = previous.get(&entry.sample).and_then(|m| {
-            let same = Some(&m.identity) == identity.as_ref() && m.model_hash == model_hash && m.part == part;
-            if !(same && prediction_path(out, &part).is_file()) {
-                return None;
+        let units = match layout.unwrap_or(Layout::Whole) {
+            Layout::Whole => vec![whole(Action::Process)],
+            Layout::Refused(reason) => vec![whole(Action::Refuse(Reject::new(&entry.path, "dearray", reason)))],
+            Layout::Slide { cores, .. } => {
+                slides += 1;
+                cores
+                    .into_iter()
+                    .map(|core| {
+                        let sample = core.sample();
+                        ImageJob {
+                            part: part_name(&sample),
+                            entry: ImageEntry { sample, ..entry.clone() },
+                            rel_path: rel_path.clone(),
+                            identity: identity.clone(),
+                            action: Action::Process,
+                            core: Some(core),
+                        }
+                    })
+                    .collect()
             }
-            let text = std::fs::read(summary_path(out, &part)).ok()?;
-            serde_json::from_slice::<Vec<(Record, Diff)>>(&text).ok()
-        });
-        let action = match reuse {
-            Some(r) => Action::Reuse(Arc::new(r)),
-            None => Action::Process,
         };
-        images.push(ImageJob { entry, rel_path, part, identity, action });
+        for mut unit in units {
+            if matches!(unit.action, Action::Process) {
+                if let Some(records) = reusable(&previous, &unit, out, model_hash) {
+                    unit.action = Action::Reuse(Arc::new(records));
+                }
+            }
+            images.push(unit);
+        }
     }
-    Ok(images)
+    Ok((images, slides))
+}
+
+/// The stored records of a unit whose files, model and parts are unchanged since the manifest
+/// recorded it.
+fn reusable(previous: &RunManifest, unit: &ImageJob, out: &Path, model_hash: &str) -> Option<Vec<(Record, Diff)>> {
+    let m = previous.get(&unit.entry.sample)?;
+    let same = Some(&m.identity) == unit.identity.as_ref() && m.model_hash == model_hash && m.part == unit.part;
+    if !(same && prediction_path(out, &unit.part).is_file()) {
+        return None;
+    }
+    let text = std::fs::read(summary_path(out, &unit.part)).ok()?;
+    serde_json::from_slice::<Vec<(Record, Diff)>>(&text).ok()
 }
 
 /// Runs the graph while a reporter thread hands the counters to `progress`.
@@ -380,6 +472,17 @@ fn write_outputs(
         .context_with(|| format!("cannot write the tables in {} (the previous tables are left as they were)", out.display()))?;
     manifest::compact(out, &keep).map_err(|e| Error::io("cannot rewrite the manifest in", out, e))?;
     let live: HashSet<&str> = keep.iter().map(|e| e.part.as_str()).collect();
+    // Layouts of images that left the archive go too.
+    let images: HashSet<String> =
+        job.images.iter().map(|t| part_name(t.core.as_ref().map_or(t.entry.sample.as_str(), |c| c.image.as_str()))).collect();
+    if let Ok(rd) = std::fs::read_dir(out.join(crate::outputs::layouts::LAYOUTS)) {
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.strip_suffix(".json").is_some_and(|stem| !images.contains(stem)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     for (dir, ext) in [("predictions", "parquet"), ("parts", "json")] {
         if let Ok(rd) = std::fs::read_dir(out.join(dir)) {
             for e in rd.filter_map(|e| e.ok()) {
@@ -416,7 +519,7 @@ fn write_run_json(
         "device": device,
         "inference": if shared { "shared" } else { "local" },
         "counts": {
-            "images": s.images, "processed": s.processed, "reused": s.reused,
+            "images": s.images, "slides": s.slides, "processed": s.processed, "reused": s.reused,
             "rejected": s.rejects.len(), "cores": s.cores, "spectra": s.spectra,
         },
         "seconds": s.seconds,
@@ -426,6 +529,19 @@ fn write_run_json(
     let path = opts.out.join("run.json");
     let text = serde_json::to_string_pretty(&run_json).map_err(|e| Error::invalid(format!("cannot encode run.json: {e}")))?;
     crate::io::atomic::write_atomic(&path, text.as_bytes()).map_err(|e| Error::io("cannot write", &path, e))
+}
+
+/// The run's memory budget in bytes: `[run] memory_budget` MiB, or 60 % of the machine's memory
+/// (`MemTotal`; 8 GiB when the system does not say).
+fn memory_budget(mib: u64) -> u64 {
+    if mib > 0 {
+        return mib.saturating_mul(1 << 20);
+    }
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(8 << 30, |kb| kb * 1024);
+    total / 10 * 6
 }
 
 /// This process's peak resident set size (`VmHWM`), when the system reports it.

@@ -30,7 +30,8 @@
 //! 6. **Checks.** The fitted rotation must be within [`DearrayParams::max_rotation_deg`], the
 //!    root-mean-square distance of the objects from their cell centres within
 //!    [`DearrayParams::max_residual`] of the pitch, and the non-fragment objects that share a
-//!    cell must fit in 1.5 core diameters (at most a pitch): the pieces of a torn core; otherwise
+//!    cell must fit in 2 core diameters (at most a pitch): the pieces of a torn core, with the gaps
+//!    between them (on a 20 px core they span up to 1.6 estimated diameters); otherwise
 //!    the objects are not on a grid. The core diameter is [`DearrayParams::diameter`] or that of
 //!    a disc of the typical area.
 //! 7. **Cores.** All objects of a cell, fragments included, form its core, when the cell holds a
@@ -287,8 +288,9 @@ impl Dearrayer {
             let (row, col) = ((r - r0) as usize, (c - c0) as usize);
             let b = union(big.iter().map(|o| o.bbox)).unwrap_or_default();
             if big.len() > 1 {
-                // Pieces of one torn core fit in its diameter; allow half as much again.
-                let (wx, wy) = ((1.5 * diameter).min(pitch.0), (1.5 * diameter).min(pitch.1));
+                // Pieces of one torn core and the gaps between them fit in twice its diameter
+                // (the estimate is that of a disc of the typical area) and never reach a neighbour.
+                let (wx, wy) = ((2.0 * diameter).min(pitch.0), (2.0 * diameter).min(pitch.1));
                 if (b.2 - b.0) as f64 > wx || (b.3 - b.1) as f64 > wy {
                     let centres: Vec<String> = big.iter().map(|o| format!("({:.0}, {:.0})", o.cx, o.cy)).collect();
                     return Err(not_on_grid(format!(

@@ -371,11 +371,12 @@ fn dearray_large_tight_grid() {
 
 #[test]
 fn dearray_two_objects_claiming_one_cell_are_not_a_grid() {
-    // An extra disc 0.4 pitch right of B2, between B2 and B3: it claims B2's cell too.
+    // An extra disc 0.47 pitch right of B2, between B2 and B3: it claims B2's cell too, and the
+    // two span 50 px, more than two diameters (48 px) that the pieces of a torn core may span.
     let spec = Spec { pitch: 60.0, pitch_y: 60.0, radius: 12.0, ..Spec::new(3, 5, 15) };
     let (mut map, truth) = slide(&spec);
     let b2 = truth.iter().find(|t| (t.row, t.col) == (1, 1)).unwrap().bbox;
-    let (cx, cy) = ((b2.0 + b2.2 - 1) as f32 / 2.0 + 24.0, (b2.1 + b2.3 - 1) as f32 / 2.0);
+    let (cx, cy) = ((b2.0 + b2.2 - 1) as f32 / 2.0 + 28.0, (b2.1 + b2.3 - 1) as f32 / 2.0);
     for ((y, x), v) in map.indexed_iter_mut() {
         if (x as f32 - cx).hypot(y as f32 - cy) <= 10.0 {
             *v = 1.0;

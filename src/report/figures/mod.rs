@@ -4,6 +4,7 @@ pub mod chemical_image;
 pub mod class_map;
 pub mod confusion;
 pub mod gradcam_plot;
+pub mod slide_overview;
 
 use std::path::Path;
 
