@@ -25,7 +25,7 @@ if [ ! -f "$work/type_model/manifest.json" ]; then
         "$work/train/images" --out "$work/type_model" >/dev/null 2>&1
 fi
 
-printf '%-8s %-5s %10s %8s %12s %12s %10s %8s\n' format grid slide_GB workers spectra peak_RSS_GB spectra/s seconds
+printf '%-8s %-5s %10s %8s %12s %12s %12s %10s %8s\n' format grid slide_GB workers spectra classified peak_RSS_GB spectra/s seconds
 for format in envi agilent; do
     for grid in "${grids[@]}"; do
         slide="$work/slide-$format-$grid"
@@ -39,11 +39,16 @@ for format in envi agilent; do
             "$bin" run --config "$work/bench.toml" --model "$work/type_model" "$slide/images" --out "$out" \
                 --workers "$workers" >"$out.log" 2>&1 || { echo "run failed: see $out.log" >&2; exit 1; }
             python3 - "$out/run.json" "$format" "$grid" "$bytes" "$workers" <<'EOF'
-import json, sys
+import json, os, sys
 r = json.load(open(sys.argv[1]))
 fmt, grid, size, workers = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 c = r["counts"]
-print(f"{fmt:<8} {grid:<5} {size / 1e9:10.2f} {workers:>8} {c['spectra']:>12} {r['peak_rss_bytes'] / 1e9:12.2f} "
+try:  # spectra the networks classified (tissue, not outliers), when pyarrow is installed
+    import pyarrow.parquet as pq
+    classified = sum(pq.read_table(os.path.join(os.path.dirname(sys.argv[1]), "cores.parquet"), columns=["classified"])["classified"].to_pylist())
+except ImportError:
+    classified = "-"
+print(f"{fmt:<8} {grid:<5} {size / 1e9:10.2f} {workers:>8} {c['spectra']:>12} {classified:>12} {r['peak_rss_bytes'] / 1e9:12.2f} "
       f"{r['spectra_per_second_processed']:10.0f} {r['seconds']:8.1f}")
 EOF
             rm -rf "$out"

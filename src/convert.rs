@@ -1,7 +1,7 @@
 //! The `convert` job: any readable image (or directory of images) to one spectra Parquet table
 //! (docs/formats.md). A bad input is rejected with a one-line reason naming the file; the other
 //! inputs are still converted.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -75,7 +75,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> (Vec<ImageEntry>, Vec<Reject>) {
     (entries, rejects)
 }
 
-/// Reads one image completely (one image is the unit that is either converted whole or rejected).
+/// Reads one image completely (`preprocess` needs a whole image for its K-means).
 /// Returns the image's schema, batches and bytes of spectral data, or the reject naming the stage.
 pub fn read_image(entry: &ImageEntry, batch_rows: usize) -> Result<(SchemaRef, Vec<RecordBatch>, u64), Reject> {
     let opts = ReadOptions { batch_rows, sample: entry.sample.clone(), window: None };
@@ -89,37 +89,83 @@ pub fn read_image(entry: &ImageEntry, batch_rows: usize) -> Result<(SchemaRef, V
 /// Converts `inputs` into the spectra table `out`, reporting each image to `progress`. Every input
 /// must share the first good input's wavenumber axis and columns; the others are rejected.
 /// Returns an error only when the output cannot be written.
+///
+/// Images stream into the table batch by batch (memory holds a batch and a row group, never an
+/// image). An image that fails after some of its rows were written cannot be taken out of the
+/// table again: the table is then dropped unfinished and the conversion starts over without that
+/// image, so the table never holds part of an image (a rare path: truncated files are found
+/// before their first row).
 pub fn convert(inputs: &[PathBuf], out: &Path, batch_rows: usize, progress: &dyn Fn(ImageProgress)) -> Result<ConvertSummary, Error> {
     if batch_rows == 0 {
         return Err(Error::invalid("--batch-rows must be at least 1"));
     }
     let start = Instant::now();
-    let (entries, mut rejects) = expand_inputs(inputs);
+    let (entries, rejects) = expand_inputs(inputs);
+    let mut failed: BTreeMap<usize, Reject> = BTreeMap::new();
+    loop {
+        match convert_pass(&entries, &failed, out, batch_rows, progress)? {
+            Ok(mut summary) => {
+                summary.rejects = rejects.into_iter().chain(failed.into_values()).chain(summary.rejects).collect();
+                summary.seconds = start.elapsed().as_secs_f64();
+                return Ok(summary);
+            }
+            Err((i, reject)) => {
+                tracing::warn!("{reject}; the table is written again without it");
+                failed.insert(i, reject);
+            }
+        }
+    }
+}
+
+/// One pass of [`convert`] over `entries` without those in `failed`: the summary, or the image
+/// that failed after some of its rows were written (the unfinished table is dropped).
+fn convert_pass(
+    entries: &[ImageEntry],
+    failed: &BTreeMap<usize, Reject>,
+    out: &Path,
+    batch_rows: usize,
+    progress: &dyn Fn(ImageProgress),
+) -> Result<Result<ConvertSummary, (usize, Reject)>, Error> {
     let mut summary = ConvertSummary::default();
     let kv = vec![("ftirflow:version".to_string(), env!("CARGO_PKG_VERSION").to_string())];
     let mut table = SpectraTableWriter::new(out, kv);
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     let total = entries.len();
-    for (i, entry) in entries.iter().enumerate() {
+    'images: for (i, entry) in entries.iter().enumerate() {
         progress(ImageProgress { pass: "images", done: i, total, current: &entry.sample });
-        if let Some(first) = seen.get(&entry.sample) {
-            rejects.push(duplicate_sample(entry, first));
+        if failed.contains_key(&i) {
             continue;
         }
-        let (schema, batches, bytes) = match read_image(entry, batch_rows) {
-            Ok(v) => v,
-            Err(r) => {
-                rejects.push(r);
+        if let Some(first) = seen.get(&entry.sample) {
+            summary.rejects.push(duplicate_sample(entry, first));
+            continue;
+        }
+        let opts = ReadOptions { batch_rows, sample: entry.sample.clone(), window: None };
+        let reader = match io::open_as(&entry.path, entry.format, &opts) {
+            Ok(r) => r,
+            Err(e) => {
+                summary.rejects.push(Reject::from_read_error(&entry.path, "open", &e));
                 continue;
             }
         };
-        match write_image(&mut table, entry, &schema, &batches)? {
-            Ok(rows) => summary.spectra += rows,
-            Err(reject) => {
-                rejects.push(reject);
-                continue;
+        let schema = reader.schema();
+        let bytes = reader.info().data_bytes;
+        let mut rows = 0u64;
+        for batch in reader {
+            let written = match batch {
+                Ok(b) => write_image(&mut table, entry, &schema, std::slice::from_ref(&b))?,
+                Err(e) => Err(Reject::from_read_error(&entry.path, "read", &e)),
+            };
+            match written {
+                Ok(n) => rows += n,
+                Err(reject) if rows == 0 => {
+                    summary.rejects.push(reject);
+                    continue 'images;
+                }
+                Err(reject) => return Ok(Err((i, reject))),
             }
         }
+        summary.spectra += rows;
         summary.images += 1;
         summary.bytes += bytes;
         seen.insert(entry.sample.clone(), entry.path.clone());
@@ -127,9 +173,7 @@ pub fn convert(inputs: &[PathBuf], out: &Path, batch_rows: usize, progress: &dyn
     progress(ImageProgress { pass: "images", done: total, total, current: "" });
     summary.points = table.points();
     table.finish().context_with(|| "cannot finish the output file".to_string())?;
-    summary.rejects = rejects;
-    summary.seconds = start.elapsed().as_secs_f64();
-    Ok(summary)
+    Ok(Ok(summary))
 }
 
 /// The reject of an image whose sample id an earlier input already used.

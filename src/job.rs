@@ -130,12 +130,30 @@ pub struct RunJob {
     /// Bytes of spectra one unit of work may hold (`[run] memory_budget` over twice the workers
     /// per process); a larger unit is rejected before it is read.
     pub unit_budget: u64,
+    /// The content hash of each image file, computed once however many cores of it the process
+    /// writes (a slide's cores share their file).
+    pub content_hashes: Mutex<HashMap<PathBuf, ContentHash>>,
     /// Set when the outputs cannot be written any more (a full or read-only disk): the
     /// process's workers stop reading images and the run ends with this error.
     pub stopped: Mutex<Option<String>>,
 }
 
+/// One image file's content hash, computed by the first worker that needs it (the others wait).
+pub type ContentHash = Arc<std::sync::OnceLock<Result<String, String>>>;
+
 impl RunJob {
+    /// The SHA-256 of the files of the image whose entry file is `path` (`manifest.jsonl`),
+    /// computed once per process.
+    pub fn content_hash(&self, path: &std::path::Path) -> Result<String, Error> {
+        let cell = match self.content_hashes.lock() {
+            Ok(mut m) => Arc::clone(m.entry(path.to_path_buf()).or_default()),
+            Err(_) => Arc::default(),
+        };
+        cell.get_or_init(|| crate::outputs::manifest::content_hash(path).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|e| Error::invalid(format!("cannot hash the image {}: {e}", path.display())))
+    }
+
     /// Stops the process's workers after a storage failure (the first reason wins).
     pub fn stop(&self, reason: String) {
         if let Ok(mut s) = self.stopped.lock() {

@@ -373,3 +373,33 @@ fn an_image_over_the_memory_budget_is_rejected_naming_it_and_its_cores_fit() {
     assert_eq!(code, 0, "de-arrayed, every core fits: {log}");
     assert_eq!(read(&dir.path().join("cores/cores.parquet"))[0].num_rows(), truth_positions(dir.path()).len());
 }
+
+#[test]
+fn a_slide_gives_the_same_outputs_for_any_worker_layout_and_a_changed_slide_is_mapped_again() {
+    let dir = tempfile::tempdir().unwrap();
+    synth_slide(dir.path(), "3x3", 51, &["--format", "agilent"]);
+    let images = dir.path().join("images");
+    let mut runs = Vec::new();
+    for workers in ["1", "3"] {
+        let out = dir.path().join(format!("w{workers}"));
+        let (code, log) = run(&images, &out, &["--workers", workers]);
+        assert_eq!(code, 0, "{log}");
+        runs.push(crate::run::outputs(&out));
+    }
+    crate::run::assert_same(&runs[0], &runs[1], "1 and 3 workers on one slide");
+
+    // A changed slide (a tile rewritten with the same bytes, so only its time changes) is mapped
+    // and processed again; an unchanged rerun is not.
+    let out = dir.path().join("w1");
+    let tile = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "dmd"))
+        .expect("a mosaic tile");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&tile, std::fs::read(&tile).unwrap()).unwrap();
+    let (code, log) = run(&images, &out, &[]);
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("de-arraying: mapping 1 image(s)") && log.contains("0 reused"), "{log}");
+    crate::run::assert_same(&runs[0], &crate::run::outputs(&out), "the rerun of a touched slide");
+}

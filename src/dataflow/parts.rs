@@ -155,7 +155,7 @@ fn write_image(
     // part (the tables writer streams them from there), so memory does not grow with the archive.
     records.retain(|(r, _)| r.is_shared());
     let path = &image.entry.path;
-    let content_sha256 = manifest::content_hash(path).map_err(|e| Error::io("cannot hash the image", path, e))?;
+    let content_sha256 = job.content_hash(path)?;
     let identity = match &image.identity {
         Some(i) => i.clone(),
         None => manifest::identity(path).map_err(|e| Error::io("cannot read", path, e))?,

@@ -60,10 +60,32 @@ pub enum WriteError {
     },
 }
 
-/// Writer properties used for every ftirflow Parquet file: zstd level 3, statistics on.
-pub fn writer_properties(key_values: Vec<(String, String)>) -> WriterProperties {
+/// Uncompressed bytes a row group of an ftirflow Parquet file holds at most (about; the writer
+/// buffers one row group in memory before it writes it).
+pub const ROW_GROUP_BYTES: usize = 128 << 20;
+
+/// Rows per row group for `schema`: [`ROW_GROUP_BYTES`] over the width of a row (a spectrum of
+/// 1506 `f32` points: 22 k rows), between 1024 and 1 Mi rows.
+pub fn row_group_rows(schema: &arrow::datatypes::Schema) -> usize {
+    fn width(t: &arrow::datatypes::DataType) -> usize {
+        use arrow::datatypes::DataType as D;
+        match t {
+            D::FixedSizeList(f, n) => width(f.data_type()) * (*n).max(0) as usize,
+            D::List(f) | D::LargeList(f) => 8 * width(f.data_type()),
+            t => t.primitive_width().unwrap_or(16),
+        }
+    }
+    let row: usize = schema.fields().iter().map(|f| width(f.data_type())).sum::<usize>().max(1);
+    (ROW_GROUP_BYTES / row).clamp(1024, 1 << 20)
+}
+
+/// Writer properties used for every ftirflow Parquet file of `schema`: zstd level 3, statistics
+/// on, row groups of at most [`row_group_rows`] rows (so a writer never buffers more than about
+/// [`ROW_GROUP_BYTES`]).
+pub fn writer_properties(schema: &arrow::datatypes::Schema, key_values: Vec<(String, String)>) -> WriterProperties {
     let kv = key_values.into_iter().map(|(k, v)| parquet::file::metadata::KeyValue::new(k, v)).collect::<Vec<_>>();
     WriterProperties::builder()
+        .set_max_row_group_row_count(Some(row_group_rows(schema)))
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
         .set_key_value_metadata(if kv.is_empty() { None } else { Some(kv) })
         .build()
@@ -82,8 +104,9 @@ impl AtomicParquetWriter {
     pub fn create(path: &Path, schema: SchemaRef, key_values: Vec<(String, String)>) -> Result<Self, WriteError> {
         let file = AtomicFile::create(path).map_err(|source| WriteError::Io { path: partial_path(path), source })?;
         // On error the encoder drops `file`, which removes it.
-        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties(key_values)))
-            .map_err(|source| WriteError::Parquet { path: path.to_path_buf(), source })?;
+        let props = writer_properties(&schema, key_values);
+        let writer =
+            ArrowWriter::try_new(file, schema, Some(props)).map_err(|source| WriteError::Parquet { path: path.to_path_buf(), source })?;
         Ok(Self { path: path.to_path_buf(), writer, rows: 0 })
     }
 
@@ -390,5 +413,32 @@ impl SpectraReader for ParquetSpectraReader {
 
     fn info(&self) -> &ImageInfo {
         &self.info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_groups_hold_about_128_mb_of_spectra_and_small_rows_in_bounds() {
+        let spectra = Schema::new(vec![
+            Field::new("sample", DataType::Utf8, false),
+            Field::new("x", DataType::UInt32, false),
+            Field::new("spectrum", DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), 1506), false),
+        ]);
+        let rows = row_group_rows(&spectra);
+        assert_eq!(rows, ROW_GROUP_BYTES / (16 + 4 + 4 * 1506));
+        assert!((22_000..23_000).contains(&rows), "{rows}");
+        let narrow = Schema::new(vec![Field::new("x", DataType::UInt32, false)]);
+        assert_eq!(row_group_rows(&narrow), 1 << 20, "capped for narrow rows");
+        // A file written with the properties has row groups of that many rows.
+        let schema = Arc::new(narrow);
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(UInt32Array::from(vec![7u32; (1 << 20) + 5]))]).unwrap();
+        let mut buf = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut buf, Arc::clone(&schema), Some(writer_properties(&schema, Vec::new()))).unwrap();
+        w.write(&batch).unwrap();
+        let meta = w.close().unwrap();
+        assert_eq!(meta.row_groups().iter().map(|g| g.num_rows()).collect::<Vec<_>>(), vec![1 << 20, 5]);
     }
 }

@@ -124,10 +124,11 @@ pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result
     let entries =
         crate::io::archive::discover(&opts.archive).context_with(|| format!("cannot read the archive {}", opts.archive.display()))?;
     let root = if opts.archive.is_dir() { opts.archive.clone() } else { opts.archive.parent().unwrap_or(Path::new("")).to_path_buf() };
+    let labels = read_labels(opts, &root)?;
     let _lock = prepare_output(opts)?;
     let n_entries = entries.len();
     let (images, slides) = plan_images(opts, entries, &root, &models.hash)?;
-    let labels = read_labels(opts, &root, &images)?;
+    let labels = match_labels(labels, &images);
     let reused = images.iter().filter(|t| matches!(t.action, Action::Reuse(_))).count();
     let n_images = images.len();
     tracing::info!(
@@ -178,6 +179,7 @@ pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result
         },
         service: service.as_ref().map(|(tx, _)| tx.clone()),
         unit_budget: memory_budget(cfg.run.memory_budget) / (2 * workers as u64),
+        content_hashes: std::sync::Mutex::new(HashMap::new()),
         stopped: std::sync::Mutex::new(None),
     });
     let mine = crate::job::images_of_process(n_images, workers, processes, opts.process) as u64;
@@ -255,24 +257,29 @@ fn check_models(opts: &RunOptions) -> Result<CheckedModels, Error> {
 }
 
 /// Truth labels: `--labels`, else `labels.csv` in the archive or the folder above it (where
-/// `ftirflow synth` puts it beside `images/`). A core of a slide (`S1/B3`) also matches a label
-/// whose position is written otherwise (`S1/b03`). Labels of samples that are not in the archive
-/// are allowed (a study's labels file covers more than one night's archive) but named, so that a
-/// misspelt id does not pass unseen.
-fn read_labels(opts: &RunOptions, root: &Path, images: &[ImageJob]) -> Result<HashMap<String, Truth>, Error> {
+/// `ftirflow synth` puts it beside `images/`), read and checked before any output is created;
+/// [`match_labels`] fits them to the run's units.
+fn read_labels(opts: &RunOptions, root: &Path) -> Result<HashMap<String, Truth>, Error> {
     let path = opts
         .labels
         .clone()
         .or_else(|| [root.join("labels.csv"), root.parent().unwrap_or(Path::new("")).join("labels.csv")].into_iter().find(|p| p.is_file()));
     let Some(path) = path else { return Ok(HashMap::new()) };
-    let mut labels: HashMap<String, Truth> = crate::train::data::read_labels(&path)
+    Ok(crate::train::data::read_labels(&path)
         .map_err(|e| Error::invalid(e.to_string()))?
         .into_iter()
         .map(|(s, l)| {
             let opt = |v: String| (!v.is_empty()).then_some(v);
             (s, Truth { kind: opt(l.kind), subtype: opt(l.subtype) })
         })
-        .collect();
+        .collect())
+}
+
+/// The labels of the run's units: a core of a slide (`S1/B3`) also takes a label whose position
+/// is written otherwise (`S1/b03`). Labels of samples that are not in the archive are allowed (a
+/// study's labels file covers more than one night's archive) but named, so that a misspelt id
+/// does not pass unseen.
+fn match_labels(mut labels: HashMap<String, Truth>, images: &[ImageJob]) -> HashMap<String, Truth> {
     // Cores of slides take the label of their position however it is written.
     let by_position: HashMap<String, String> = labels.keys().map(|k| (crate::tma::canonical_sample(k), k.clone())).collect();
     let mut matched: HashSet<String> = HashSet::new();
@@ -298,7 +305,7 @@ fn read_labels(opts: &RunOptions, root: &Path, images: &[ImageJob]) -> Result<Ha
             unknown.iter().take(3).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
         );
     }
-    Ok(labels)
+    labels
 }
 
 /// The output directory: created, writable, locked (process 0), clean of a killed run's

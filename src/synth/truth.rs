@@ -59,7 +59,7 @@ pub(crate) fn mask_name(m: u8) -> &'static str {
 pub(crate) fn write_masks(path: &Path, size: u32, cores: &[(String, CoreTruth)]) -> Result<u64, SynthError> {
     let werr = |e: parquet::errors::ParquetError| SynthError::Write { path: path.to_path_buf(), reason: e.to_string() };
     let schema = masks_schema();
-    let props = crate::io::parquet::writer_properties(Vec::new());
+    let props = crate::io::parquet::writer_properties(&schema, Vec::new());
     let file = AtomicFile::create(path).map_err(io_err(path))?;
     let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(werr)?;
     let n_px = size as usize * size as usize;
