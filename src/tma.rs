@@ -40,7 +40,7 @@ pub struct Decision {
 }
 
 /// What the pass makes of `entry` under `cfg`, reading it with batches of `batch_rows` spectra.
-pub fn decide(entry: &ImageEntry, cfg: &TmaConfig, batch_rows: usize) -> Decision {
+pub fn decide(entry: &ImageEntry, cfg: &TmaConfig, batch_rows: usize, stripes: usize) -> Decision {
     let lasting = |layout| Decision { layout, lasting: true };
     if cfg.dearray == DearrayMode::Off || matches!(entry.format, Format::Parquet | Format::OrangeCsv) {
         return lasting(Layout::Whole);
@@ -49,7 +49,7 @@ pub fn decide(entry: &ImageEntry, cfg: &TmaConfig, batch_rows: usize) -> Decisio
         DearrayMode::On => Layout::Refused(reason),
         _ => Layout::Whole,
     };
-    let map = match score_map(entry, batch_rows) {
+    let map = match score_map(entry, batch_rows, stripes) {
         Ok(Some(map)) => map,
         Ok(None) => {
             let (lo, hi) = SCORE_BAND;
@@ -81,17 +81,19 @@ pub fn decide(entry: &ImageEntry, cfg: &TmaConfig, batch_rows: usize) -> Decisio
 }
 
 /// [`decide`] for every entry of `entries`, on `threads` threads (entries are taken in order
-/// as threads free up; the result is in `entries`' order and does not depend on `threads`).
+/// as threads free up, and when there are fewer entries than threads each is read in stripes by
+/// several; the result is in `entries`' order and does not depend on `threads`).
 pub fn decide_all(entries: &[&ImageEntry], cfg: &TmaConfig, batch_rows: usize, threads: usize) -> Vec<Decision> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
+    let stripes = (threads / entries.len().max(1)).max(1);
     let slots: Vec<std::sync::Mutex<Option<Decision>>> = entries.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..threads.clamp(1, entries.len().max(1)) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(entry) = entries.get(i) else { break };
-                let d = decide(entry, cfg, batch_rows);
+                let d = decide(entry, cfg, batch_rows, stripes);
                 if let Layout::Slide { grid, cores, .. } = &d.layout {
                     tracing::info!(
                         "{}: a slide of {} cores on a {}×{} grid (pitch {:.1} px, rotation {:.2}°)",
@@ -114,8 +116,10 @@ pub fn decide_all(entries: &[&ImageEntry], cfg: &TmaConfig, batch_rows: usize, t
 
 /// The score map of an image: mean absorbance over [`SCORE_BAND`] per pixel (`[y, x]`), NaN
 /// for pixels the file does not hold. `None` when the axis has no point in the band or the file
-/// is not an image.
-pub fn score_map(entry: &ImageEntry, batch_rows: usize) -> Result<Option<Array2<f32>>, crate::io::ReadError> {
+/// is not an image. `stripes` threads read horizontal stripes of the image in parallel (as
+/// windows, aligned to the 128-pixel rows of mosaic tiles when the image is tall enough); the map
+/// does not depend on their number.
+pub fn score_map(entry: &ImageEntry, batch_rows: usize, stripes: usize) -> Result<Option<Array2<f32>>, crate::io::ReadError> {
     let opts = ReadOptions { batch_rows, sample: entry.sample.clone(), window: None };
     let reader = crate::io::open_as(&entry.path, entry.format, &opts)?;
     let info = reader.info().clone();
@@ -126,6 +130,46 @@ pub fn score_map(entry: &ImageEntry, batch_rows: usize) -> Result<Option<Array2<
         return Ok(None);
     }
     let mut map = Array2::<f32>::from_elem((h as usize, w as usize), f32::NAN);
+    let stripes = stripes.clamp(1, h as usize);
+    if stripes == 1 {
+        fill(entry, reader, &band, map.view_mut(), 0)?;
+        return Ok(Some(map));
+    }
+    drop(reader);
+    let align = if h as usize >= 128 * stripes { 128 } else { 1 };
+    let rows = (h as usize).div_ceil(stripes).div_ceil(align) * align;
+    let results: Vec<Result<(), crate::io::ReadError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = map
+            .axis_chunks_iter_mut(ndarray::Axis(0), rows)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let (band, opts) = (&band, &opts);
+                s.spawn(move || {
+                    let y0 = i * rows;
+                    let window = crate::io::Window::new(0, y0 as u32, w, chunk.nrows() as u32);
+                    let reader = crate::io::open_as(&entry.path, entry.format, &opts.clone().with_window(window))?;
+                    fill(entry, reader, band, chunk, y0)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err(crate::io::ReadError::format(&entry.path, "a reading thread failed"))))
+            .collect()
+    });
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(Some(map))
+}
+
+/// Writes the mean over `band` of every spectrum `reader` yields into `map`, whose first row is
+/// image row `y0`.
+fn fill(
+    entry: &ImageEntry,
+    reader: Box<dyn crate::io::SpectraReader>,
+    band: &[usize],
+    mut map: ndarray::ArrayViewMut2<f32>,
+    y0: usize,
+) -> Result<(), crate::io::ReadError> {
     for batch in reader {
         let b = batch?;
         let bad = |e: crate::operators::schema::SchemaError| crate::io::ReadError::format(&entry.path, e.to_string());
@@ -135,13 +179,13 @@ pub fn score_map(entry: &ImageEntry, batch_rows: usize) -> Result<Option<Array2<
         let (xs, ys): (&UInt32Array, &UInt32Array) = (xs.as_primitive(), ys.as_primitive());
         for r in 0..b.num_rows() {
             let s = &values[r * n..(r + 1) * n];
-            let (x, y) = (xs.value(r) as usize, ys.value(r) as usize);
+            let (x, y) = (xs.value(r) as usize, (ys.value(r) as usize).wrapping_sub(y0));
             if let Some(v) = map.get_mut((y, x)) {
                 *v = band.iter().map(|&i| s[i]).sum::<f32>() / band.len() as f32;
             }
         }
     }
-    Ok(Some(map))
+    Ok(())
 }
 
 /// The cores of `grid` on the image whose score map is `map`, each with a window of its box grown

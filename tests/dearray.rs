@@ -5,31 +5,18 @@
 //! under its own name with a box overlapping the true one; no extra cores.
 use std::path::Path;
 
-use arrow::array::{AsArray, UInt32Array};
 use ftirflow::operators::dearray::{dearray_slide, Dearray, DearrayParams};
-use ftirflow::operators::SpectraLayout;
 use ndarray::Array2;
 
-/// The score map of an image file: mean absorbance over 1400–1700 cm⁻¹ per pixel.
+/// The score map of an image file (`ftirflow::tma::score_map`), read in 1 and in 3 stripes:
+/// the same map either way.
 fn score_map(image: &Path) -> Array2<f32> {
-    let reader = ftirflow::io::open(image, &ftirflow::io::ReadOptions::new("slide")).unwrap();
-    let info = reader.info().clone();
-    let (w, h) = (info.width.unwrap() as usize, info.height.unwrap() as usize);
-    let band: Vec<usize> = info.wavenumbers.iter().enumerate().filter(|(_, &v)| (1400.0..=1700.0).contains(&v)).map(|(i, _)| i).collect();
-    assert!(band.len() > 10, "the band holds points");
-    let mut map = Array2::<f32>::from_elem((h, w), f32::NAN);
-    for batch in reader {
-        let b = batch.unwrap();
-        let n = SpectraLayout::of(&b.schema()).unwrap().wavenumbers.len();
-        let values = SpectraLayout::values(&b).unwrap();
-        let xs: &UInt32Array = b.column_by_name("x").unwrap().as_primitive();
-        let ys: &UInt32Array = b.column_by_name("y").unwrap().as_primitive();
-        for r in 0..b.num_rows() {
-            let s = &values[r * n..(r + 1) * n];
-            map[(ys.value(r) as usize, xs.value(r) as usize)] = band.iter().map(|&i| s[i]).sum::<f32>() / band.len() as f32;
-        }
-    }
-    map
+    let format = ftirflow::io::Format::detect(image).unwrap();
+    let entry = ftirflow::io::archive::ImageEntry { path: image.to_path_buf(), format, sample: "slide".into() };
+    let whole = ftirflow::tma::score_map(&entry, 1024, 1).unwrap().expect("an image with the band");
+    let striped = ftirflow::tma::score_map(&entry, 1024, 3).unwrap().expect("an image with the band");
+    assert!(whole.iter().zip(&striped).all(|(a, b)| a.to_bits() == b.to_bits()), "stripes change the map");
+    whole
 }
 
 fn synth_slide(out: &Path, seed: u64, rotation: f64, format: &str) {
