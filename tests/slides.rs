@@ -178,8 +178,8 @@ fn pixels(part: &Path, offset: (u32, u32)) -> HashMap<(u32, u32), (bool, Option<
         let ys = b.column_by_name("y").unwrap().as_primitive::<UInt32Type>().clone();
         let tissue = b.column_by_name("tissue").unwrap().as_boolean().clone();
         let class = strings(&b, "pred_class");
-        for r in 0..b.num_rows() {
-            m.insert((xs.value(r) + offset.0, ys.value(r) + offset.1), (tissue.value(r), class[r].clone()));
+        for (r, class) in class.into_iter().enumerate() {
+            m.insert((xs.value(r) + offset.0, ys.value(r) + offset.1), (tissue.value(r), class));
         }
     }
     m

@@ -71,8 +71,8 @@ pub struct GridPlace {
 /// A keyed summary record.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Record {
-    /// One core (difference `(1, 0, 0)`).
-    Core(CoreRow),
+    /// One core (difference `(1, 0, 0)`; boxed: it is ten times the size of the others).
+    Core(Box<CoreRow>),
     /// Grad-CAM sums at one point of the model grid: difference (maps, Σ v, Σ v²) with v in units
     /// of 2⁻⁴⁰. `scope` is `predicted` or `true` (per class over all cores) or `core:<sample>`.
     Cam {
@@ -122,7 +122,7 @@ pub struct ImageSummary {
 pub fn image_records(path: &str, image: &str, grid: Option<&GridPlace>, s: &ImageSummary) -> Vec<(Record, Diff)> {
     let sample = s.row.sample.as_str();
     let row = CoreRow { path: path.to_string(), image: image.to_string(), grid: grid.cloned(), ..s.row.clone() };
-    let mut out = vec![(Record::Core(row), (1, 0, 0))];
+    let mut out = vec![(Record::Core(Box::new(row)), (1, 0, 0))];
     let mut keys: Vec<_> = s.cams.stats.keys().collect();
     keys.sort();
     for key in keys {

@@ -33,7 +33,7 @@ impl Totals {
         match record {
             Record::Core(row) => {
                 if diff.0 > 0 {
-                    self.cores.insert(row.sample.clone(), row);
+                    self.cores.insert(row.sample.clone(), *row);
                 }
             }
             Record::Cam { scope, class, point } => {
