@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::UInt32Type;
 use ftirflow::report::figures::class_map::layout;
 use ftirflow::report::figures::gradcam_plot;
@@ -124,15 +124,6 @@ fn a_run_report_has_valid_figures_and_an_index_that_references_only_existing_fil
     assert!(!out.join("report.partial").exists());
 }
 
-fn read_part(path: &Path) -> Vec<RecordBatch> {
-    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect()
-}
-
 #[test]
 fn class_map_pixels_match_the_predictions() {
     let out = run_dir();
@@ -143,7 +134,7 @@ fn class_map_pixels_match_the_predictions() {
     for e in std::fs::read_dir(out.join("predictions")).unwrap() {
         let part = e.unwrap().path();
         let stem = part.file_stem().unwrap().to_string_lossy().into_owned();
-        let batches = read_part(&part);
+        let batches = crate::common::read_parquet(&part);
         // Expected colour per pixel, from the predictions alone.
         let mut type_px = Vec::new();
         let mut sub_px = Vec::new();

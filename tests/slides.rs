@@ -14,14 +14,7 @@ use ftirflow::operators::SpectraLayout;
 
 use crate::run::{bin, fixture, text};
 
-fn read(path: &Path) -> Vec<RecordBatch> {
-    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect()
-}
+use crate::common::read_parquet as read;
 
 fn strings(b: &RecordBatch, name: &str) -> Vec<Option<String>> {
     let c = b.column_by_name(name).unwrap_or_else(|| panic!("column {name}"));
@@ -148,26 +141,39 @@ fn a_slide_runs_as_its_cores_named_by_position_with_their_labels() {
     }
 }
 
-/// Reads `window` of `image` into an image of its own (pixel (x, y) of the slide becomes
-/// (x − window.x, y − window.y)).
-fn cut(image: &Path, window: Window, hdr: &Path) {
-    let reader = ftirflow::io::open(image, &ReadOptions::new("cut").with_window(window)).unwrap();
-    let wavenumbers = reader.info().wavenumbers.clone();
-    let n = wavenumbers.len();
-    let mut values = vec![0f32; window.width as usize * window.height as usize * n];
+/// `window` of `image` (the whole image when `None`) as a cube whose pixel (0, 0) is the window's
+/// top-left pixel.
+fn cube(image: &Path, window: Option<Window>) -> ImageCube {
+    let opts = ReadOptions::new("cube");
+    let reader = ftirflow::io::open(
+        image,
+        &match window {
+            Some(w) => opts.with_window(w),
+            None => opts,
+        },
+    )
+    .unwrap();
+    let info = reader.info().clone();
+    let w = window.unwrap_or_else(|| Window::new(0, 0, info.width.unwrap(), info.height.unwrap()));
+    let n = info.wavenumbers.len();
+    let mut values = vec![0f32; w.width as usize * w.height as usize * n];
     for b in reader {
         let b = b.unwrap();
         let v = SpectraLayout::values(&b).unwrap();
         let xs = b.column_by_name("x").unwrap().as_primitive::<UInt32Type>().clone();
         let ys = b.column_by_name("y").unwrap().as_primitive::<UInt32Type>().clone();
         for r in 0..b.num_rows() {
-            let (x, y) = ((xs.value(r) - window.x) as usize, (ys.value(r) - window.y) as usize);
-            let at = (y * window.width as usize + x) * n;
+            let at = ((ys.value(r) - w.y) as usize * w.width as usize + (xs.value(r) - w.x) as usize) * n;
             values[at..at + n].copy_from_slice(&v[r * n..(r + 1) * n]);
         }
     }
-    let cube = ImageCube { width: window.width, height: window.height, wavenumbers, values };
-    write_cube(hdr, &cube, &EnviWriteOptions::default()).unwrap();
+    ImageCube { width: w.width, height: w.height, wavenumbers: info.wavenumbers, values }
+}
+
+/// Reads `window` of `image` into an image of its own (pixel (x, y) of the slide becomes
+/// (x − window.x, y − window.y)).
+fn cut(image: &Path, window: Window, hdr: &Path) {
+    write_cube(hdr, &cube(image, Some(window)), &EnviWriteOptions::default()).unwrap();
 }
 
 /// (x, y) → (tissue, predicted class) of a run's prediction part, shifted by `offset`.
@@ -261,21 +267,8 @@ fn a_core_gives_the_same_results_inside_a_slide_and_cut_out() {
 /// An ENVI image of `width × height` pixels of bare slide (the corner pixel of a synthetic core)
 /// with the given core images pasted at the given top-left corners.
 fn compose(core: &Path, width: u32, height: u32, at: &[(u32, u32)], hdr: &Path) {
-    let reader = ftirflow::io::open(core, &ReadOptions::new("c")).unwrap();
-    let wavenumbers = reader.info().wavenumbers.clone();
-    let (cw, ch) = (reader.info().width.unwrap(), reader.info().height.unwrap());
-    let n = wavenumbers.len();
-    let mut src = vec![0f32; (cw * ch) as usize * n];
-    for b in reader {
-        let b = b.unwrap();
-        let v = SpectraLayout::values(&b).unwrap();
-        let xs = b.column_by_name("x").unwrap().as_primitive::<UInt32Type>().clone();
-        let ys = b.column_by_name("y").unwrap().as_primitive::<UInt32Type>().clone();
-        for r in 0..b.num_rows() {
-            let at = (ys.value(r) * cw + xs.value(r)) as usize * n;
-            src[at..at + n].copy_from_slice(&v[r * n..(r + 1) * n]);
-        }
-    }
+    let c = cube(core, None);
+    let (cw, ch, n, src, wavenumbers) = (c.width, c.height, c.wavenumbers.len(), c.values, c.wavenumbers);
     let glass = src[..n].to_vec();
     let mut values: Vec<f32> = glass.iter().copied().cycle().take((width * height) as usize * n).collect();
     for &(ox, oy) in at {
