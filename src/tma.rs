@@ -73,7 +73,12 @@ pub fn decide(entry: &ImageEntry, cfg: &TmaConfig, batch_rows: usize, stripes: u
         Err(e) => {
             let reason = format!("not a slide: {e}");
             if cfg.dearray == DearrayMode::Auto {
-                tracing::warn!("{}: {reason}; it is processed as one core", entry.path.display());
+                // A pre-cut core filled with paraffin maps as one population: not worth a warning.
+                if crate::operators::dearray::is_bare_slide(&e) {
+                    tracing::debug!("{}: {reason}; it is processed as one core", entry.path.display());
+                } else {
+                    tracing::warn!("{}: {reason}; it is processed as one core", entry.path.display());
+                }
             }
             lasting(not_slide(reason))
         }

@@ -73,6 +73,15 @@ pub use params::{DearrayParams, Dearrayer};
 
 const OP: &str = "dearray";
 
+/// How the error of a map without objects begins (see [`is_bare_slide`]).
+pub const BARE_SLIDE: &str = "no objects found: the image is bare slide";
+
+/// Whether `e` is the de-arrayer's error for a map without objects (all background, all NaN, or
+/// one score population): an image that is no slide at all, rather than objects off a grid.
+pub fn is_bare_slide(e: &OpError) -> bool {
+    matches!(e, OpError::Data { operator, reason } if *operator == OP && reason.starts_with(BARE_SLIDE))
+}
+
 /// Most non-fragment objects of a slide (the neighbour searches are quadratic in their number).
 const MAX_OBJECTS: usize = 20_000;
 
@@ -181,7 +190,7 @@ impl Dearrayer {
     /// [module](self) for the method and the outcomes of bad input).
     pub fn dearray(&self, map: ArrayView2<'_, f32>) -> Result<Dearray, OpError> {
         let p = &self.params;
-        let bare = |why: String| OpError::data(OP, format!("no objects found: the image is bare slide ({why})"));
+        let bare = |why: String| OpError::data(OP, format!("{BARE_SLIDE} ({why})"));
         let threshold = match p.threshold {
             Some(t) => t,
             None => otsu(map, p.min_separation).map_err(|e| match e {

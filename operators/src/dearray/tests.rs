@@ -4,7 +4,7 @@ use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{dearray_slide, position_name, BBox, Dearray, DearrayParams, Grid};
+use super::{dearray_slide, is_bare_slide, position_name, BBox, Dearray, DearrayParams, Grid};
 use crate::error::OpError;
 
 /// A synthetic slide: rows × cols discs of radius `radius` with pitch `pitch` (columns) and
@@ -278,7 +278,10 @@ fn dearray_bare_slide_is_a_data_error() {
     for map in [&noisy, &flat, &nan] {
         let e = data_error(map, &DearrayParams::default());
         assert!(e.starts_with("dearray: no objects found: the image is bare slide"), "{e}");
+        let err = dearray_slide(&DearrayParams::default(), map.view()).unwrap_err();
+        assert!(is_bare_slide(&err), "{err}");
     }
+    assert!(!is_bare_slide(&OpError::data("dearray", "objects are not on a grid: …")), "only the map without objects");
     let above = DearrayParams { threshold: Some(0.5), ..DearrayParams::default() };
     assert!(data_error(&noisy, &above).contains("bare slide"));
     let empty = Array2::<f32>::zeros((0, 0));
