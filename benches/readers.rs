@@ -53,7 +53,7 @@ fn read_spectra(path: &Path, batch_rows: usize) -> usize {
 }
 
 fn read_window(path: &Path, batch_rows: usize, window: Option<Window>) -> usize {
-    let reader = open(path, &ReadOptions { batch_rows, sample: "bench".into(), window }).unwrap();
+    let reader = open(path, &ReadOptions { batch_rows, sample: "bench".into(), window, bands: None }).unwrap();
     reader.map(|b| b.unwrap().num_rows()).sum()
 }
 

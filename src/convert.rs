@@ -78,7 +78,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> (Vec<ImageEntry>, Vec<Reject>) {
 /// Reads one image completely (`preprocess` needs a whole image for its K-means).
 /// Returns the image's schema, batches and bytes of spectral data, or the reject naming the stage.
 pub fn read_image(entry: &ImageEntry, batch_rows: usize) -> Result<(SchemaRef, Vec<RecordBatch>, u64), Reject> {
-    let opts = ReadOptions { batch_rows, sample: entry.sample.clone(), window: None };
+    let opts = ReadOptions { batch_rows, sample: entry.sample.clone(), window: None, bands: None };
     let reader = io::open_as(&entry.path, entry.format, &opts).map_err(|e| Reject::from_read_error(&entry.path, "open", &e))?;
     let schema = reader.schema();
     let bytes = reader.info().data_bytes;
@@ -140,7 +140,7 @@ fn convert_pass(
             summary.rejects.push(duplicate_sample(entry, first));
             continue;
         }
-        let opts = ReadOptions { batch_rows, sample: entry.sample.clone(), window: None };
+        let opts = ReadOptions { batch_rows, sample: entry.sample.clone(), window: None, bands: None };
         let reader = match io::open_as(&entry.path, entry.format, &opts) {
             Ok(r) => r,
             Err(e) => {

@@ -136,14 +136,18 @@ pub struct RunJob {
     /// Set when the outputs cannot be written any more (a full or read-only disk): the
     /// process's workers stop reading images and the run ends with this error.
     pub stopped: Mutex<Option<String>>,
+    /// This process's place in the cluster: (process, processes).
+    pub cluster: (usize, usize),
+    /// How many of this process's images its workers have claimed ([`RunJob::claim`]).
+    pub claimed: std::sync::atomic::AtomicUsize,
 }
 
 /// One image file's content hash, computed by the first worker that needs it (the others wait).
 pub type ContentHash = Arc<std::sync::OnceLock<Result<String, String>>>;
 
 impl RunJob {
-    /// The SHA-256 of the files of the image whose entry file is `path` (`manifest.jsonl`),
-    /// computed once per process.
+    /// The content hash of the files of the image whose entry file is `path` (`manifest.jsonl`,
+    /// [`crate::outputs::manifest::content_hash`]), computed once per process.
     pub fn content_hash(&self, path: &std::path::Path) -> Result<String, Error> {
         let cell = match self.content_hashes.lock() {
             Ok(mut m) => Arc::clone(m.entry(path.to_path_buf()).or_default()),
@@ -169,9 +173,15 @@ impl RunJob {
         self.stopped.lock().ok().and_then(|s| s.clone())
     }
 
-    /// The images worker `worker` of `peers` runs (see [`worker_of`]), with their indices.
-    pub fn images_of(&self, worker: usize, peers: usize) -> impl Iterator<Item = (usize, &ImageJob)> {
-        self.images.iter().enumerate().filter(move |(i, _)| worker_of(*i, peers) == worker)
+    /// The index of the next image of this process for the worker that asks (`None` when all are
+    /// claimed). The process's images ([`process_of`]) go to its workers as they ask, in archive
+    /// order, so a worker that drew small cores takes more of them and all finish together; each
+    /// worker's claims increase, as its timestamps must.
+    pub fn claim(&self) -> Option<usize> {
+        let (process, processes) = self.cluster;
+        let k = self.claimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let i = k.checked_mul(processes.max(1))?.checked_add(process)?;
+        (i < self.images.len()).then_some(i)
     }
 
     /// The models as one worker uses them: its own copy, or the process's inference service.
@@ -192,15 +202,14 @@ impl RunJob {
     }
 }
 
-/// The worker that runs image `image` when the run has `peers` workers over all processes
-/// (process `p` holds workers `p·W … p·W + W − 1`): images are dealt round-robin, so a process's
-/// share and the outputs do not depend on how long any image takes.
-pub fn worker_of(image: usize, peers: usize) -> usize {
-    image % peers
+/// The process that runs image `image` of a run over `processes` processes: images are dealt
+/// round-robin, so a process's share does not depend on how long any image takes (its workers
+/// then claim them as they go, [`RunJob::claim`]).
+pub fn process_of(image: usize, processes: usize) -> usize {
+    image % processes.max(1)
 }
 
-/// How many of `images` the process `process` runs with `workers` workers per process of
-/// `processes`.
-pub fn images_of_process(images: usize, workers: usize, processes: usize, process: usize) -> usize {
-    (0..images).filter(|&i| worker_of(i, workers * processes) / workers == process).count()
+/// How many of `images` the process `process` of `processes` runs.
+pub fn images_of_process(images: usize, processes: usize, process: usize) -> usize {
+    (0..images).filter(|&i| process_of(i, processes) == process).count()
 }

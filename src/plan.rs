@@ -9,6 +9,7 @@ use arrow::array::{AsArray, RecordBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Keep, PreprocessConfig, Step};
+use crate::operators::axis::Band;
 use crate::operators::emsc::{self, EmscCorrector, ParaffinMode};
 use crate::operators::fused::{FusedKernel, FusedSteps};
 use crate::operators::outliers::{AmideCheckKernel, ResidualOutlierKernel, OUTLIER};
@@ -105,6 +106,25 @@ impl PreprocessPlan {
     /// The configuration.
     pub fn config(&self) -> &PreprocessConfig {
         &self.cfg
+    }
+
+    /// The part of the axis the chain needs from a reader ([`crate::io::ReadOptions::bands`]):
+    /// when EMSC runs, spectra are truncated to `emsc_range` and every step before it looks only
+    /// at its own bands (the K-means bands, the amide band), so the span of those bands is all it
+    /// reads; `None` (whole spectra) when EMSC does not run.
+    pub fn read_band(&self) -> Option<Band> {
+        let c = &self.cfg;
+        self.corrector.as_ref()?;
+        let mut bands = vec![c.emsc_range];
+        if c.runs(Step::Segment) {
+            bands.extend([c.segment.tissue_band, c.segment.paraffin_band]);
+        }
+        if c.runs(Step::Outliers) {
+            bands.push(c.outliers.amide_band);
+        }
+        let lo = bands.iter().map(|b| b.lo).fold(f64::INFINITY, f64::min);
+        let hi = bands.iter().map(|b| b.hi).fold(f64::NEG_INFINITY, f64::max);
+        Some(Band::new(lo, hi))
     }
 
     /// Fresh kernels for the chain, in order: segmentation (whole image; it also runs the

@@ -125,11 +125,13 @@ pub fn decide_all(entries: &[&ImageEntry], cfg: &TmaConfig, batch_rows: usize, t
 /// windows, aligned to the 128-pixel rows of mosaic tiles when the image is tall enough); the map
 /// does not depend on their number.
 pub fn score_map(entry: &ImageEntry, batch_rows: usize, stripes: usize) -> Result<Option<Array2<f32>>, crate::io::ReadError> {
-    let opts = ReadOptions { batch_rows, sample: entry.sample.clone(), window: None };
+    let (lo, hi) = SCORE_BAND;
+    // Only the band's points are read (about a tenth of an instrument's spectrum).
+    let opts = ReadOptions::new(entry.sample.clone()).with_bands(Some(crate::operators::axis::Band::new(lo, hi)));
+    let opts = ReadOptions { batch_rows, ..opts };
     let reader = crate::io::open_as(&entry.path, entry.format, &opts)?;
     let info = reader.info().clone();
     let (Some(w), Some(h)) = (info.width, info.height) else { return Ok(None) };
-    let (lo, hi) = SCORE_BAND;
     let band: Vec<usize> = info.wavenumbers.iter().enumerate().filter(|(_, v)| (lo..=hi).contains(*v)).map(|(i, _)| i).collect();
     if band.is_empty() {
         return Ok(None);

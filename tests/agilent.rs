@@ -48,7 +48,7 @@ fn expected(key: &str) -> Option<(Vec<u64>, Vec<f64>, Vec<f32>)> {
 
 fn check_against_reference(path: &Path, key: &str, batch_rows: usize) {
     let Some((shape, wn, data)) = expected(key) else { return };
-    let reader = io::open(path, &ReadOptions { batch_rows, sample: "s".into(), window: None }).unwrap();
+    let reader = io::open(path, &ReadOptions { batch_rows, sample: "s".into(), window: None, bands: None }).unwrap();
     let (rows, cols, points, wavenumbers, values) = collect_image(reader);
     assert_eq!(vec![rows as u64, cols as u64, points as u64], shape);
     for (a, b) in wavenumbers.iter().zip(&wn) {
@@ -86,7 +86,7 @@ fn ramp_cube(width: u32, height: u32, points: usize) -> ImageCube {
 
 fn read_cube(path: &Path, batch_rows: usize) -> ImageCube {
     let (h, w, _, wavenumbers, values) =
-        collect_image(io::open(path, &ReadOptions { batch_rows, sample: "x".into(), window: None }).unwrap());
+        collect_image(io::open(path, &ReadOptions { batch_rows, sample: "x".into(), window: None, bands: None }).unwrap());
     ImageCube { width: w, height: h, wavenumbers, values }
 }
 
@@ -192,7 +192,7 @@ fn reader_is_bounded_by_batch_rows() {
     let cube = ramp_cube(16, 16, 4);
     let dmt = dir.path().join("m.dmt");
     agilent::write_mosaic(&dmt, &cube, 8).unwrap();
-    let reader = AgilentReader::open_mosaic(&dmt, &ReadOptions { batch_rows: 20, sample: "m".into(), window: None }).unwrap();
+    let reader = AgilentReader::open_mosaic(&dmt, &ReadOptions { batch_rows: 20, sample: "m".into(), window: None, bands: None }).unwrap();
     assert_eq!(reader.info().n_spectra, 256);
     for b in reader {
         assert!(b.unwrap().num_rows() <= 20);

@@ -28,7 +28,7 @@ struct Read {
 
 /// Reads a whole image, checking every batch against the spectra contract.
 fn read(path: &Path, batch_rows: usize) -> Result<Read, ReadError> {
-    let opts = ReadOptions { batch_rows, sample: SAMPLE.to_string(), window: None };
+    let opts = ReadOptions { batch_rows, sample: SAMPLE.to_string(), window: None, bands: None };
     let reader = EnviReader::open(path, &opts)?;
     let schema = reader.schema();
     let info = reader.info().clone();
@@ -282,7 +282,7 @@ fn info_and_generic_open() {
     assert_eq!(info.wavenumbers, c.wavenumbers);
     let batches: Vec<_> = reader.collect::<Result<_, _>>().unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 8);
-    let zero = ReadOptions { batch_rows: 0, sample: "x".into(), window: None };
+    let zero = ReadOptions { batch_rows: 0, sample: "x".into(), window: None, bands: None };
     assert!(matches!(EnviReader::open(&hdr, &zero), Err(ReadError::Format { .. })));
 }
 
@@ -662,7 +662,7 @@ fn file_shrinking_while_reading_ends_with_an_error_item() {
         let c = cube(4, 4, 3, ValueType::F32, 5);
         let hdr = dir.path().join(format!("s_{}.hdr", interleave.name()));
         let data = write_cube(&hdr, &c, &EnviWriteOptions { interleave, ..Default::default() }).unwrap();
-        let mut reader = EnviReader::open(&hdr, &ReadOptions { batch_rows: 3, sample: "x".into(), window: None }).unwrap();
+        let mut reader = EnviReader::open(&hdr, &ReadOptions { batch_rows: 3, sample: "x".into(), window: None, bands: None }).unwrap();
         assert_eq!(reader.next().unwrap().unwrap().num_rows(), 3);
         fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(20).unwrap();
         let mut items = Vec::new();

@@ -212,3 +212,32 @@ fn the_fused_chain_equals_the_step_by_step_chain_on_a_synthetic_core() {
         assert_eq!(fused, sequential, "{mode:?}");
     }
 }
+
+#[test]
+fn the_chain_on_spectra_read_in_the_plans_band_range_equals_the_chain_on_whole_spectra() {
+    use ftirflow::operators::run_chain;
+    use ftirflow::plan::{EmscFitter, PreprocessPlan};
+    let dir = tempfile::tempdir().unwrap();
+    let arch = archive(dir.path(), 1, 24);
+    let image = arch.join("images/P01_CA.hdr");
+    let whole = io::read_all(&image, &ReadOptions { batch_rows: 100, ..ReadOptions::new("P01_CA") }).unwrap();
+    for mode in [ParaffinMode::Mask, ParaffinMode::Interferents] {
+        let mut cfg = Config::default();
+        cfg.preprocess.emsc.paraffin = mode;
+        let mut fitter = EmscFitter::new(&cfg.preprocess, 1).unwrap();
+        fitter.add_image(whole.clone()).unwrap();
+        let state = fitter.finish("test").unwrap();
+        let plan = PreprocessPlan::new(&cfg.preprocess, Some(&state)).unwrap();
+        let band = plan.read_band().expect("EMSC runs: a band range");
+        let cut = io::read_all(&image, &ReadOptions { batch_rows: 100, ..ReadOptions::new("P01_CA") }.with_bands(Some(band))).unwrap();
+        let (n_whole, n_cut) = (SpectraLayout::of(&whole[0].schema()).unwrap().n_points(), SpectraLayout::of(&cut[0].schema()).unwrap().n_points());
+        assert!(n_cut * 2 < n_whole, "{mode:?}: {n_cut} of {n_whole} points read");
+        let a = run_chain(&mut plan.kernels().unwrap(), whole.clone()).unwrap();
+        let b = run_chain(&mut plan.kernels().unwrap(), cut).unwrap();
+        assert_eq!(a, b, "{mode:?}");
+    }
+    // Without EMSC every step may look at the whole spectrum: whole spectra are read.
+    let mut cfg = Config::default();
+    cfg.preprocess.steps.retain(|s| *s != ftirflow::config::Step::Emsc);
+    assert_eq!(PreprocessPlan::new(&cfg.preprocess, None).unwrap().read_band(), None);
+}

@@ -606,7 +606,7 @@ fn fuzzing_finds_stay_fixed() {
     let path = dir.path().join("bool_lists.parquet");
     std::fs::write(&path, file).unwrap();
     let err = within_60_s(move || {
-        let opts = ftirflow::io::ReadOptions { batch_rows: 64, sample: "fuzz".into(), window: None };
+        let opts = ftirflow::io::ReadOptions { batch_rows: 64, sample: "fuzz".into(), window: None, bands: None };
         ftirflow::io::open(&path, &opts).err().map(|e| e.to_string())
     });
     let err = err.expect("a footer of 2³¹-element boolean lists is refused");
@@ -635,7 +635,7 @@ fn fuzzing_finds_stay_fixed() {
     let path = dir.path().join("bool_list_page.parquet");
     std::fs::write(&path, &bad).unwrap();
     let err = within_60_s(move || {
-        let opts = ftirflow::io::ReadOptions { batch_rows: 64, sample: "fuzz".into(), window: None };
+        let opts = ftirflow::io::ReadOptions { batch_rows: 64, sample: "fuzz".into(), window: None, bands: None };
         match ftirflow::io::open(&path, &opts).map(|reader| reader.map(|b| b.map(|_| ())).collect::<Result<Vec<_>, _>>()) {
             Err(e) => Some(e.to_string()),
             Ok(Err(e)) => Some(e.to_string()),

@@ -17,7 +17,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 type MaskMap = BTreeMap<(u32, u32), (bool, bool, bool)>;
 
 fn read_image(path: &Path, sample: &str, batch_rows: usize) -> Vec<RecordBatch> {
-    let opts = ReadOptions { batch_rows, sample: sample.to_string(), window: None };
+    let opts = ReadOptions { batch_rows, sample: sample.to_string(), window: None, bands: None };
     open(path, &opts).expect("open image").collect::<Result<Vec<_>, _>>().expect("read image")
 }
 

@@ -21,7 +21,7 @@ fn parquet_cube_round_trip_any_batch_size() {
     write_cube(&path, &cube(), "slide1/A01").unwrap();
     assert!(!io::atomic::partial_path(&path).exists());
     for batch_rows in [1, 4, 100] {
-        let batches = io::read_all(&path, &ReadOptions { batch_rows, sample: "ignored".into(), window: None }).unwrap();
+        let batches = io::read_all(&path, &ReadOptions { batch_rows, sample: "ignored".into(), window: None, bands: None }).unwrap();
         assert!(batches.iter().all(|b| b.num_rows() <= batch_rows));
         let mut values = Vec::new();
         for b in &batches {
@@ -127,7 +127,7 @@ fn bad_parquet_tables_are_named() {
 fn orange_collagen_table_reads_completely() {
     let Some(dir) = shared_data("collagen") else { return };
     let batches =
-        io::read_all(&dir.join("collagen.csv"), &ReadOptions { batch_rows: 100, sample: "collagen".into(), window: None }).unwrap();
+        io::read_all(&dir.join("collagen.csv"), &ReadOptions { batch_rows: 100, sample: "collagen".into(), window: None, bands: None }).unwrap();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 731);
     let layout = SpectraLayout::validate_batch(&batches[0]).unwrap();

@@ -3,6 +3,8 @@
 //! bit, the same `x`, `y`, the same order — for windows inside a tile, across tile boundaries, at
 //! the image's edges, clipped and 1×1, at several batch sizes; windows that select nothing are
 //! errors naming the window and the image; Parquet and Orange CSV tables select rows by `x`/`y`.
+//! Reads of a band range ([`ReadOptions::bands`]) equal the same reads cut to the range's points
+//! ([`io::band_range`]), windowed or not, in every format.
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use arrow::array::{ArrayRef, AsArray, ListArray};
 use arrow::datatypes::{Field, Float64Type, Schema, UInt32Type};
 use ftirflow::io::envi::{self, ByteOrder, EnviWriteOptions, Interleave, ValueType};
 use ftirflow::io::{self, agilent, ImageCube, ImageInfo, ReadError, ReadOptions, Window};
+use ftirflow::operators::axis::Band;
 use ftirflow::operators::schema::{axis_metadata, SpectraLayout};
 use proptest::prelude::*;
 
@@ -29,7 +32,12 @@ struct Read {
 
 /// Reads `path` with `window` in batches of `batch_rows`, checking each batch's size.
 fn read(path: &Path, batch_rows: usize, window: Option<Window>) -> Result<Read, ReadError> {
-    let opts = ReadOptions { batch_rows, sample: "s".into(), window };
+    read_bands(path, batch_rows, window, None)
+}
+
+/// [`read`] of the points of `bands` only.
+fn read_bands(path: &Path, batch_rows: usize, window: Option<Window>, bands: Option<Band>) -> Result<Read, ReadError> {
+    let opts = ReadOptions { batch_rows, sample: "s".into(), window, bands };
     let reader = io::open(path, &opts)?;
     let info = reader.info().clone();
     let mut out = Read { xy: Vec::new(), bits: Vec::new(), info };
@@ -47,16 +55,51 @@ fn read(path: &Path, batch_rows: usize, window: Option<Window>) -> Result<Read, 
 
 /// The whole read's pixels inside `window`, in the whole read's order.
 fn filtered(whole: &Read, window: Window) -> (Vec<(u32, u32)>, Vec<u32>) {
+    filtered_bands(whole, window, None)
+}
+
+/// [`filtered`], each spectrum cut to the points [`io::band_range`] gives for `bands`.
+fn filtered_bands(whole: &Read, window: Window, bands: Option<Band>) -> (Vec<(u32, u32)>, Vec<u32>) {
     let n = whole.info.wavenumbers.len();
+    let range = io::band_range(&whole.info.wavenumbers, bands);
     let mut xy = Vec::new();
     let mut bits = Vec::new();
     for (i, &(x, y)) in whole.xy.iter().enumerate() {
         if window.contains(x, y) {
             xy.push((x, y));
-            bits.extend_from_slice(&whole.bits[i * n..(i + 1) * n]);
+            bits.extend_from_slice(&whole.bits[i * n + range.start..i * n + range.end]);
         }
     }
     (xy, bits)
+}
+
+/// Band ranges to read of `axis` (at least 2 points): none, one inside, one from the first point,
+/// and one that holds no point (read whole).
+fn band_choices(axis: &[f64]) -> Vec<Option<Band>> {
+    let n = axis.len();
+    let mid = Band::new(axis[n / 3] - 0.01, axis[(2 * n / 3).max(n / 3)] + 0.01);
+    vec![None, Some(mid), Some(Band::new(axis[0] - 5.0, axis[n / 2])), Some(Band::new(-10.0, -5.0))]
+}
+
+/// Checks reads of `path` through `window` (or none) of each of [`band_choices`] against its
+/// whole read cut to the band's points.
+fn check_bands(path: &Path, whole: &Read, window: Option<Window>, what: &str) {
+    let all = Window::new(0, 0, u32::MAX, u32::MAX);
+    for bands in band_choices(&whole.info.wavenumbers) {
+        let (xy, bits) = filtered_bands(whole, window.unwrap_or(all), bands);
+        let range = io::band_range(&whole.info.wavenumbers, bands);
+        for batch_rows in [1, 7, 4096] {
+            let got = read_bands(path, batch_rows, window, bands).unwrap();
+            assert_eq!(got.info.wavenumbers, whole.info.wavenumbers[range.clone()], "{what} {bands:?}: axis");
+            if whole.info.width.is_some() {
+                // Images read only the range's bytes (tables cut what they read).
+                assert_eq!(got.info.data_bytes % (xy.len() as u64 * range.len() as u64), 0, "{what} {bands:?}: data_bytes");
+                assert!(got.info.data_bytes <= 8 * xy.len() as u64 * range.len() as u64, "{what} {bands:?}: data_bytes");
+            }
+            assert_eq!(got.xy, xy, "{what} {window:?} {bands:?} batch {batch_rows}: pixels and order");
+            assert!(got.bits == bits, "{what} {window:?} {bands:?} batch {batch_rows}: values differ");
+        }
+    }
 }
 
 /// Checks the windowed reads of `path` against its whole read, at every batch size.
@@ -77,7 +120,9 @@ fn check_windows(path: &Path, windows: &[Window], what: &str) {
             assert_eq!(got.xy, xy, "{what} {window} batch {batch_rows}: pixels and order");
             assert!(got.bits == bits, "{what} {window} batch {batch_rows}: values differ");
         }
+        check_bands(path, &whole, Some(window), what);
     }
+    check_bands(path, &whole, None, what);
 }
 
 /// An image with an evenly spaced ascending axis (storable by ENVI and Agilent alike).
@@ -237,7 +282,9 @@ fn parquet_table_window_selects_rows_by_x_and_y() {
             assert_eq!(got.xy, xy, "{window} batch {batch_rows}");
             assert!(got.bits == bits, "{window} batch {batch_rows}: values");
         }
+        check_bands(&path, &whole, Some(window), "parquet");
     }
+    check_bands(&path, &whole, None, "parquet");
     let e = window_error(&path, Window::new(13, 0, 5, 5));
     assert!(e.contains("selects no row") && e.contains("x 0..=12, y 0..=8"), "{e}");
     assert!(window_error(&path, Window::new(0, 0, 3, 0)).contains("empty"));
@@ -279,6 +326,7 @@ fn orange_table_window_selects_rows_by_map_x_and_map_y() {
             assert!(got.bits == bits, "{window} batch {batch_rows}: values");
         }
     }
+    check_bands(&p, &whole, None, "orange");
     // The class column travels with the selected rows.
     let opts = ReadOptions::new("t").with_window(Window::new(1, 0, 2, 1));
     let batches = io::read_all(&p, &opts).unwrap();
@@ -295,6 +343,10 @@ fn with_window_keeps_the_other_options() {
     let opts = ReadOptions { batch_rows: 7, ..ReadOptions::new("s") }.with_window(Window::new(1, 2, 3, 4));
     assert_eq!((opts.batch_rows, opts.sample.as_str(), opts.window), (7, "s", Some(Window::new(1, 2, 3, 4))));
     assert_eq!(ReadOptions::new("s").window, None);
+    let band = Some(Band::new(1000.0, 1800.0));
+    let opts = ReadOptions { batch_rows: 7, ..ReadOptions::new("s") }.with_bands(band).with_window(Window::new(1, 2, 3, 4));
+    assert_eq!((opts.batch_rows, opts.bands, opts.window), (7, band, Some(Window::new(1, 2, 3, 4))));
+    assert_eq!(ReadOptions::new("s").bands, None);
     assert_eq!(Window::new(1, 2, 3, 4).to_string(), "3×4 at (1, 2)");
 }
 
@@ -307,6 +359,7 @@ proptest! {
         width in 1u32..12, height in 1u32..10, bands in 1usize..20, layout in 0usize..4,
         (tiles_x, tiles_y, fpa) in (1u32..4, 1u32..3, 1u32..5),
         x in 0u32..14, y in 0u32..12, w in 0u32..14, h in 0u32..12, batch_rows in 1usize..40, seed in any::<u64>(),
+        (b0, b1) in (0usize..20, 0usize..20),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let path = if layout < 3 {
@@ -328,6 +381,14 @@ proptest! {
                 let got = read(&path, batch_rows, Some(window)).unwrap();
                 let (xy, bits) = filtered(&whole, window);
                 prop_assert_eq!(got.info.n_spectra, clipped.n_pixels());
+                prop_assert_eq!(&got.xy, &xy);
+                prop_assert!(got.bits == bits);
+                // A random band range of the axis (its ends between points).
+                let axis = &whole.info.wavenumbers;
+                let (i, j) = (b0 % axis.len(), b1 % axis.len());
+                let band = Some(Band::new(axis[i] + 0.3, axis[j] - 0.3));
+                let got = read_bands(&path, batch_rows, Some(window), band).unwrap();
+                let (xy, bits) = filtered_bands(&whole, window, band);
                 prop_assert_eq!(&got.xy, &xy);
                 prop_assert!(got.bits == bits);
             }

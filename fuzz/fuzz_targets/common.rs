@@ -43,7 +43,7 @@ pub fn read_files(files: &[(&str, &[u8])], entry: &str) {
     for (name, bytes) in files {
         std::fs::write(dir.join(name), bytes).expect("write fuzz file");
     }
-    let opts = ftirflow::io::ReadOptions { batch_rows: 64, sample: "fuzz".into(), window: None };
+    let opts = ftirflow::io::ReadOptions { batch_rows: 64, sample: "fuzz".into(), window: None, bands: None };
     if let Ok(reader) = ftirflow::io::open(&dir.join(entry), &opts) {
         let _ = reader.schema();
         for batch in reader {

@@ -8,17 +8,17 @@
 //! → consolidated on worker 0 → tables
 //! ```
 //!
-//! Image `i` of the archive (sorted by sample id) is read by worker [`crate::job::worker_of`]`(i)`
-//! of all workers of all processes, and travels at timestamp `i`. A worker reads its next image
-//! only once its previous one has left the graph (the probe), so at most two of its images are in
-//! memory whatever the archive's size. Batches never leave their worker; only the summary records
+//! Image `i` of the archive (sorted by sample id) is run by process [`crate::job::process_of`]`(i)`,
+//! whose workers claim its images in order as they become free ([`RunJob::claim`]), and travels
+//! at timestamp `i`. A worker reads its next image only once its previous one has left the graph
+//! (the probe), so at most two of its images are in memory whatever the archive's size. Batches never leave their worker; only the summary records
 //! (integers, see [`crate::outputs::records`]) are exchanged, so the run's rows and totals are the
 //! same for any layout of workers and processes.
 pub mod adapter;
 pub mod parts;
 pub mod source;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -95,7 +95,6 @@ pub fn execute(job: Arc<RunJob>, config: timely::Config) -> Result<Vec<WorkerOut
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<WorkerOutput, Error> {
-    let (index, peers) = (worker.index(), worker.peers());
     // libtorch's intra-op thread count is per thread (OpenMP): set it in every worker, or each
     // would start a team as wide as the machine and the workers would oversubscribe the cores.
     tch::set_num_threads(job.run.threads as i32);
@@ -103,14 +102,15 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
     let collected: Rc<RefCell<Vec<(Record, Diff)>>> = Rc::new(RefCell::new(Vec::new()));
     let mut input: InputHandle<u64, CapacityContainerBuilder<Vec<Item>>> = InputHandle::new();
     let probe = ProbeHandle::new();
-    let last_own = job.images_of(index, peers).last().map(|(i, _)| i as u64);
+    // The timestamp of this worker's last image, known once it has claimed it (one claim ahead).
+    let last_own: Rc<Cell<Option<u64>>> = Rc::new(Cell::new(None));
     {
         let (job, collected) = (Arc::clone(&job), Rc::clone(&collected));
         worker.dataflow::<u64, _, _>(|scope| {
             let records = timely::dataflow::operators::core::input::Input::input_from(&scope, &mut input)
                 .preprocess(&job)
                 .classify(&job, models)
-                .write_parts(&job, last_own)
+                .write_parts(&job, Rc::clone(&last_own))
                 .probe_with(&probe);
             records.as_collection().consolidate().inner.sink(
                 Exchange::new(|_: &(Record, u64, Diff)| 0u64),
@@ -124,8 +124,14 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
         });
     }
     let mut previous: Option<u64> = None;
-    for (i, image) in job.images_of(index, peers) {
+    let mut next = job.claim();
+    while let Some(i) = next {
+        next = job.claim();
         let t = i as u64;
+        if next.is_none() {
+            last_own.set(Some(t));
+        }
+        let image = &job.images[i];
         input.advance_to(t);
         if let Some(reason) = job.stopped() {
             // The outputs cannot be written: account for the image without reading it.
@@ -135,6 +141,7 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
         source::feed(
             image,
             job.run.batch_rows,
+            job.plan.read_band(),
             job.unit_budget,
             |item| input.send(item),
             || {

@@ -1,7 +1,9 @@
 //! The last operator of the graph: once an image has passed every stage, its prediction part and
 //! summary part are written (renamed into place), its manifest line appended, and its summary
 //! records emitted for consolidation — or its reject, when it failed anywhere.
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -23,13 +25,14 @@ use crate::reject::Reject;
 /// Writing each image's outputs.
 pub trait WriteParts<'scope> {
     /// Writes each finished image's prediction part and summary part, records it in the
-    /// manifest, and emits its summary records (or its reject). `last_own` is the timestamp of
-    /// this worker's last image, with which the worker's added-up Grad-CAM sums are sent.
-    fn write_parts(self, job: &Arc<RunJob>, last_own: Option<u64>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>>;
+    /// manifest, and emits its summary records (or its reject). `last_own` holds the timestamp of
+    /// this worker's last image once the worker has claimed it (before it is read), with which the
+    /// worker's added-up Grad-CAM sums are sent.
+    fn write_parts(self, job: &Arc<RunJob>, last_own: Rc<Cell<Option<u64>>>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>>;
 }
 
 impl<'scope> WriteParts<'scope> for Items<'scope> {
-    fn write_parts(self, job: &Arc<RunJob>, last_own: Option<u64>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>> {
+    fn write_parts(self, job: &Arc<RunJob>, last_own: Rc<Cell<Option<u64>>>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>> {
         let job = Arc::clone(job);
         self.unary_frontier::<CapacityContainerBuilder<Vec<(Record, u64, Diff)>>, _, _, _>(Pipeline, "write_parts", move |_c, _info| {
             let mut open: BTreeMap<u64, (Capability<u64>, Vec<Item>)> = BTreeMap::new();
@@ -64,7 +67,7 @@ impl<'scope> WriteParts<'scope> for Items<'scope> {
                             now.push((r, t, d));
                         }
                     }
-                    if Some(t) == last_own {
+                    if Some(t) == last_own.get() {
                         now.extend(std::mem::take(&mut cams).into_iter().map(|(r, d)| (r, t, d)));
                     }
                     output.session(&cap).give_iterator(now.into_iter());
@@ -155,7 +158,7 @@ fn write_image(
     // part (the tables writer streams them from there), so memory does not grow with the archive.
     records.retain(|(r, _)| r.is_shared());
     let path = &image.entry.path;
-    let content_sha256 = job.content_hash(path)?;
+    let content_hash = job.content_hash(path)?;
     let identity = match &image.identity {
         Some(i) => i.clone(),
         None => manifest::identity(path).map_err(|e| Error::io("cannot read", path, e))?,
@@ -164,7 +167,7 @@ fn write_image(
         sample: image.entry.sample.clone(),
         path: image.rel_path.clone(),
         identity,
-        content_sha256,
+        content_hash,
         model_hash: job.model_hash.clone(),
         part: image.part.clone(),
         spectra: rows,

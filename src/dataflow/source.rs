@@ -8,18 +8,20 @@ use std::sync::Arc;
 use super::adapter::Item;
 use crate::io::ReadOptions;
 use crate::job::{Action, ImageJob};
+use crate::operators::axis::Band;
 use crate::operators::schema::{sample_column, SAMPLE};
 
-/// Feeds one image into `send`: its batches as they are read (calling `step` after each, so the
-/// graph works while the reader reads), its stored records, or its reject — also when its spectra
-/// would take more than `budget` bytes.
-pub fn feed(image: &ImageJob, batch_rows: usize, budget: u64, mut send: impl FnMut(Item), mut step: impl FnMut()) {
+/// Feeds one image into `send`: its batches as they are read (only the points of `bands`, see
+/// [`ReadOptions::bands`]; calling `step` after each, so the graph works while the reader reads),
+/// its stored records, or its reject — also when its spectra would take more than `budget` bytes.
+pub fn feed(image: &ImageJob, batch_rows: usize, bands: Option<Band>, budget: u64, mut send: impl FnMut(Item), mut step: impl FnMut()) {
     let path = &image.entry.path;
     match &image.action {
         Action::Reuse(records) => send(Item::Reused(Arc::clone(records))),
         Action::Refuse(reject) => send(Item::Failed(reject.clone())),
         Action::Process => {
-            let opts = ReadOptions { batch_rows, sample: image.entry.sample.clone(), window: image.core.as_ref().map(|c| c.window()) };
+            let opts =
+                ReadOptions { batch_rows, sample: image.entry.sample.clone(), window: image.core.as_ref().map(|c| c.window()), bands };
             match crate::io::open_as(path, image.entry.format, &opts) {
                 Ok(reader) => {
                     let info = reader.info();

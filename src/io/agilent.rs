@@ -28,7 +28,7 @@ use arrow::datatypes::SchemaRef;
 use super::atomic::write_atomic;
 use super::layout::{transpose_append, ROW_PAD};
 use super::window::clip_to_image;
-use super::{Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader, Window};
+use super::{band_range, Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader, Window};
 use crate::operators::schema::{image_batch, spectra_schema};
 
 /// Floats before the data in every tile file.
@@ -184,7 +184,10 @@ pub struct AgilentReader {
     sample: String,
     tiles: Vec<Tile>,
     fpa: u32,
+    /// Points per spectrum in the files.
     points: usize,
+    /// The points read (see [`band_range`]).
+    bands: std::ops::Range<usize>,
     tile: usize,
     row: u32,
     file: Option<File>,
@@ -291,7 +294,9 @@ impl AgilentReader {
         height: u32,
         opts: &ReadOptions,
     ) -> Result<Self, ReadError> {
-        let wavenumbers = header.wavenumbers();
+        let axis = header.wavenumbers();
+        let bands = band_range(&axis, opts.bands);
+        let wavenumbers = axis[bands.clone()].to_vec();
         let schema = spectra_schema(&wavenumbers).map_err(|e| ReadError::schema(&tiles[0].path, e))?;
         let points = header.points as usize;
         let n_spectra = tiles.iter().map(Tile::n_pixels).sum::<u64>();
@@ -302,7 +307,7 @@ impl AgilentReader {
             height: Some(height),
             n_spectra,
             wavenumbers,
-            data_bytes: n_spectra * points as u64 * 4,
+            data_bytes: n_spectra * bands.len() as u64 * 4,
         };
         Ok(Self {
             schema,
@@ -311,6 +316,7 @@ impl AgilentReader {
             tiles,
             fpa,
             points,
+            bands,
             tile: 0,
             row,
             file: None,
@@ -342,12 +348,13 @@ impl AgilentReader {
         // the window spans the tile's width).
         let span = (rows - 1) * fpa + width;
         let n = self.points;
+        let nb = self.bands.len();
         self.raw.resize(span * 4, 0);
         // Band-major block (one padded span per band), then one tiled transpose to pixel-major.
         let stride = span + ROW_PAD;
         self.planes.clear();
-        self.planes.reserve(n * stride);
-        for band in 0..n {
+        self.planes.reserve(nb * stride);
+        for band in self.bands.clone() {
             let offset = (PREAMBLE_FLOATS as usize + band * plane + self.row as usize * fpa + c0) as u64 * 4;
             file.read_exact_at(&mut self.raw, offset).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -362,12 +369,12 @@ impl AgilentReader {
             self.planes.resize(self.planes.len() + ROW_PAD, 0.0);
         }
         let count = rows * width;
-        let mut values = Vec::with_capacity(count * n);
+        let mut values = Vec::with_capacity(count * nb);
         if width == fpa {
-            transpose_append(&self.planes, 0, stride, count, n, &mut values);
+            transpose_append(&self.planes, 0, stride, count, nb, &mut values);
         } else {
             for r in 0..rows {
-                transpose_append(&self.planes, r * fpa, stride, width, n, &mut values);
+                transpose_append(&self.planes, r * fpa, stride, width, nb, &mut values);
             }
         }
         let mut xs = Vec::with_capacity(count);

@@ -2,6 +2,7 @@
 //! tables and Orange-style CSV tables, plus archive discovery. Every reader validates its header
 //! against the file size before it allocates and streams record batches of a bounded size in the
 //! spectra schema of [`crate::operators::schema`].
+mod bands;
 mod error;
 mod layout;
 
@@ -22,6 +23,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 pub use archive::{discover, ImageEntry};
+pub use bands::band_range;
 pub use error::ReadError;
 pub use window::Window;
 
@@ -90,17 +92,26 @@ pub struct ReadOptions {
     /// Read only the pixels inside this rectangle (image coordinates); `None` reads the whole
     /// image. See [`Window`] for clipping, order and errors.
     pub window: Option<Window>,
+    /// Read only the points of the axis inside this range, plus the nearest point outside it on
+    /// each side ([`band_range`]); `None` reads whole spectra. Image readers skip the other bytes;
+    /// table readers cut their spectra.
+    pub bands: Option<crate::operators::axis::Band>,
 }
 
 impl ReadOptions {
     /// Options with the default batch size for `sample`, reading the whole image.
     pub fn new(sample: impl Into<String>) -> Self {
-        Self { batch_rows: DEFAULT_BATCH_ROWS, sample: sample.into(), window: None }
+        Self { batch_rows: DEFAULT_BATCH_ROWS, sample: sample.into(), window: None, bands: None }
     }
 
     /// The same options reading only `window`.
     pub fn with_window(self, window: Window) -> Self {
         Self { window: Some(window), ..self }
+    }
+
+    /// The same options reading only the points of `band` (see [`ReadOptions::bands`]).
+    pub fn with_bands(self, band: Option<crate::operators::axis::Band>) -> Self {
+        Self { bands: band, ..self }
     }
 }
 
@@ -149,8 +160,8 @@ pub fn open_as(path: &Path, format: Format, opts: &ReadOptions) -> Result<Box<dy
         Format::Envi => Box::new(envi::EnviReader::open(path, opts)?),
         Format::AgilentTile => Box::new(agilent::AgilentReader::open_tile(path, opts)?),
         Format::AgilentMosaic => Box::new(agilent::AgilentReader::open_mosaic(path, opts)?),
-        Format::Parquet => Box::new(parquet::ParquetSpectraReader::open(path, opts)?),
-        Format::OrangeCsv => Box::new(orange::OrangeCsvReader::open(path, opts)?),
+        Format::Parquet => bands::CutReader::wrap(path, Box::new(parquet::ParquetSpectraReader::open(path, opts)?), opts.bands)?,
+        Format::OrangeCsv => bands::CutReader::wrap(path, Box::new(orange::OrangeCsvReader::open(path, opts)?), opts.bands)?,
     })
 }
 

@@ -185,7 +185,7 @@ pub fn labelled_archive(archive: &Path, labels: &BTreeMap<String, Label>, task: 
 }
 
 fn read_image(entry: &ImageEntry, batch_rows: usize) -> Result<Vec<RecordBatch>, TrainError> {
-    let opts = ReadOptions { batch_rows, sample: entry.sample.clone(), window: None };
+    let opts = ReadOptions { batch_rows, sample: entry.sample.clone(), window: None, bands: None };
     crate::io::open_as(&entry.path, entry.format, &opts)
         .and_then(|r| r.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TrainError::Image { path: entry.path.clone(), reason: e.to_string() })

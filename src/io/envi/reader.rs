@@ -10,7 +10,7 @@ use arrow::datatypes::SchemaRef;
 use super::header::{data_file_for, header_candidates, header_for, is_hdr, parse_header, ByteOrder, EnviHeader, Interleave, ValueType};
 use crate::io::layout::{transpose_append, ROW_PAD};
 use crate::io::window::clip_to_image;
-use crate::io::{Format, ImageInfo, ReadError, ReadOptions, SpectraReader, Window};
+use crate::io::{band_range, Format, ImageInfo, ReadError, ReadOptions, SpectraReader, Window};
 use crate::operators::schema::{image_batch, spectra_schema};
 
 /// The data file and the layout facts the read loop needs.
@@ -119,6 +119,8 @@ pub struct EnviReader {
     next: u64,
     /// Pixels of `window`.
     n_spectra: u64,
+    /// The bands read (indices into the file's axis; see [`crate::io::band_range`]).
+    bands: std::ops::Range<usize>,
     /// The runs of the current batch (reused): (first pixel as a row-major image index, count),
     /// each contiguous in the file's pixel order.
     runs: Vec<(u64, usize)>,
@@ -166,18 +168,17 @@ impl EnviReader {
         }
         let window = clip_to_image(&hdr_path, opts.window, header.samples, header.lines)?;
         let n_spectra = window.n_pixels();
+        let bands = band_range(&header.wavenumbers, opts.bands);
         // At most the image's data bytes, which fit u64.
-        let data_bytes =
-            if opts.window.is_some() { n_spectra * u64::from(header.bands) * header.data_type.size() as u64 } else { data_bytes };
-        let schema = spectra_schema(&header.wavenumbers).map_err(|e| ReadError::schema(&hdr_path, e))?;
-        let info = ImageInfo {
-            format: Format::Envi,
-            width: Some(header.samples),
-            height: Some(header.lines),
-            n_spectra,
-            wavenumbers: header.wavenumbers.clone(),
-            data_bytes,
+        let data_bytes = if opts.window.is_some() || bands.len() < header.wavenumbers.len() {
+            n_spectra * bands.len() as u64 * header.data_type.size() as u64
+        } else {
+            data_bytes
         };
+        let wavenumbers = header.wavenumbers[bands.clone()].to_vec();
+        let schema = spectra_schema(&wavenumbers).map_err(|e| ReadError::schema(&hdr_path, e))?;
+        let info =
+            ImageInfo { format: Format::Envi, width: Some(header.samples), height: Some(header.lines), n_spectra, wavenumbers, data_bytes };
         Ok(Self {
             header,
             hdr_path,
@@ -189,6 +190,7 @@ impl EnviReader {
             window,
             next: 0,
             n_spectra,
+            bands,
             runs: Vec::new(),
             raw: Vec::new(),
             decoded: Vec::new(),
@@ -236,6 +238,8 @@ impl EnviReader {
     fn read_batch(&mut self, count: usize) -> Result<RecordBatch, ReadError> {
         let h = &self.header;
         let bands = h.bands as usize;
+        let (b0, nb) = (self.bands.start, self.bands.len());
+        let whole = nb == bands;
         let size = h.data_type.size();
         let (dt, order) = (h.data_type, h.byte_order);
         let samples = u64::from(h.samples);
@@ -243,14 +247,21 @@ impl EnviReader {
         let plane = h.n_pixels();
         let runs = &self.runs;
         // Every offset below is at most `expected`, which was checked to fit u64 (and usize).
-        let n_vals = count * bands;
+        let n_vals = count * nb;
         let mut values: Vec<f32> = Vec::with_capacity(n_vals);
         match h.interleave {
             Interleave::Bip if dt == ValueType::F32 && order == ByteOrder::NATIVE => {
                 // The common instrument layout: read straight into the output values, no copy
-                // and no zeroing first (that memset cost 15 % of the read). One read per run.
+                // and no zeroing first (that memset cost 15 % of the read). One read per run, or
+                // per pixel when only some bands are read.
                 for &(p, len) in runs {
-                    self.src.read_into_spare(&mut values, len * bands, offset + p * (bands * size) as u64)?;
+                    if whole {
+                        self.src.read_into_spare(&mut values, len * bands, offset + p * (bands * size) as u64)?;
+                    } else {
+                        for i in p..p + len as u64 {
+                            self.src.read_into_spare(&mut values, nb, offset + (i * bands as u64 + b0 as u64) * size as u64)?;
+                        }
+                    }
                 }
             }
             Interleave::Bip => {
@@ -258,14 +269,16 @@ impl EnviReader {
                     let bytes = len * bands * size;
                     self.raw.resize(bytes, 0);
                     self.src.read_at(&mut self.raw[..bytes], offset + p * (bands * size) as u64)?;
-                    decode(&self.raw[..bytes], dt, order, &mut values);
+                    for px in self.raw[..bytes].chunks_exact(bands * size) {
+                        decode(&px[b0 * size..(b0 + nb) * size], dt, order, &mut values);
+                    }
                 }
             }
             Interleave::Bsq => {
                 // One contiguous segment per band plane and run, decoded band-major, then
                 // transposed.
                 self.decoded.clear();
-                for b in 0..bands {
+                for b in self.bands.clone() {
                     for &(p, len) in runs {
                         let bytes = len * size;
                         self.raw.resize(bytes, 0);
@@ -275,7 +288,7 @@ impl EnviReader {
                     }
                     self.decoded.resize(self.decoded.len() + ROW_PAD, 0.0);
                 }
-                transpose_append(&self.decoded, 0, count + ROW_PAD, count, bands, &mut values);
+                transpose_append(&self.decoded, 0, count + ROW_PAD, count, nb, &mut values);
             }
             Interleave::Bil => {
                 // The window's columns of one line, decoded band-major and cached: the whole line
@@ -295,18 +308,20 @@ impl EnviReader {
                             self.decoded.clear();
                             let line_at = offset + y * line_bytes as u64;
                             if ww as u64 == samples {
-                                self.raw.resize(line_bytes, 0);
-                                self.src.read_at(&mut self.raw[..line_bytes], line_at)?;
+                                // The read bands' rows of the line, contiguous.
                                 let row_bytes = samples as usize * size;
-                                for row in self.raw[..line_bytes].chunks_exact(row_bytes) {
+                                let bytes = nb * row_bytes;
+                                self.raw.resize(bytes, 0);
+                                self.src.read_at(&mut self.raw[..bytes], line_at + (b0 * row_bytes) as u64)?;
+                                for row in self.raw[..bytes].chunks_exact(row_bytes) {
                                     decode(row, dt, order, &mut self.decoded);
                                     self.decoded.resize(self.decoded.len() + ROW_PAD, 0.0);
                                 }
                             } else {
                                 let bytes = ww * size;
                                 self.raw.resize(bytes, 0);
-                                for b in 0..bands as u64 {
-                                    let at = line_at + (b * samples + wx) * size as u64;
+                                for b in self.bands.clone() {
+                                    let at = line_at + (b as u64 * samples + wx) * size as u64;
                                     self.src.read_at(&mut self.raw[..bytes], at)?;
                                     decode(&self.raw[..bytes], dt, order, &mut self.decoded);
                                     self.decoded.resize(self.decoded.len() + ROW_PAD, 0.0);
@@ -314,7 +329,7 @@ impl EnviReader {
                             }
                             self.cached_line = Some(y);
                         }
-                        transpose_append(&self.decoded, (x0 - wx) as usize, stride, (x1 - x0) as usize, bands, &mut values);
+                        transpose_append(&self.decoded, (x0 - wx) as usize, stride, (x1 - x0) as usize, nb, &mut values);
                         p += x1 - x0;
                     }
                 }
