@@ -5,16 +5,21 @@
 # and seconds. Memory must not follow the slide's size: compare the small and the large grid.
 #
 #   scripts/bench-slide.sh [WORK_DIR] [GRIDS...]      (default /tmp/ftirflow-slide-bench, 2x2 4x5)
+#   REPEAT=3 scripts/bench-slide.sh ...               (1 and 2 workers alternately, 3 times each)
+#   FORMATS=envi scripts/bench-slide.sh ...           (default: envi agilent)
 #
 # Needs a release binary (`cargo build --release`; FTIRFLOW_BIN overrides its path) and about twice
-# the largest slide's size free in WORK_DIR (one slide at a time is kept). Cold runs: the page cache
-# is not dropped (that needs root), so the slide is read from memory when it fits.
+# the largest slide's size free in WORK_DIR (one slide at a time is kept). Warm runs: the slide's
+# files are read once before every run, so each run reads them from the page cache when they fit
+# in memory (on a machine where they do not, every run reads from disk alike).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${FTIRFLOW_BIN:-${CARGO_TARGET_DIR:-target}/release/ftirflow}"
 work="${1:-/tmp/ftirflow-slide-bench}"
 shift || true
 grids=("${@:-2x2 4x5}")
+repeat="${REPEAT:-1}"
+read -r -a formats <<<"${FORMATS:-envi agilent}"
 read -r -a grids <<<"${grids[*]}"
 mkdir -p "$work"
 
@@ -26,13 +31,14 @@ if [ ! -f "$work/type_model/manifest.json" ]; then
 fi
 
 printf '%-8s %-5s %10s %8s %12s %12s %12s %10s %8s\n' format grid slide_GB workers spectra classified peak_RSS_GB spectra/s seconds
-for format in envi agilent; do
+for format in "${formats[@]}"; do
     for grid in "${grids[@]}"; do
         slide="$work/slide-$format-$grid"
         rm -rf "$slide"
         "$bin" synth --out "$slide" --slide "$grid" --size 256 --pitch 1.2 --format "$format" --seed 5 >/dev/null 2>&1
         bytes=$(du -sb "$slide/images" | cut -f1)
-        for workers in 1 2; do
+        for workers in $(for _ in $(seq "$repeat"); do echo 1 2; done); do
+            cat "$slide/images/"* >/dev/null
             out="$work/out-$format-$grid-$workers"
             rm -rf "$out"
             printf '[report]\nenabled = false\n[run]\ndevice = "cpu"\n' >"$work/bench.toml"

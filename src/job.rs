@@ -174,9 +174,10 @@ impl RunJob {
     }
 
     /// The index of the next image of this process for the worker that asks (`None` when all are
-    /// claimed). The process's images ([`process_of`]) go to its workers as they ask, in archive
-    /// order, so a worker that drew small cores takes more of them and all finish together; each
-    /// worker's claims increase, as its timestamps must.
+    /// claimed). The process's images ([`process_of`]) go to its workers as they ask (a worker asks
+    /// when it has room for one more), in archive order, so a worker that drew small cores takes
+    /// more of them and all finish together; each worker's claims increase, as its timestamps
+    /// must.
     pub fn claim(&self) -> Option<usize> {
         let (process, processes) = self.cluster;
         let k = self.claimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -18,7 +18,7 @@ pub mod adapter;
 pub mod parts;
 pub mod source;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -102,15 +102,13 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
     let collected: Rc<RefCell<Vec<(Record, Diff)>>> = Rc::new(RefCell::new(Vec::new()));
     let mut input: InputHandle<u64, CapacityContainerBuilder<Vec<Item>>> = InputHandle::new();
     let probe = ProbeHandle::new();
-    // The timestamp of this worker's last image, known once it has claimed it (one claim ahead).
-    let last_own: Rc<Cell<Option<u64>>> = Rc::new(Cell::new(None));
     {
         let (job, collected) = (Arc::clone(&job), Rc::clone(&collected));
         worker.dataflow::<u64, _, _>(|scope| {
             let records = timely::dataflow::operators::core::input::Input::input_from(&scope, &mut input)
                 .preprocess(&job)
                 .classify(&job, models)
-                .write_parts(&job, Rc::clone(&last_own))
+                .write_parts(&job)
                 .probe_with(&probe);
             records.as_collection().consolidate().inner.sink(
                 Exchange::new(|_: &(Record, u64, Diff)| 0u64),
@@ -124,15 +122,14 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
         });
     }
     let mut previous: Option<u64> = None;
-    let mut next = job.claim();
-    while let Some(i) = next {
-        next = job.claim();
+    let mut last: Option<u64> = None;
+    // The next image is claimed once the one before the last has left the graph: one image in
+    // the graph, one being read.
+    while let Some(i) = job.claim() {
         let t = i as u64;
-        if next.is_none() {
-            last_own.set(Some(t));
-        }
         let image = &job.images[i];
         input.advance_to(t);
+        last = Some(t);
         if let Some(reason) = job.stopped() {
             // The outputs cannot be written: account for the image without reading it.
             input.send(Item::Failed(image.reject("write", format!("not processed: {reason}"))));
@@ -161,6 +158,11 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
         }
         previous = Some(t);
     }
+    // What the worker added up goes out once, at a time none of its images has.
+    if let Some(last) = last {
+        input.advance_to(last + 1);
+    }
+    input.send(Item::Flush);
     drop(input);
     while worker.step_or_park(None) {}
     let records = std::mem::take(&mut *collected.borrow_mut());
