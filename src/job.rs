@@ -136,10 +136,6 @@ pub struct RunJob {
     /// Set when the outputs cannot be written any more (a full or read-only disk): the
     /// process's workers stop reading images and the run ends with this error.
     pub stopped: Mutex<Option<String>>,
-    /// This process's place in the cluster: (process, processes).
-    pub cluster: (usize, usize),
-    /// How many of this process's images its workers have claimed ([`RunJob::claim`]).
-    pub claimed: std::sync::atomic::AtomicUsize,
 }
 
 /// One image file's content hash, computed by the first worker that needs it (the others wait).
@@ -173,16 +169,9 @@ impl RunJob {
         self.stopped.lock().ok().and_then(|s| s.clone())
     }
 
-    /// The index of the next image of this process for the worker that asks (`None` when all are
-    /// claimed). The process's images ([`process_of`]) go to its workers as they ask (a worker asks
-    /// when it has room for one more), in archive order, so a worker that drew small cores takes
-    /// more of them and all finish together; each worker's claims increase, as its timestamps
-    /// must.
-    pub fn claim(&self) -> Option<usize> {
-        let (process, processes) = self.cluster;
-        let k = self.claimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let i = k.checked_mul(processes.max(1))?.checked_add(process)?;
-        (i < self.images.len()).then_some(i)
+    /// The images worker `worker` of `peers` runs (see [`worker_of`]), with their indices.
+    pub fn images_of(&self, worker: usize, peers: usize) -> impl Iterator<Item = (usize, &ImageJob)> {
+        self.images.iter().enumerate().filter(move |(i, _)| worker_of(*i, peers) == worker)
     }
 
     /// The models as one worker uses them: its own copy, or the process's inference service.
@@ -203,14 +192,15 @@ impl RunJob {
     }
 }
 
-/// The process that runs image `image` of a run over `processes` processes: images are dealt
-/// round-robin, so a process's share does not depend on how long any image takes (its workers
-/// then claim them as they go, [`RunJob::claim`]).
-pub fn process_of(image: usize, processes: usize) -> usize {
-    image % processes.max(1)
+/// The worker that runs image `image` when the run has `peers` workers over all processes
+/// (process `p` holds workers `p·W … p·W + W − 1`): images are dealt round-robin, so a process's
+/// share and the outputs do not depend on how long any image takes.
+pub fn worker_of(image: usize, peers: usize) -> usize {
+    image % peers
 }
 
-/// How many of `images` the process `process` of `processes` runs.
-pub fn images_of_process(images: usize, processes: usize, process: usize) -> usize {
-    (0..images).filter(|&i| process_of(i, processes) == process).count()
+/// How many of `images` the process `process` runs with `workers` workers per process of
+/// `processes`.
+pub fn images_of_process(images: usize, workers: usize, processes: usize, process: usize) -> usize {
+    (0..images).filter(|&i| worker_of(i, workers * processes) / workers == process).count()
 }

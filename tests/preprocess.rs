@@ -230,7 +230,8 @@ fn the_chain_on_spectra_read_in_the_plans_band_range_equals_the_chain_on_whole_s
         let plan = PreprocessPlan::new(&cfg.preprocess, Some(&state)).unwrap();
         let band = plan.read_band().expect("EMSC runs: a band range");
         let cut = io::read_all(&image, &ReadOptions { batch_rows: 100, ..ReadOptions::new("P01_CA") }.with_bands(Some(band))).unwrap();
-        let (n_whole, n_cut) = (SpectraLayout::of(&whole[0].schema()).unwrap().n_points(), SpectraLayout::of(&cut[0].schema()).unwrap().n_points());
+        let (n_whole, n_cut) =
+            (SpectraLayout::of(&whole[0].schema()).unwrap().n_points(), SpectraLayout::of(&cut[0].schema()).unwrap().n_points());
         assert!(n_cut * 2 < n_whole, "{mode:?}: {n_cut} of {n_whole} points read");
         let a = run_chain(&mut plan.kernels().unwrap(), whole.clone()).unwrap();
         let b = run_chain(&mut plan.kernels().unwrap(), cut).unwrap();

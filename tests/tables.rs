@@ -127,7 +127,8 @@ fn bad_parquet_tables_are_named() {
 fn orange_collagen_table_reads_completely() {
     let Some(dir) = shared_data("collagen") else { return };
     let batches =
-        io::read_all(&dir.join("collagen.csv"), &ReadOptions { batch_rows: 100, sample: "collagen".into(), window: None, bands: None }).unwrap();
+        io::read_all(&dir.join("collagen.csv"), &ReadOptions { batch_rows: 100, sample: "collagen".into(), window: None, bands: None })
+            .unwrap();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 731);
     let layout = SpectraLayout::validate_batch(&batches[0]).unwrap();

@@ -35,9 +35,6 @@ pub enum Item {
     Failed(Reject),
     /// The summary records of an image processed by an earlier run.
     Reused(Arc<Vec<(Record, Diff)>>),
-    /// The worker has no more images: what it added up over its images may be sent (sent once,
-    /// after its last image, at a time of its own that no image of this worker has).
-    Flush,
 }
 
 /// The stream type of the pipeline.

@@ -8,10 +8,10 @@
 //! → consolidated on worker 0 → tables
 //! ```
 //!
-//! Image `i` of the archive (sorted by sample id) is run by process [`crate::job::process_of`]`(i)`,
-//! whose workers claim its images in order as they become free ([`RunJob::claim`]), and travels
-//! at timestamp `i`. A worker reads its next image only once its previous one has left the graph
-//! (the probe), so at most two of its images are in memory whatever the archive's size. Batches never leave their worker; only the summary records
+//! Image `i` of the archive (sorted by sample id) is read by worker [`crate::job::worker_of`]`(i)`
+//! of all workers of all processes, and travels at timestamp `i`. A worker reads its next image
+//! only once its previous one has left the graph (the probe), so at most two of its images are in
+//! memory whatever the archive's size. Batches never leave their worker; only the summary records
 //! (integers, see [`crate::outputs::records`]) are exchanged, so the run's rows and totals are the
 //! same for any layout of workers and processes.
 pub mod adapter;
@@ -95,6 +95,7 @@ pub fn execute(job: Arc<RunJob>, config: timely::Config) -> Result<Vec<WorkerOut
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<WorkerOutput, Error> {
+    let (index, peers) = (worker.index(), worker.peers());
     // libtorch's intra-op thread count is per thread (OpenMP): set it in every worker, or each
     // would start a team as wide as the machine and the workers would oversubscribe the cores.
     tch::set_num_threads(job.run.threads as i32);
@@ -102,13 +103,14 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
     let collected: Rc<RefCell<Vec<(Record, Diff)>>> = Rc::new(RefCell::new(Vec::new()));
     let mut input: InputHandle<u64, CapacityContainerBuilder<Vec<Item>>> = InputHandle::new();
     let probe = ProbeHandle::new();
+    let last_own = job.images_of(index, peers).last().map(|(i, _)| i as u64);
     {
         let (job, collected) = (Arc::clone(&job), Rc::clone(&collected));
         worker.dataflow::<u64, _, _>(|scope| {
             let records = timely::dataflow::operators::core::input::Input::input_from(&scope, &mut input)
                 .preprocess(&job)
                 .classify(&job, models)
-                .write_parts(&job)
+                .write_parts(&job, last_own)
                 .probe_with(&probe);
             records.as_collection().consolidate().inner.sink(
                 Exchange::new(|_: &(Record, u64, Diff)| 0u64),
@@ -122,14 +124,9 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
         });
     }
     let mut previous: Option<u64> = None;
-    let mut last: Option<u64> = None;
-    // The next image is claimed once the one before the last has left the graph: one image in
-    // the graph, one being read.
-    while let Some(i) = job.claim() {
+    for (i, image) in job.images_of(index, peers) {
         let t = i as u64;
-        let image = &job.images[i];
         input.advance_to(t);
-        last = Some(t);
         if let Some(reason) = job.stopped() {
             // The outputs cannot be written: account for the image without reading it.
             input.send(Item::Failed(image.reject("write", format!("not processed: {reason}"))));
@@ -158,11 +155,6 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
         }
         previous = Some(t);
     }
-    // What the worker added up goes out once, at a time none of its images has.
-    if let Some(last) = last {
-        input.advance_to(last + 1);
-    }
-    input.send(Item::Flush);
     drop(input);
     while worker.step_or_park(None) {}
     let records = std::mem::take(&mut *collected.borrow_mut());

@@ -23,19 +23,19 @@ use crate::reject::Reject;
 /// Writing each image's outputs.
 pub trait WriteParts<'scope> {
     /// Writes each finished image's prediction part and summary part, records it in the
-    /// manifest, and emits its summary records (or its reject). The worker's added-up Grad-CAM
-    /// sums are sent with [`Item::Flush`], which the worker sends after its last image.
-    fn write_parts(self, job: &Arc<RunJob>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>>;
+    /// manifest, and emits its summary records (or its reject). `last_own` is the timestamp of
+    /// this worker's last image, with which the worker's added-up Grad-CAM sums are sent.
+    fn write_parts(self, job: &Arc<RunJob>, last_own: Option<u64>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>>;
 }
 
 impl<'scope> WriteParts<'scope> for Items<'scope> {
-    fn write_parts(self, job: &Arc<RunJob>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>> {
+    fn write_parts(self, job: &Arc<RunJob>, last_own: Option<u64>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>> {
         let job = Arc::clone(job);
         self.unary_frontier::<CapacityContainerBuilder<Vec<(Record, u64, Diff)>>, _, _, _>(Pipeline, "write_parts", move |_c, _info| {
             let mut open: BTreeMap<u64, (Capability<u64>, Vec<Item>)> = BTreeMap::new();
             let mut manifest: Option<ManifestWriter> = None;
             // Per-class Grad-CAM sums of this worker's images, added up here (exact integers) and
-            // sent once at the worker's flush: per-image updates would pile up in the
+            // sent once with the worker's last image: per-image updates would pile up in the
             // consolidation's trace as the archive grows.
             let mut cams: BTreeMap<Record, Diff> = BTreeMap::new();
             move |(input, frontier), output| {
@@ -49,16 +49,10 @@ impl<'scope> WriteParts<'scope> for Items<'scope> {
                     if frontier.less_equal(&t) {
                         break;
                     }
-                    let (cap, mut items) = open.remove(&t).expect("present");
-                    let before = items.len();
-                    items.retain(|i| !matches!(i, Item::Flush));
-                    let flush = items.len() < before;
-                    let records = if items.is_empty() {
-                        Vec::new()
-                    } else {
-                        job.progress.images.fetch_add(1, Ordering::Relaxed);
-                        finish_image(&job, &job.images[t as usize], items, &mut manifest)
-                    };
+                    let (cap, items) = open.remove(&t).expect("present");
+                    let image = &job.images[t as usize];
+                    let records = finish_image(&job, image, items, &mut manifest);
+                    job.progress.images.fetch_add(1, Ordering::Relaxed);
                     let mut now = Vec::new();
                     for (r, d) in records {
                         if matches!(r, Record::Cam { .. }) {
@@ -70,7 +64,7 @@ impl<'scope> WriteParts<'scope> for Items<'scope> {
                             now.push((r, t, d));
                         }
                     }
-                    if flush {
+                    if Some(t) == last_own {
                         now.extend(std::mem::take(&mut cams).into_iter().map(|(r, d)| (r, t, d)));
                     }
                     output.session(&cap).give_iterator(now.into_iter());
@@ -95,7 +89,6 @@ fn finish_image(job: &RunJob, image: &ImageJob, items: Vec<Item>, manifest: &mut
             Item::Summary(s) => summary = Some(s),
             Item::Failed(reject) => return rejected(reject),
             Item::Reused(records) => return records.iter().filter(|(r, _)| r.is_shared()).cloned().collect(),
-            Item::Flush => {}
         }
     }
     let path = &image.entry.path;

@@ -339,7 +339,8 @@ mod tests {
 
     #[test]
     fn entries_of_earlier_versions_with_a_sha256_still_load() {
-        let line = r#"{"sample":"a","path":"a.hdr","identity":{"files":[]},"content_sha256":"ab12","model_hash":"m","part":"a","spectra":3}"#;
+        let line =
+            r#"{"sample":"a","path":"a.hdr","identity":{"files":[]},"content_sha256":"ab12","model_hash":"m","part":"a","spectra":3}"#;
         let e: ManifestEntry = serde_json::from_str(line).unwrap();
         assert_eq!((e.content_hash.as_str(), e.spectra), ("ab12", 3));
     }
