@@ -136,6 +136,8 @@ pub struct RunJob {
     /// Set when the outputs cannot be written any more (a full or read-only disk): the
     /// process's workers stop reading images and the run ends with this error.
     pub stopped: Mutex<Option<String>>,
+    /// The worker (over all processes) that runs each image ([`deal`]).
+    pub workers: Vec<usize>,
 }
 
 /// One image file's content hash, computed by the first worker that needs it (the others wait).
@@ -169,9 +171,9 @@ impl RunJob {
         self.stopped.lock().ok().and_then(|s| s.clone())
     }
 
-    /// The images worker `worker` of `peers` runs (see [`worker_of`]), with their indices.
-    pub fn images_of(&self, worker: usize, peers: usize) -> impl Iterator<Item = (usize, &ImageJob)> {
-        self.images.iter().enumerate().filter(move |(i, _)| worker_of(*i, peers) == worker)
+    /// The images worker `worker` runs ([`RunJob::workers`]), with their indices.
+    pub fn images_of(&self, worker: usize) -> impl Iterator<Item = (usize, &ImageJob)> {
+        self.images.iter().enumerate().filter(move |(i, _)| self.workers.get(*i) == Some(&worker))
     }
 
     /// The models as one worker uses them: its own copy, or the process's inference service.
@@ -192,15 +194,57 @@ impl RunJob {
     }
 }
 
-/// The worker that runs image `image` when the run has `peers` workers over all processes
-/// (process `p` holds workers `p·W … p·W + W − 1`): images are dealt round-robin, so a process's
-/// share and the outputs do not depend on how long any image takes.
-pub fn worker_of(image: usize, peers: usize) -> usize {
-    image % peers
+/// The worker of each unit when the run has `peers` workers over all processes (process `p` holds
+/// workers `p·W … p·W + W − 1`): in order, each unit goes to the worker with the least work dealt
+/// so far (`costs`, e.g. bytes of spectra; ties to the lowest index), so units of equal cost are
+/// dealt round-robin and the workers' shares of the work, not of the units, come out even. Every
+/// process computes the same deal, and it does not depend on how long any unit takes. The
+/// workers' timestamps stay interleaved (each takes the next unit when its share falls behind),
+/// which the graph needs: a unit leaves it only once every worker's input has passed it.
+///
+/// ```
+/// use ftirflow::job::deal;
+/// assert_eq!(deal(&[1, 1, 1, 1], 2), [0, 1, 0, 1]);
+/// assert_eq!(deal(&[5, 1, 1, 1, 1, 5], 2), [0, 1, 1, 1, 1, 1]);
+/// assert_eq!(deal(&[5, 1, 1, 1, 1, 5, 1], 2), [0, 1, 1, 1, 1, 1, 0]);
+/// ```
+pub fn deal(costs: &[u64], peers: usize) -> Vec<usize> {
+    let mut load = vec![0u64; peers.max(1)];
+    costs
+        .iter()
+        .map(|&c| {
+            let w = (0..load.len()).min_by_key(|&w| (load[w], w)).unwrap_or(0);
+            load[w] = load[w].saturating_add(c);
+            w
+        })
+        .collect()
 }
 
-/// How many of `images` the process `process` runs with `workers` workers per process of
-/// `processes`.
-pub fn images_of_process(images: usize, workers: usize, processes: usize, process: usize) -> usize {
-    (0..images).filter(|&i| worker_of(i, workers * processes) / workers == process).count()
+/// How many units of a deal ([`deal`]) the process `process` runs with `workers` workers per
+/// process.
+pub fn images_of_process(deal: &[usize], workers: usize, process: usize) -> usize {
+    deal.iter().filter(|&&w| w / workers.max(1) == process).count()
+}
+
+/// The work of each unit for [`deal`]: bytes of its files for a whole image being processed, its
+/// window's share of its slide's files for a core (in proportion to the windows of the slide's
+/// cores), and nothing for a unit reused or refused.
+pub fn unit_costs(images: &[ImageJob]) -> Vec<u64> {
+    let bytes = |j: &ImageJob| j.identity.as_ref().map_or(0, |i| i.files.iter().map(|f| f.size).sum::<u64>());
+    let area = |j: &ImageJob| j.core.as_ref().map_or(0, |c| u64::from(c.window[2]) * u64::from(c.window[3]));
+    let mut slide_area: HashMap<&std::path::Path, u64> = HashMap::new();
+    for j in images.iter().filter(|j| j.core.is_some()) {
+        *slide_area.entry(j.entry.path.as_path()).or_default() += area(j);
+    }
+    images
+        .iter()
+        .map(|j| match (&j.action, &j.core) {
+            (Action::Process, None) => bytes(j),
+            (Action::Process, Some(_)) => {
+                let total = slide_area.get(j.entry.path.as_path()).copied().unwrap_or(0).max(1);
+                (u128::from(bytes(j)) * u128::from(area(j)) / u128::from(total)) as u64
+            }
+            _ => 0,
+        })
+        .collect()
 }

@@ -8,8 +8,9 @@
 //! → consolidated on worker 0 → tables
 //! ```
 //!
-//! Image `i` of the archive (sorted by sample id) is read by worker [`crate::job::worker_of`]`(i)`
-//! of all workers of all processes, and travels at timestamp `i`. A worker reads its next image
+//! Image `i` of the archive (sorted by sample id) is read by the worker [`crate::job::deal`] gives
+//! it (of all workers of all processes: the next unit to the worker with the least work so far),
+//! and travels at timestamp `i`. A worker reads its next image
 //! only once its previous one has left the graph (the probe), so at most two of its images are in
 //! memory whatever the archive's size. Batches never leave their worker; only the summary records
 //! (integers, see [`crate::outputs::records`]) are exchanged, so the run's rows and totals are the
@@ -95,7 +96,7 @@ pub fn execute(job: Arc<RunJob>, config: timely::Config) -> Result<Vec<WorkerOut
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<WorkerOutput, Error> {
-    let (index, peers) = (worker.index(), worker.peers());
+    let index = worker.index();
     // libtorch's intra-op thread count is per thread (OpenMP): set it in every worker, or each
     // would start a team as wide as the machine and the workers would oversubscribe the cores.
     tch::set_num_threads(job.run.threads as i32);
@@ -103,7 +104,7 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
     let collected: Rc<RefCell<Vec<(Record, Diff)>>> = Rc::new(RefCell::new(Vec::new()));
     let mut input: InputHandle<u64, CapacityContainerBuilder<Vec<Item>>> = InputHandle::new();
     let probe = ProbeHandle::new();
-    let last_own = job.images_of(index, peers).last().map(|(i, _)| i as u64);
+    let last_own = job.images_of(index).last().map(|(i, _)| i as u64);
     {
         let (job, collected) = (Arc::clone(&job), Rc::clone(&collected));
         worker.dataflow::<u64, _, _>(|scope| {
@@ -124,7 +125,7 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
         });
     }
     let mut previous: Option<u64> = None;
-    for (i, image) in job.images_of(index, peers) {
+    for (i, image) in job.images_of(index) {
         let t = i as u64;
         input.advance_to(t);
         if let Some(reason) = job.stopped() {

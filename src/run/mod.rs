@@ -162,6 +162,7 @@ pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result
     } else {
         None
     };
+    let dealt = crate::job::deal(&crate::job::unit_costs(&images), workers * processes);
     let job = Arc::new(RunJob {
         images,
         out: opts.out.clone(),
@@ -181,8 +182,9 @@ pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result
         unit_budget: memory_budget(cfg.run.memory_budget) / (2 * workers as u64),
         content_hashes: std::sync::Mutex::new(HashMap::new()),
         stopped: std::sync::Mutex::new(None),
+        workers: dealt,
     });
-    let mine = crate::job::images_of_process(n_images, workers, processes, opts.process) as u64;
+    let mine = crate::job::images_of_process(&job.workers, workers, opts.process) as u64;
     let outputs = execute_with_progress(&job, timely_cfg, mine, progress);
     // The inference service (if any) ends when the last sender — `service` and `job` — is dropped.
     drop(service);
