@@ -127,8 +127,8 @@ pub fn decide_all(entries: &[&ImageEntry], cfg: &TmaConfig, batch_rows: usize, t
 pub fn score_map(entry: &ImageEntry, batch_rows: usize, stripes: usize) -> Result<Option<Array2<f32>>, crate::io::ReadError> {
     let (lo, hi) = SCORE_BAND;
     // Only the band's points are read (about a tenth of an instrument's spectrum).
-    let opts = ReadOptions::new(entry.sample.clone()).with_bands(Some(crate::operators::axis::Band::new(lo, hi)));
-    let opts = ReadOptions { batch_rows, ..opts };
+    let opts =
+        ReadOptions { batch_rows, sample: entry.sample.clone(), window: None, bands: Some(crate::operators::axis::Band::new(lo, hi)) };
     let reader = crate::io::open_as(&entry.path, entry.format, &opts)?;
     let info = reader.info().clone();
     let (Some(w), Some(h)) = (info.width, info.height) else { return Ok(None) };

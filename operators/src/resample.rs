@@ -292,6 +292,28 @@ impl TruncateKernel {
     }
 }
 
+/// `batch` (spectra schema) with every spectrum cut to the points `range` of its axis, and the
+/// schema's axis cut alike (what [`TruncateKernel`] does for its band; the table readers use it for
+/// a band range). An error when `range` reaches past the axis.
+pub fn cut_points(batch: &RecordBatch, range: std::ops::Range<usize>) -> Result<RecordBatch, OpError> {
+    let layout = SpectraLayout::of(&batch.schema()).map_err(|e| OpError::schema(OP, e))?;
+    let axis = layout
+        .wavenumbers
+        .get(range.clone())
+        .ok_or_else(|| OpError::internal(OP, format!("points {range:?} of an axis of {} points", layout.n_points())))?;
+    let schema = with_axis(&batch.schema(), axis)?;
+    let values = SpectraLayout::values(batch).map_err(|e| OpError::schema(OP, e))?;
+    let mut kept = Vec::with_capacity(batch.num_rows() * range.len());
+    for s in values.chunks_exact(layout.n_points()) {
+        kept.extend_from_slice(&s[range.clone()]);
+    }
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns[layout.spectrum] = Arc::new(spectrum_array(kept, range.len()).map_err(|e| OpError::schema(OP, e))?);
+    let mut out = Vec::with_capacity(1);
+    emit(&mut out, OP, schema, columns)?;
+    Ok(out.remove(0))
+}
+
 impl Kernel for TruncateKernel {
     fn name(&self) -> &'static str {
         "truncate"
@@ -305,16 +327,8 @@ impl Kernel for TruncateKernel {
 
     fn push_batch(&mut self, batch: &RecordBatch, out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
         let layout = SpectraLayout::of(&batch.schema()).map_err(|e| OpError::schema(OP, e))?;
-        let r = self.range(&layout.wavenumbers)?;
-        let schema = with_axis(&batch.schema(), &layout.wavenumbers[r.clone()])?;
-        let values = SpectraLayout::values(batch).map_err(|e| OpError::schema(OP, e))?;
-        let mut kept = Vec::with_capacity(batch.num_rows() * r.len());
-        for s in values.chunks_exact(layout.n_points()) {
-            kept.extend_from_slice(&s[r.clone()]);
-        }
-        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        columns[layout.spectrum] = Arc::new(spectrum_array(kept, r.len()).map_err(|e| OpError::schema(OP, e))?);
-        emit(out, OP, schema, columns)
+        out.push(cut_points(batch, self.range(&layout.wavenumbers)?)?);
+        Ok(())
     }
 
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<(), OpError> {
