@@ -1,7 +1,7 @@
 //! The configuration file (one TOML file, docs/configuration.md): parsed with unknown keys rejected, every
 //! field defaulted and documented, validated as a whole before any spectrum is read.
 //! `examples/ftirflow.toml` is the documented example; a test parses it.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -143,6 +143,14 @@ pub struct RunConfig {
     /// budget over twice the workers per process, as each worker holds up to two units — is
     /// rejected with a reason naming the budget instead of risking an out-of-memory kill.
     pub memory_budget: u64,
+    /// Prometheus textfile metrics written at the end of every run, success or failure (default
+    /// none; `--metrics-file` overrides): point it into node_exporter's textfile directory, with a
+    /// name ending in `.prom`.
+    pub metrics_file: Option<PathBuf>,
+    /// Seconds a cluster run's processes wait for each other at start (default 300;
+    /// `--connect-timeout` overrides): a process still missing then is named, and every process
+    /// exits with code 2 instead of waiting forever.
+    pub connect_timeout: u64,
 }
 
 /// `[run] inference`.
@@ -169,6 +177,8 @@ impl Default for RunConfig {
             batch_rows: 1024,
             inference: Inference::Auto,
             memory_budget: 0,
+            metrics_file: None,
+            connect_timeout: 300,
         }
     }
 }
@@ -176,7 +186,13 @@ impl Default for RunConfig {
 impl RunConfig {
     /// Validates the section.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (name, v) in [("workers", self.workers), ("batch", self.batch), ("threads", self.threads), ("batch_rows", self.batch_rows)] {
+        for (name, v) in [
+            ("workers", self.workers),
+            ("batch", self.batch),
+            ("threads", self.threads),
+            ("batch_rows", self.batch_rows),
+            ("connect_timeout", self.connect_timeout as usize),
+        ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(OpError::config("run", format!("[run] {name} must be at least 1"))));
             }

@@ -10,6 +10,7 @@ mod envi;
 mod interop;
 mod layers;
 mod model;
+mod monitor;
 mod preprocess;
 mod report;
 mod robust;

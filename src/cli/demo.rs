@@ -70,6 +70,7 @@ pub(super) fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         processes: 1,
         process: 0,
         hostfile: None,
+        run_id: None,
     };
     let s = run_job(&opts, &super::progress::run_reporter())?;
     print_rejects(&s.rejects);

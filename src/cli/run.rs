@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::{print_rejects, Outcome};
 use crate::config::Config;
-use crate::run::{run as run_job, RunOptions};
+use crate::run::{refuse, run as run_job, RunOptions};
 
 /// Arguments of `ftirflow run`.
 #[derive(Debug, Args)]
@@ -40,12 +40,33 @@ pub struct RunArgs {
     /// transport is unauthenticated: use it on a private network only.
     #[arg(long)]
     hostfile: Option<PathBuf>,
+    /// Seconds the processes of a cluster run wait for each other at start before exiting with
+    /// code 2, naming the missing ones (overrides `[run] connect_timeout`, default 300).
+    #[arg(long, value_name = "SECONDS")]
+    connect_timeout: Option<u64>,
+    /// Also write Prometheus textfile metrics of the run here, success or failure (overrides
+    /// `[run] metrics_file`; name it `*.prom` in node_exporter's textfile directory).
+    #[arg(long)]
+    metrics_file: Option<PathBuf>,
+    /// The run's id in status.json and the tables' metadata (default: the UTC start time and
+    /// the process id). Give every process of a cluster run the same one.
+    #[arg(long)]
+    run_id: Option<String>,
 }
 
 pub(super) fn run(args: RunArgs) -> anyhow::Result<Outcome> {
-    let mut config = Config::load_or_default(args.config.as_deref())?;
+    let (mut config, unusable) = match Config::load_or_default(args.config.as_deref()) {
+        Ok(c) => (c, None),
+        Err(e) => (Config::default(), Some(e)),
+    };
     if let Some(w) = args.workers {
         config.run.workers = w;
+    }
+    if let Some(t) = args.connect_timeout {
+        config.run.connect_timeout = t;
+    }
+    if let Some(m) = args.metrics_file {
+        config.run.metrics_file = Some(m);
     }
     let opts = RunOptions {
         config,
@@ -57,7 +78,11 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         processes: args.processes,
         process: args.process,
         hostfile: args.hostfile,
+        run_id: args.run_id,
     };
+    if let Some(e) = unusable {
+        return Err(refuse(&opts, e.into()).into());
+    }
     let report = opts.config.report.enabled;
     let s = run_job(&opts, &super::progress::run_reporter())?;
     print_rejects(&s.rejects);

@@ -77,13 +77,27 @@ pub struct WorkerOutput {
     pub records: Vec<(Record, Diff)>,
 }
 
-/// Runs the graph on `config`'s workers; returns each local worker's output.
-pub fn execute(job: Arc<RunJob>, config: timely::Config) -> Result<Vec<WorkerOutput>, Error> {
-    if let timely::CommunicationConfig::Cluster { process, .. } = &config.communication {
-        peer_watchdog(*process);
+/// How the workers of a run talk to each other, set up by the caller: timely's allocator
+/// builders (one per local worker), what must live as long as they run (a cluster's network
+/// threads), and this process's index in a cluster.
+pub struct Communication {
+    /// One allocator builder per local worker.
+    pub builders: Vec<timely::communication::AllocatorBuilder>,
+    /// Kept alive until the workers finish.
+    pub guard: Box<dyn std::any::Any + Send>,
+    /// This process's index, in a cluster run.
+    pub process: Option<usize>,
+}
+
+/// Runs the graph on `comm`'s workers; returns each local worker's output.
+pub fn execute(job: Arc<RunJob>, comm: Communication) -> Result<Vec<WorkerOutput>, Error> {
+    if let Some(process) = comm.process {
+        peer_watchdog(process);
     }
-    let guards = timely::execute(config, move |worker| run_worker(worker, Arc::clone(&job)))
-        .map_err(|e| Error::invalid(format!("cannot start the workers: {e}")))?;
+    let guards = timely::execute::execute_from(comm.builders, comm.guard, timely::WorkerConfig::default(), move |worker| {
+        run_worker(worker, Arc::clone(&job))
+    })
+    .map_err(|e| Error::invalid(format!("cannot start the workers: {e}")))?;
     let mut outputs = Vec::new();
     for r in guards.join() {
         match r {

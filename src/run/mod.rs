@@ -8,12 +8,13 @@
 //! `rejects.parquet`, `run.json`, `manifest.jsonl`, and `parts/<part>.json` (each image's summary
 //! records, reused by later runs). Every file appears only complete (temporary name, then rename).
 pub mod cluster;
+pub mod status;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -53,11 +54,16 @@ pub struct RunOptions {
     pub process: usize,
     /// Host file: one `host:port` per process.
     pub hostfile: Option<PathBuf>,
+    /// The run's id (default: a new one from the start time, see [`status::new_run_id`]); give
+    /// every process of a cluster run the same one.
+    pub run_id: Option<String>,
 }
 
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunSummary {
+    /// The run's id (in `status.json` and every table's metadata).
+    pub run_id: String,
     /// Images in the archive.
     pub images: usize,
     /// Images de-arrayed into the cores of a slide.
@@ -109,15 +115,78 @@ struct CheckedModels {
 }
 
 /// Runs the job, reporting progress to `progress`. Errors are fatal (exit code 2): bad
-/// configuration or models, unwritable output, another run holding the lock.
+/// configuration or models, unwritable output, another run holding the lock. Process 0 records
+/// how the run ended in `OUT_DIR/status.json` (and the metrics file, when configured) either way.
 pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result<RunSummary, Error> {
+    let started = SystemTime::now();
+    let run_id = opts.run_id.clone().unwrap_or_else(|| status::new_run_id(started));
+    let mut model_hash = None;
+    let result = run_job(opts, &run_id, &mut model_hash, progress);
+    if opts.process == 0 {
+        record_status(opts, &run_id, started, model_hash, result.as_ref());
+    }
+    result
+}
+
+/// A run refused before it started (its configuration file cannot be used): recorded as failed
+/// in `status.json` and the metrics like any other run; returns the error.
+pub fn refuse(opts: &RunOptions, error: Error) -> Error {
+    if opts.process == 0 {
+        let started = SystemTime::now();
+        let run_id = opts.run_id.clone().unwrap_or_else(|| status::new_run_id(started));
+        record_status(opts, &run_id, started, None, Err(&error));
+    }
+    error
+}
+
+/// Writes `status.json` and the metrics file of a run that ended with `result`. A monitor that
+/// cannot be told is not a reason to fail the run: what cannot be written is logged.
+fn record_status(opts: &RunOptions, run_id: &str, started: SystemTime, model_hash: Option<String>, result: Result<&RunSummary, &Error>) {
+    let out = &opts.out;
+    let state = match result {
+        Ok(s) if s.rejects.is_empty() => status::State::Ok,
+        Ok(_) => status::State::Rejects,
+        Err(_) => status::State::Failed,
+    };
+    let mut st = status::Status::new(run_id, started, state, status::Status::load(out).as_ref());
+    st.error = result.err().map(|e| e.to_string());
+    st.counts = result.ok().map(|s| status::Counts {
+        images: s.images,
+        slides: s.slides,
+        processed: s.processed,
+        reused: s.reused,
+        rejected: s.rejects.len(),
+        cores: s.cores,
+        spectra: s.spectra,
+    });
+    st.model_hash = model_hash;
+    st.archive = opts.archive.display().to_string();
+    st.out = out.display().to_string();
+    if let Err(e) = std::fs::create_dir_all(out).and_then(|()| st.store(out)) {
+        tracing::warn!("cannot write {}: {e}", out.join(status::STATUS).display());
+    }
+    if let Some(path) = &opts.config.run.metrics_file {
+        if let Err(e) = status::write_metrics(path, &st) {
+            tracing::warn!("cannot write the metrics file {}: {e}", path.display());
+        }
+    }
+}
+
+/// The run itself; `model_hash` is set as soon as the models are known.
+fn run_job(
+    opts: &RunOptions,
+    run_id: &str,
+    model_hash: &mut Option<String>,
+    progress: &(dyn Fn(RunProgress) + Sync),
+) -> Result<RunSummary, Error> {
     let start = Instant::now();
     let cfg = &opts.config;
     cfg.validate()?;
     let workers = cfg.run.workers;
     let processes = opts.processes.max(1);
-    let timely_cfg = cluster::timely_config(workers, opts.processes, opts.process, opts.hostfile.as_deref())?;
+    let layout = cluster::layout(workers, opts.processes, opts.process, opts.hostfile.as_deref())?;
     let models = check_models(opts)?;
+    *model_hash = Some(models.hash.clone());
     let device = cfg.run.device.resolve()?;
     tch::set_num_threads(cfg.run.threads as i32);
 
@@ -149,6 +218,7 @@ pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result
         ("ftirflow:model_hash".to_string(), models.hash.clone()),
         ("ftirflow:config".to_string(), toml::to_string(cfg).unwrap_or_default()),
         ("ftirflow:libtorch".to_string(), crate::bundle::LIBTORCH_VERSION.to_string()),
+        ("ftirflow:run_id".to_string(), run_id.to_string()),
     ];
     let shared = match cfg.run.inference {
         Inference::Shared => true,
@@ -185,7 +255,8 @@ pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result
         workers: dealt,
     });
     let mine = crate::job::images_of_process(&job.workers, workers, opts.process) as u64;
-    let outputs = execute_with_progress(&job, timely_cfg, mine, progress);
+    let outputs =
+        layout.connect(Duration::from_secs(cfg.run.connect_timeout)).and_then(|comm| execute_with_progress(&job, comm, mine, progress));
     // The inference service (if any) ends when the last sender — `service` and `job` — is dropped.
     drop(service);
     let outputs = outputs?;
@@ -198,6 +269,7 @@ pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result
     }
 
     let mut summary = RunSummary {
+        run_id: run_id.to_string(),
         images: n_entries,
         slides,
         processed: n_images - reused,
@@ -433,7 +505,7 @@ fn reusable(previous: &RunManifest, unit: &ImageJob, out: &Path, model_hash: &st
 /// Runs the graph while a reporter thread hands the counters to `progress`.
 fn execute_with_progress(
     job: &Arc<RunJob>,
-    timely_cfg: timely::Config,
+    comm: crate::dataflow::Communication,
     images: u64,
     progress: &(dyn Fn(RunProgress) + Sync),
 ) -> Result<Vec<crate::dataflow::WorkerOutput>, Error> {
@@ -454,7 +526,7 @@ fn execute_with_progress(
                 std::thread::sleep(Duration::from_millis(200));
             }
         });
-        let outputs = crate::dataflow::execute(Arc::clone(job), timely_cfg);
+        let outputs = crate::dataflow::execute(Arc::clone(job), comm);
         done.store(true, Ordering::Relaxed);
         outputs
     })
@@ -517,6 +589,7 @@ fn write_run_json(
     processed_spectra: u64,
 ) -> Result<(), Error> {
     let run_json = serde_json::json!({
+        "run_id": s.run_id,
         "ftirflow_version": env!("CARGO_PKG_VERSION"),
         "libtorch": crate::bundle::LIBTORCH_VERSION,
         "archive": opts.archive.display().to_string(),
