@@ -201,13 +201,41 @@ impl PreprocessPlan {
         Ok(k)
     }
 
+    /// `e`, and for an axis that misses a configured band, which keys set the band and what
+    /// changing them means (see [`axis_hint`]).
+    pub fn explain(&self, e: OpError) -> OpError {
+        axis_hint(&self.cfg, e)
+    }
+
     /// Runs the whole chain over the batches of one image and applies `keep`.
     pub fn run_image(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, OpError> {
-        let mut current = run_chain(&mut self.kernels()?, batches)?;
+        let mut current = run_chain(&mut self.kernels()?, batches).map_err(|e| self.explain(e))?;
         if self.cfg.keep == Keep::Tissue {
             current = current.iter().map(|b| filter_bool(b, TISSUE)).collect::<Result<_, _>>()?;
         }
         Ok(current)
+    }
+}
+
+/// A data error of the EMSC cut (`truncate`) or the resampling (`resample`) — the image's axis
+/// does not cover `[preprocess] emsc_range` or the model grid — with the keys that set those
+/// bands and what changing them means; other errors as they are.
+fn axis_hint(c: &PreprocessConfig, e: OpError) -> OpError {
+    match e {
+        OpError::Data { operator: operator @ ("truncate" | "resample"), reason } => {
+            let g = &c.resample;
+            OpError::Data {
+                operator,
+                reason: format!(
+                    "{reason}. The bands come from the preprocessing configuration: `[preprocess] emsc_range` ({}) and \
+                     the model grid `[preprocess.resample] start`–`end` ({}–{} cm⁻¹). For data that do not reach them, \
+                     set both inside the data's axis and train the model on that grid; a model is applied only to \
+                     data that cover its grid",
+                    c.emsc_range, g.start, g.end
+                ),
+            }
+        }
+        e => e,
     }
 }
 
@@ -286,7 +314,7 @@ impl EmscFitter {
         let c = &self.cfg;
         let mut kernels = mask_kernels(c)?;
         kernels.push(Box::new(TruncateKernel::new(c.emsc_range)?));
-        let current = run_chain(&mut kernels, batches)?;
+        let current = run_chain(&mut kernels, batches).map_err(|e| axis_hint(c, e))?;
         let want_paraffin = c.emsc.paraffin == ParaffinMode::Interferents;
         let mut paraffin_taken = 0;
         for b in &current {

@@ -87,7 +87,13 @@ pub fn preprocess(
             progress(ImageProgress { pass: PASS, done: total, total, current: "" });
             let sources: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
             let source = format!("fitted by `ftirflow preprocess` on {}", sources.join(", "));
-            Some(fitter.finish(&source).context_with(|| "cannot fit the EMSC reference".to_string())?)
+            // When no image could be used, say why the first one could not.
+            let why = (failed.len() == total && total > 0).then(|| rejects.iter().find(|r| failed.contains_key(&r.path))).flatten();
+            let context = match why {
+                Some(r) => format!("cannot fit the EMSC reference: no image could be used ({}: {})", r.path.display(), r.reason),
+                None => "cannot fit the EMSC reference".to_string(),
+            };
+            Some(fitter.finish(&source).context_with(|| context)?)
         }
     };
     if let (Some(path), Some(s)) = (save_state, &state) {

@@ -511,9 +511,18 @@ fn truncated_data_file() {
         }
         other => panic!("expected Truncated, got {other:?}"),
     }
-    // The header offset counts too.
-    let hdr = fixture(dir.path(), "o", &header_text("3", "2", 4, "header offset = 10\n"), 96);
-    assert!(matches!(open_err(&hdr), ReadError::Truncated { expected: 106, actual: 96, .. }));
+    // The header offset counts too: a file shorter than the offset plus the image, but too
+    // short for the image alone, is truncated …
+    let hdr = fixture(dir.path(), "o", &header_text("3", "2", 4, "header offset = 10\n"), 50);
+    assert!(matches!(open_err(&hdr), ReadError::Truncated { expected: 106, actual: 50, .. }));
+    // … while one that holds the whole image, or ends before the offset, has a wrong offset,
+    // and the error names that field (and the largest offset that would fit).
+    for (name, offset, len, fits) in [("o2", 10, 96, 0), ("o3", 10, 100, 4), ("o4", 500, 300, 204)] {
+        let hdr = fixture(dir.path(), name, &header_text("3", "2", 4, &format!("header offset = {offset}\n")), len);
+        let e = open_err(&hdr);
+        assert!(matches!(&e, ReadError::Header { field, .. } if field == "header offset"), "{e:?}");
+        assert!(e.to_string().contains(&format!("at most {fits} would fit")) && !e.to_string().contains("truncated"), "{e}");
+    }
 }
 
 #[test]

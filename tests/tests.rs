@@ -9,6 +9,7 @@ mod dearray;
 mod envi;
 mod interop;
 mod layers;
+mod messages;
 mod model;
 mod monitor;
 mod preprocess;

@@ -111,7 +111,7 @@ enum State {
 impl<'scope> ApplyStage<'scope> for Items<'scope> {
     fn apply_stage(self, name: &'static str, factory: StageFactory, job: &Arc<RunJob>) -> Items<'scope> {
         let job = Arc::clone(job);
-        let reject = move |t: u64, stage: &str, e: OpError| Item::Failed(job.images[t as usize].reject(stage, e));
+        let reject = move |t: u64, stage: &str, e: OpError| Item::Failed(job.images[t as usize].reject(stage, job.plan.explain(e)));
         self.unary_frontier::<CapacityContainerBuilder<Vec<Item>>, _, _, _>(Pipeline, name, move |_cap, _info| {
             let mut open: BTreeMap<u64, (Capability<u64>, State)> = BTreeMap::new();
             move |(input, frontier), output| {

@@ -89,7 +89,13 @@ pub fn read_header(path: &Path) -> Result<AgilentHeader, ReadError> {
     let file = File::open(path).map_err(|e| ReadError::io(path, e))?;
     let len = file.metadata().map_err(|e| ReadError::io(path, e))?.len();
     if len < HEADER_MIN_BYTES {
-        return Err(ReadError::Truncated { path: path.to_path_buf(), expected: HEADER_MIN_BYTES, actual: len });
+        return Err(ReadError::format(
+            path,
+            format!(
+                "the header file is truncated: an Agilent header (.bsp, .dmt) holds its axis fields in its first {HEADER_MIN_BYTES} bytes, \
+                 this one has {len}"
+            ),
+        ));
     }
     let mut buf = [0u8; (HEADER_MIN_BYTES - OFFSET_SPACING) as usize];
     file.read_exact_at(&mut buf, OFFSET_SPACING).map_err(|e| ReadError::io(path, e))?;

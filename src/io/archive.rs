@@ -7,7 +7,9 @@
 //! directory and stem (an instrument often writes a mosaic both as `.dmt` + tiles and as an
 //! assembled ENVI file), one is kept, in this order of preference: Agilent mosaic, Agilent tile,
 //! ENVI, Parquet. CSV tables are read only when named explicitly, never discovered (an archive
-//! usually holds a labels CSV). Hidden files and `*.partial` files are skipped. Entries are sorted
+//! usually holds a labels CSV). Hidden files, `*.partial` files and Parquet tables that ftirflow wrote
+//! (marked [`NOT_AN_IMAGE`](super::parquet::NOT_AN_IMAGE): `ftirflow synth`'s truth, `run`'s
+//! outputs) are skipped. Entries are sorted
 //! by sample id, so the order is the same on every machine.
 //!
 //! Symbolic links: a linked directory is not entered (no loops, no walking out of the archive);
@@ -81,6 +83,10 @@ pub fn discover(root: &Path) -> Result<Vec<ImageEntry>, ReadError> {
             }
             let Some(format) = Format::detect(&path) else { continue };
             if format == Format::OrangeCsv {
+                continue;
+            }
+            if format == Format::Parquet && super::parquet::is_marked_not_an_image(&path) {
+                tracing::info!("{}: skipped: a table ftirflow wrote, not an image", path.display());
                 continue;
             }
             let stem = path.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();

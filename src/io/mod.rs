@@ -146,6 +146,13 @@ pub trait SpectraReader: Iterator<Item = Result<RecordBatch, ReadError>> + Send 
 
 /// Opens `path` with the reader its format calls for.
 pub fn open(path: &Path, opts: &ReadOptions) -> Result<Box<dyn SpectraReader>, ReadError> {
+    if path.is_dir() {
+        return Err(ReadError::format(
+            path,
+            "is a directory, not an image file: name one image in it (a .hdr, .dat, .dmt, .parquet or .csv file); \
+             convert, preprocess, train and run also take whole directories",
+        ));
+    }
     let format = Format::detect(path)
         .ok_or_else(|| ReadError::format(path, "unrecognised file type (expected .hdr, .dat+.bsp, .dmt, .parquet or .csv)"))?;
     open_as(path, format, opts)

@@ -79,6 +79,34 @@ pub fn row_group_rows(schema: &arrow::datatypes::Schema) -> usize {
     (ROW_GROUP_BYTES / row).clamp(1024, 1 << 20)
 }
 
+/// Key-value entry of the Parquet files ftirflow writes that hold tables, not images (the truth
+/// of `ftirflow synth`, the tables of `ftirflow run`); its value says what the file is. Archive
+/// discovery skips files that carry it, so a run over the folder `synth` wrote, or over an
+/// earlier run's outputs, does not reject them as broken images.
+pub const NOT_AN_IMAGE: &str = "ftirflow:not_an_image";
+
+/// The largest footer [`is_marked_not_an_image`] reads.
+const MAX_MARKED_FOOTER: u64 = 16 << 20;
+
+/// Whether the Parquet file at `path` carries [`NOT_AN_IMAGE`]. The footer is searched for the
+/// key's bytes (which its Thrift encoding holds verbatim) rather than parsed, so that discovery
+/// never runs a parser over an untrusted file; any file it cannot read is not marked.
+pub fn is_marked_not_an_image(path: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    let Ok(len) = file.metadata().map(|m| m.len()) else { return false };
+    let mut tail = [0u8; 8];
+    if len < 12 || file.read_exact_at(&mut tail, len - 8).is_err() || &tail[4..] != b"PAR1" {
+        return false;
+    }
+    let footer = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")));
+    if footer > MAX_MARKED_FOOTER || footer + 8 > len {
+        return false;
+    }
+    let mut bytes = vec![0u8; footer as usize];
+    file.read_exact_at(&mut bytes, len - 8 - footer).is_ok() && bytes.windows(NOT_AN_IMAGE.len()).any(|w| w == NOT_AN_IMAGE.as_bytes())
+}
+
 /// Writer properties used for every ftirflow Parquet file of `schema`: zstd level 3, statistics
 /// on, row groups of at most [`row_group_rows`] rows (so a writer never buffers more than about
 /// [`ROW_GROUP_BYTES`]).

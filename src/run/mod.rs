@@ -219,6 +219,7 @@ fn run_job(
         ("ftirflow:config".to_string(), toml::to_string(cfg).unwrap_or_default()),
         ("ftirflow:libtorch".to_string(), crate::bundle::LIBTORCH_VERSION.to_string()),
         ("ftirflow:run_id".to_string(), run_id.to_string()),
+        (crate::io::parquet::NOT_AN_IMAGE.to_string(), "a table of ftirflow run".to_string()),
     ];
     let shared = match cfg.run.inference {
         Inference::Shared => true,

@@ -797,7 +797,8 @@ pub(crate) fn generate(
 fn write_slide_masks(path: &Path, model: &Model, specs: &[CoreSpec], cores: &[(String, &Slide, &Placed)]) -> Result<u64, SynthError> {
     let werr = |e: parquet::errors::ParquetError| SynthError::Write { path: path.to_path_buf(), reason: e.to_string() };
     let schema = truth::masks_schema();
-    let props = crate::io::parquet::writer_properties(&schema, Vec::new());
+    let marker = vec![(crate::io::parquet::NOT_AN_IMAGE.to_string(), "the ground-truth masks of ftirflow synth".to_string())];
+    let props = crate::io::parquet::writer_properties(&schema, marker);
     let file = AtomicFile::create(path).map_err(truth::io_err(path))?;
     let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(werr)?;
     for (sample, _, pl) in cores {

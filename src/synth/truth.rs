@@ -59,7 +59,8 @@ pub(crate) fn mask_name(m: u8) -> &'static str {
 pub(crate) fn write_masks(path: &Path, size: u32, cores: &[(String, CoreTruth)]) -> Result<u64, SynthError> {
     let werr = |e: parquet::errors::ParquetError| SynthError::Write { path: path.to_path_buf(), reason: e.to_string() };
     let schema = masks_schema();
-    let props = crate::io::parquet::writer_properties(&schema, Vec::new());
+    let marker = vec![(crate::io::parquet::NOT_AN_IMAGE.to_string(), "the ground-truth masks of ftirflow synth".to_string())];
+    let props = crate::io::parquet::writer_properties(&schema, marker);
     let file = AtomicFile::create(path).map_err(io_err(path))?;
     let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(werr)?;
     let n_px = size as usize * size as usize;

@@ -140,17 +140,19 @@ impl EnviReader {
         if opts.batch_rows == 0 {
             return Err(ReadError::format(path, "batch_rows must be at least 1"));
         }
-        let (hdr_path, data_path) = if is_hdr(path) {
-            (path.to_path_buf(), data_file_for(path)?)
+        // The header is read before the data file is looked for: a `.hdr` that is not ENVI is
+        // reported as such, not as a header without a data file.
+        let (hdr_path, header, data_path) = if is_hdr(path) {
+            let header = parse_header(path)?;
+            (path.to_path_buf(), header, data_file_for(path)?)
         } else {
             let hdr = header_for(path).ok_or_else(|| {
                 let tried: Vec<String> =
                     header_candidates(path).iter().filter_map(|c| c.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
                 ReadError::format(path, format!("no ENVI header found for this data file; tried {} (ignoring case)", tried.join(", ")))
             })?;
-            (hdr, path.to_path_buf())
+            (hdr.clone(), parse_header(&hdr)?, path.to_path_buf())
         };
-        let header = parse_header(&hdr_path)?;
         let expected = header
             .expected_file_size()
             .ok_or_else(|| ReadError::header(&hdr_path, "samples/lines/bands", "image size does not fit 64 bits"))?;
@@ -164,7 +166,22 @@ impl EnviReader {
             return Err(ReadError::format(&data_path, "the ENVI data file is not a regular file"));
         }
         if meta.len() < expected {
-            return Err(ReadError::Truncated { path: data_path, expected, actual: meta.len() });
+            let (offset, len) = (header.header_offset, meta.len());
+            // The data would start past the end, or the whole image fits but not after the
+            // offset: the offset is wrong, not the data file.
+            if offset > 0 && (len <= offset || len >= data_bytes) {
+                return Err(ReadError::header(
+                    &hdr_path,
+                    "header offset",
+                    format!(
+                        "{offset} bytes before the data does not fit {}: it has {len} bytes and the image needs {data_bytes} after \
+                         the offset (an offset of at most {} would fit)",
+                        data_path.display(),
+                        len.saturating_sub(data_bytes)
+                    ),
+                ));
+            }
+            return Err(ReadError::Truncated { path: data_path, expected, actual: len });
         }
         let window = clip_to_image(&hdr_path, opts.window, header.samples, header.lines)?;
         let n_spectra = window.n_pixels();
