@@ -346,7 +346,7 @@ fn peak_memory_does_not_grow_with_the_number_of_images() {
 }
 
 #[test]
-fn the_outputs_read_in_pyarrow_and_duckdb() {
+fn the_outputs_read_in_pyarrow_duckdb_and_polars() {
     let f = fixture();
     let out = f.root.join("interop");
     let o = run(&f.root, &out, &["--workers", "2"]);
@@ -367,6 +367,15 @@ cores = pq.read_table("cores.parquet")
 preds = ds.dataset("predictions", format="parquet").to_table()
 g = pq.read_table("gradcam.parquet"); b = pq.read_table("bands.parquet"); r = pq.read_table("rejects.parquet")
 assert pq.read_metadata("cores.parquet").metadata[b"ftirflow:model_hash"]
+# Every table names the run that wrote it; a prediction part carries statistics on its key columns.
+run_id = pq.read_metadata("cores.parquet").metadata[b"ftirflow:run_id"]
+part = sorted(ds.dataset("predictions", format="parquet").files)[0]
+meta = pq.read_metadata(part)
+assert meta.metadata[b"ftirflow:run_id"] == run_id
+names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+for key in ("sample", "x", "y", "pred_class"):
+    st = meta.row_group(0).column(names.index(key)).statistics
+    assert st is not None and st.has_min_max, key
 print(cores.num_rows, preds.num_rows, sum(cores.column("spectra").to_pylist()), r.num_rows)
 "#;
     if let Some(s) = py("pyarrow", arrow) {
@@ -386,5 +395,18 @@ print(n, m, k)
         let v: Vec<u64> = s.split_whitespace().map(|x| x.parse().unwrap()).collect();
         assert_eq!(v[0], v[1], "classified spectra agree between predictions and cores");
         assert!(v[2] >= 2);
+    }
+    let polars = r#"
+import polars as pl
+preds = pl.scan_parquet("predictions/*.parquet")
+n = preds.filter(pl.col("pred_class").is_not_null()).select(pl.len()).collect().item()
+m = pl.read_parquet("cores.parquet").select(pl.col("classified").sum()).item()
+per_core = preds.group_by("sample").agg(pl.len()).collect().height
+print(n, m, per_core)
+"#;
+    if let Some(s) = py("polars", polars) {
+        let v: Vec<u64> = s.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(v[0], v[1], "polars: classified spectra agree between predictions and cores");
+        assert_eq!(v[2], 8, "one sample per core in the predictions glob");
     }
 }

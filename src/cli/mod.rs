@@ -110,7 +110,13 @@ enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     init_logging();
-    let cli = Cli::parse();
+    // `--version` says more than clap's fixed string: libtorch, and CUDA compiled in and visible.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 2 && (args[1] == "--version" || args[1] == "-V") {
+        println!("{}", crate::torch_check::version_text());
+        return ExitCode::SUCCESS;
+    }
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Synth(a) => synth::run(a),
