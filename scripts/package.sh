@@ -84,6 +84,14 @@ while [ ${#queue[@]} -gt 0 ]; do
     done
 done
 
+# Every library must resolve from lib/ or the system: a --cuda build against the lean libtorch
+# (no CUDA wheels) would otherwise make a tarball that cannot start.
+if missing=$(env -i PATH=/usr/bin:/bin ldd "$stage/bin/ftirflow" | grep 'not found'); then
+    echo "$missing" >&2
+    echo "package: the libraries above are neither in libtorch's directories nor on this system${cuda:+ (--cuda needs LIBTORCH to point at a full GPU torch 2.11.0)}" >&2
+    exit 1
+fi
+
 # Licences of what is bundled: ftirflow, libtorch and the CUDA runtime wheels it came with, the
 # font compiled into the report code, and the Rust crates compiled into the binary.
 cp "$LIBTORCH/../torch-"*.dist-info/licenses/LICENSE "$stage/licenses/libtorch-LICENSE"
@@ -105,7 +113,9 @@ mkdir -p "$stage/examples"
 cp examples/ftirflow.toml "$stage/examples/ftirflow.toml"
 cp -r examples/systemd "$stage/examples/systemd"
 
+glibc=$(for f in "$stage"/bin/* "$stage"/lib/*; do objdump -T "$f" | grep -o 'GLIBC_2\.[0-9]*' || true; done | sort -uV | tail -1)
+glibcxx=$(for f in "$stage"/bin/* "$stage"/lib/*; do objdump -T "$f" | grep -o 'GLIBCXX_3\.[0-9.]*' || true; done | sort -uV | tail -1)
 tar -C "$dist" -czf "$stage.tar.gz" "$name"
 rm -rf "$stage"
 size=$(du -m "$stage.tar.gz" | cut -f1)
-echo "package: $stage.tar.gz ($size MB; lib/: $(tar -tzf "$stage.tar.gz" | grep -c '/lib/.') libraries)"
+echo "package: $stage.tar.gz ($size MB; lib/: $(tar -tzf "$stage.tar.gz" | grep -c '/lib/.') libraries; needs $glibc, $glibcxx)"
