@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(at(1_796_376_188, 500), "2026-12-04T09:23:08.500Z");
         // Every day of four years round-trips through the day count.
         let mut last = (1969, 12, 31);
-        for day in 0..(4 * 366) {
+        for day in 0..(3 * 365 + 366) {
             let d = civil_from_days(day);
             assert!(d > last, "{d:?} after {last:?}");
             last = d;
