@@ -24,6 +24,11 @@ use crate::plan::EmscState;
 pub const WEIGHTS: &str = "weights.safetensors";
 /// Name of the manifest in a bundle.
 pub const MANIFEST: &str = "manifest.json";
+/// Name of the probe spectra in a bundle: preprocessed training spectra that `[run] precision =
+/// "auto"` classifies in f32 and bf16 to check that they agree (docs/model.md).
+pub const PROBE: &str = "probe.safetensors";
+/// Spectra a bundle's probe holds at most.
+pub const PROBE_ROWS: usize = 1024;
 /// Bundle layout version written by this build; loading refuses any other.
 pub const FORMAT: u32 = 1;
 /// The tch release the weights were written with (pinned in Cargo.toml).
@@ -83,6 +88,9 @@ pub struct BundleManifest {
     pub weights_sha256: String,
     /// What the model was trained on (free text).
     pub source: String,
+    /// SHA-256 of `probe.safetensors`, hex; absent in bundles written before probes were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_sha256: Option<String>,
 }
 
 /// Why a bundle cannot be saved or loaded: the bundle's fault (missing file, tampered weights,
@@ -233,8 +241,26 @@ impl BundleManifest {
 
     /// Writes the bundle: `weights.safetensors` from `classifier`, then the manifest with the
     /// weights' hash (each through a temporary name). `dir` is created.
-    pub fn save(mut self, dir: &Path, classifier: &Classifier) -> Result<BundleManifest, BundleError> {
+    pub fn save(self, dir: &Path, classifier: &Classifier) -> Result<BundleManifest, BundleError> {
+        self.save_with_probe(dir, classifier, &[])
+    }
+
+    /// [`BundleManifest::save`], with `probe` (row-major spectra on the model grid, at most
+    /// [`PROBE_ROWS`] are kept) as `probe.safetensors` when it is not empty.
+    pub fn save_with_probe(mut self, dir: &Path, classifier: &Classifier, probe: &[f32]) -> Result<BundleManifest, BundleError> {
         std::fs::create_dir_all(dir).map_err(|source| BundleError::Io { path: dir.to_path_buf(), source })?;
+        let points = self.wavenumbers.len().max(1);
+        let rows = (probe.len() / points).min(PROBE_ROWS);
+        self.probe_sha256 = None;
+        if rows > 0 {
+            let path = dir.join(PROBE);
+            let spectra = tch::Tensor::from_slice(&probe[..rows * points]).view([rows as i64, points as i64]);
+            let save = |tmp: &Path| {
+                tch::Tensor::write_safetensors(&[("spectra", &spectra)], tmp).map_err(|e| std::io::Error::other(e.to_string()))
+            };
+            crate::io::atomic::write_atomic_at(&path, save).map_err(|source| BundleError::Io { path: path.clone(), source })?;
+            self.probe_sha256 = Some(sha256_file(&path)?);
+        }
         let weights = dir.join(WEIGHTS);
         // Not `VarStore::save`: it picks the format from the extension, which the `.partial` name hides.
         let vars: Vec<(String, tch::Tensor)> = classifier.var_store().variables().into_iter().collect();
@@ -254,6 +280,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
 }
 
 impl Bundle {
+    /// The bundle's probe spectra (row-major on the model grid) and their count, checked against
+    /// the manifest's hash; `None` for a bundle written without a probe.
+    pub fn probe(&self) -> Result<Option<(Vec<f32>, usize)>, BundleError> {
+        let Some(expected) = &self.manifest.probe_sha256 else { return Ok(None) };
+        let path = self.dir.join(PROBE);
+        let found = sha256_file(&path)?;
+        let bad = |reason: String| BundleError::Weights { path: path.clone(), reason };
+        if &found != expected {
+            return Err(bad(format!("probe SHA-256 {found} differs from the manifest's {expected}: the file was changed or corrupted")));
+        }
+        let tensors = tch::Tensor::read_safetensors(&path).map_err(|e| bad(e.to_string()))?;
+        let points = self.manifest.wavenumbers.len() as i64;
+        let spectra = match tensors.iter().find(|(n, _)| n == "spectra") {
+            Some((_, t)) if t.dim() == 2 && t.size()[1] == points && t.kind() == tch::Kind::Float => t,
+            _ => return Err(bad(format!("no `spectra` tensor of shape [rows, {points}] (f32)"))),
+        };
+        let rows = spectra.size()[0] as usize;
+        let values = Vec::<f32>::try_from(spectra.flatten(0, -1)).map_err(|e| bad(e.to_string()))?;
+        Ok(Some((values, rows)))
+    }
+
     /// Opens and validates the bundle in `dir` and loads its weights onto `device`: the manifest
     /// must parse and be consistent, the format and libtorch versions must match this build, the
     /// weights must hash to the manifest's SHA-256 and fit the architecture.

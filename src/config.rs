@@ -151,6 +151,24 @@ pub struct RunConfig {
     /// `--connect-timeout` overrides): a process still missing then is named, and every process
     /// exits with code 2 instead of waiting forever.
     pub connect_timeout: u64,
+    /// The number format of the networks' convolutions: `auto` (default: bf16 on a CPU with
+    /// bfloat16 units when the bundles' probe spectra agree with f32, see docs/model.md), `f32`
+    /// or `bf16`. Training is always f32. The choice and the check are recorded in `run.json`.
+    pub precision: PrecisionChoice,
+}
+
+/// `[run] precision`: the number format of the convolutions at inference (docs/model.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionChoice {
+    /// bf16 on a CPU with bfloat16 units (AVX-512 BF16 or AMX) when the models' probe spectra
+    /// get the same classes in bf16 as in f32 (≥ 99.5 %); f32 otherwise and on CUDA.
+    #[default]
+    Auto,
+    /// Always f32.
+    F32,
+    /// Always bf16 (on a CPU without bfloat16 units it runs, slowly, in emulation).
+    Bf16,
 }
 
 /// `[run] inference`.
@@ -179,6 +197,7 @@ impl Default for RunConfig {
             memory_budget: 0,
             metrics_file: None,
             connect_timeout: 300,
+            precision: PrecisionChoice::Auto,
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::classify::{Engine, Models, Request, Truth};
 use crate::config::RunConfig;
 use crate::error::Error;
 use crate::io::archive::ImageEntry;
-use crate::operators::model::DeviceChoice;
+use crate::operators::model::{DeviceChoice, Precision};
 use crate::outputs::layouts::CorePlace;
 use crate::outputs::manifest::Identity;
 use crate::outputs::records::{Diff, Record};
@@ -80,13 +80,21 @@ pub struct ModelDirs {
     pub types: PathBuf,
     /// The subtype model bundle.
     pub subtypes: Option<PathBuf>,
+    /// The precision the networks run in (`[run] precision`, resolved).
+    pub precision: Precision,
 }
 
 impl ModelDirs {
-    /// Loads both bundles onto `device`.
+    /// Loads both bundles onto `device`, their networks in [`ModelDirs::precision`].
     pub fn load(&self, device: DeviceChoice) -> Result<(Bundle, Option<Bundle>), BundleError> {
-        let types = Bundle::load(&self.types, device)?;
-        let subtypes = self.subtypes.as_ref().map(|d| Bundle::load(d, device)).transpose()?;
+        let load = |dir: &PathBuf| {
+            Bundle::load(dir, device).map(|mut b| {
+                b.classifier.freeze_as(self.precision);
+                b
+            })
+        };
+        let types = load(&self.types)?;
+        let subtypes = self.subtypes.as_ref().map(load).transpose()?;
         Ok((types, subtypes))
     }
 }

@@ -41,6 +41,7 @@ fn save_bundle(dir: &Path) -> Classifier {
         versions: Versions::current(),
         weights_sha256: String::new(),
         source: "test".into(),
+        probe_sha256: None,
     };
     let saved = manifest.save(dir, &clf).unwrap();
     assert_eq!(saved.weights_sha256.len(), 64);

@@ -191,7 +191,7 @@ const BAD: &[(&str, &str, &str)] = &[
     ("empty.hdr", "open", "truncated"),
     ("no_data.hdr", "open", "no data file"),
     ("no_tissue.hdr", "classify", "no tissue"),
-    ("garbage.hdr", "open", "no data file"),
+    ("garbage.hdr", "open", "not an ENVI header"),
     ("garbage_with_data.hdr", "open", "samples"),
     ("missing_tile.dmt", "open", "tile"),
     ("truncated_table.parquet", "open", "parquet"),

@@ -13,6 +13,7 @@ mod layers;
 mod messages;
 mod model;
 mod monitor;
+mod precision;
 mod preprocess;
 mod report;
 mod robust;

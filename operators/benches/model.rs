@@ -128,6 +128,9 @@ fn bench(c: &mut Criterion) {
     println!("\nCaReNet-V1 on {device_name}, {rows} spectra × {POINTS} points, batch {batch}, {threads} thread(s):");
     println!("ftirflow predict            : {ours_predict:>9.0} spectra/s");
     println!("ftirflow predict + Grad-CAM : {ours_cam:>9.0} spectra/s");
+    if device == tch::Device::Cpu {
+        bf16_against_f32(&mut clf, &x, batch, ours_predict, ours_cam);
+    }
     if std::env::var_os("MODEL_BENCH_NO_PYTHON").is_some() {
         println!("PyTorch baseline           : skipped (MODEL_BENCH_NO_PYTHON)");
         let _ = std::fs::remove_dir_all(&dir);
@@ -188,6 +191,54 @@ fn bench(c: &mut Criterion) {
         }
         Err(e) => println!("PyTorch baseline           : skipped (cannot run python3: {e})"),
     }
+}
+
+/// `[run] precision = "bf16"` in the same run: throughput against f32 (`f32_predict`,
+/// `f32_cam`, spectra/s) and agreement with f32's classes, probabilities and Grad-CAM maps over all
+/// `x`. Leaves `clf` in f32.
+fn bf16_against_f32(clf: &mut Classifier, x: &[f32], batch: usize, f32_predict: f64, f32_cam: f64) {
+    let rows = x.len() / POINTS;
+    let run = |clf: &Classifier| {
+        let mut out = Vec::new();
+        for chunk in x.chunks(batch * POINTS) {
+            out.push(clf.predict_values_with_gradcam(chunk, chunk.len() / POINTS).unwrap());
+        }
+        out
+    };
+    let reference = run(clf);
+    clf.freeze_as(model::Precision::Bf16);
+    let predict = rows as f64
+        / best_of(3, || {
+            for chunk in x.chunks(batch * POINTS) {
+                std::hint::black_box(clf.predict_values(chunk, chunk.len() / POINTS).unwrap());
+            }
+        });
+    let cam = rows as f64
+        / best_of(3, || {
+            for chunk in x.chunks(batch * POINTS) {
+                std::hint::black_box(clf.predict_values_with_gradcam(chunk, chunk.len() / POINTS).unwrap());
+            }
+        });
+    let bf16 = run(clf);
+    clf.freeze();
+    let (mut same, mut max_p, mut max_cam, mut within, mut values) = (0usize, 0f32, 0f32, 0usize, 0usize);
+    for ((p32, c32), (p16, c16)) in reference.iter().zip(&bf16) {
+        same += p32.predicted.iter().zip(&p16.predicted).filter(|(a, b)| a == b).count();
+        max_p = p32.probs.iter().zip(&p16.probs).map(|(a, b)| (a - b).abs()).fold(max_p, f32::max);
+        for (a, b) in c32.maps.iter().zip(&c16.maps) {
+            let d = (a - b).abs();
+            max_cam = max_cam.max(d);
+            within += usize::from(d <= 0.01);
+            values += 1;
+        }
+    }
+    println!("ftirflow bf16 predict       : {predict:>9.0} spectra/s ({:.2}× f32)", predict / f32_predict);
+    println!("ftirflow bf16 + Grad-CAM    : {cam:>9.0} spectra/s ({:.2}× f32)", cam / f32_cam);
+    println!(
+        "bf16 vs f32                 : {:.2} % identical classes, max |Δp| {max_p:.4}, Grad-CAM max |Δ| {max_cam:.4}, {:.2} % of map values within 0.01",
+        100.0 * same as f64 / rows as f64,
+        100.0 * within as f64 / values.max(1) as f64
+    );
 }
 
 criterion_group!(benches, bench);

@@ -20,11 +20,11 @@ use serde::Serialize;
 
 use crate::bundle::Bundle;
 use crate::classify::{Truth, CANCER};
-use crate::config::{Config, DearrayMode, Inference};
+use crate::config::{Config, DearrayMode, Inference, PrecisionChoice};
 use crate::error::{Error, ResultExt};
 use crate::io::archive::ImageEntry;
 use crate::job::{Action, Counters, ImageJob, ModelDirs, ModelInfo, RunJob};
-use crate::operators::model::DeviceChoice;
+use crate::operators::model::{Agreement, DeviceChoice, Precision};
 use crate::outputs::layouts::{Layout, LayoutRecord};
 use crate::outputs::manifest::{self, ManifestEntry, RunManifest};
 use crate::outputs::records::{Diff, Record};
@@ -162,8 +162,14 @@ fn record_status(opts: &RunOptions, run_id: &str, started: SystemTime, model_has
     st.model_hash = model_hash;
     st.archive = opts.archive.display().to_string();
     st.out = out.display().to_string();
-    if let Err(e) = std::fs::create_dir_all(out).and_then(|()| st.store(out)) {
-        tracing::warn!("cannot write {}: {e}", out.join(status::STATUS).display());
+    // A run refused before it created its output directory (bad configuration or models on a
+    // first night) creates nothing; the metrics file still tells.
+    if out.is_dir() {
+        if let Err(e) = st.store(out) {
+            tracing::warn!("cannot write {}: {e}", out.join(status::STATUS).display());
+        }
+    } else {
+        tracing::debug!("no status.json: the output directory {} does not exist", out.display());
     }
     if let Some(path) = &opts.config.run.metrics_file {
         if let Err(e) = status::write_metrics(path, &st) {
@@ -189,6 +195,8 @@ fn run_job(
     *model_hash = Some(models.hash.clone());
     let device = cfg.run.device.resolve()?;
     tch::set_num_threads(cfg.run.threads as i32);
+    let precision = decide_precision(cfg.run.precision, device, &models)?;
+    tracing::info!("precision: {} ({})", precision.used_name(), precision.reason);
 
     let entries =
         crate::io::archive::discover(&opts.archive).context_with(|| format!("cannot read the archive {}", opts.archive.display()))?;
@@ -226,7 +234,7 @@ fn run_job(
         Inference::Local => false,
         Inference::Auto => device.is_cuda(),
     };
-    let dirs = ModelDirs { types: opts.model.clone(), subtypes: opts.subtype_model.clone() };
+    let dirs = ModelDirs { types: opts.model.clone(), subtypes: opts.subtype_model.clone(), precision: precision.used };
     let service = if shared {
         let (d, dev) = (dirs.clone(), cfg.run.device);
         Some(crate::classify::spawn_service(move || d.load(dev), cfg.run.batch, cfg.run.gradcam, cfg.run.threads)?)
@@ -297,7 +305,7 @@ fn run_job(
     summary.seconds = start.elapsed().as_secs_f64();
     summary.wrote_tables = true;
     let processed_spectra = job.progress.spectra.load(Ordering::Relaxed);
-    write_run_json(opts, &summary, &models.hash, &format!("{device:?}"), shared, processed_spectra)?;
+    write_run_json(opts, &summary, &models.hash, &format!("{device:?}"), shared, &precision, processed_spectra)?;
     Ok(summary)
 }
 
@@ -329,6 +337,82 @@ fn check_models(opts: &RunOptions) -> Result<CheckedModels, Error> {
         None => types.manifest.weights_sha256.clone(),
     };
     Ok(CheckedModels { types, subtypes, plan, hash })
+}
+
+/// What `[run] precision` came to, and why.
+#[derive(Debug, Clone, Serialize)]
+struct PrecisionDecision {
+    /// The configured setting.
+    setting: PrecisionChoice,
+    /// What the networks run in.
+    used: Precision,
+    /// Why.
+    reason: String,
+    /// The probe check of each bundle (`auto` on a CPU with bfloat16 units).
+    agreement: Vec<(String, Agreement)>,
+}
+
+impl PrecisionDecision {
+    fn used_name(&self) -> &'static str {
+        match self.used {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// The share of identical classes on a bundle's probe spectra with which `auto` runs bf16.
+pub const BF16_AGREEMENT: f64 = 0.995;
+/// … or the largest f32 probability gap between the two most probable classes of a spectrum whose
+/// class bf16 changes, below which `auto` also runs bf16: only near-ties changed.
+pub const BF16_NEAR_TIE: f32 = 0.05;
+
+/// Resolves `[run] precision`: `auto` is bf16 only on the CPU, with bfloat16 units, when for every
+/// bundle bf16 gives its probe spectra (preprocessed training spectra kept in the bundle) the same
+/// class as f32 for at least [`BF16_AGREEMENT`] of them, or changes only classes f32 decided by
+/// less than [`BF16_NEAR_TIE`] of probability.
+fn decide_precision(setting: PrecisionChoice, device: tch::Device, models: &CheckedModels) -> Result<PrecisionDecision, Error> {
+    let decided = |used, reason: &str| PrecisionDecision { setting, used, reason: reason.to_string(), agreement: Vec::new() };
+    match setting {
+        PrecisionChoice::F32 => return Ok(decided(Precision::F32, "configured")),
+        PrecisionChoice::Bf16 => return Ok(decided(Precision::Bf16, "configured")),
+        PrecisionChoice::Auto if device.is_cuda() => return Ok(decided(Precision::F32, "auto: f32 on CUDA")),
+        PrecisionChoice::Auto if !crate::operators::model::cpu_has_bf16() => {
+            return Ok(decided(Precision::F32, "auto: this CPU has no bfloat16 units (AVX-512 BF16 or AMX)"))
+        }
+        PrecisionChoice::Auto => {}
+    }
+    let mut decision = decided(Precision::Bf16, "");
+    for bundle in std::iter::once(&models.types).chain(models.subtypes.as_ref()) {
+        let name = bundle.dir.display().to_string();
+        let Some((values, rows)) = bundle.probe().map_err(|e| Error::invalid(e.to_string()))? else {
+            return Ok(decided(
+                Precision::F32,
+                &format!("auto: the bundle {name} holds no probe spectra (trained by an earlier version); `precision = \"bf16\"` uses bf16 without the check"),
+            ));
+        };
+        let a = bundle.classifier.agreement(&values, rows, Precision::Bf16).context_with(|| format!("cannot check bf16 on {name}"))?;
+        decision.agreement.push((name.clone(), a));
+        if a.same_class < BF16_AGREEMENT && a.changed_margin >= BF16_NEAR_TIE {
+            decision.used = Precision::F32;
+            decision.reason = format!(
+                "auto: in bf16 the bundle {name} gives {:.2} % of its probe spectra the same class as in f32 (below {:.1} %), \
+                 and changes a class f32 decided by {:.3} of probability (not a near-tie, < {BF16_NEAR_TIE})",
+                100.0 * a.same_class,
+                100.0 * BF16_AGREEMENT,
+                a.changed_margin
+            );
+            return Ok(decision);
+        }
+    }
+    let worst = decision.agreement.iter().map(|(_, a)| a.same_class).fold(1.0, f64::min);
+    let margin = decision.agreement.iter().map(|(_, a)| a.changed_margin).fold(0.0, f32::max);
+    decision.reason = format!(
+        "auto: bfloat16 units; {:.2} % of the probe spectra keep their class in bf16, the others were near-ties in f32 \
+         (probability gap ≤ {margin:.3})",
+        100.0 * worst
+    );
+    Ok(decision)
 }
 
 /// Truth labels: `--labels`, else `labels.csv` in the archive or the folder above it (where
@@ -587,6 +671,7 @@ fn write_run_json(
     model_hash: &str,
     device: &str,
     shared: bool,
+    precision: &PrecisionDecision,
     processed_spectra: u64,
 ) -> Result<(), Error> {
     let run_json = serde_json::json!({
@@ -601,6 +686,7 @@ fn write_run_json(
         "layout": { "workers_per_process": opts.config.run.workers, "processes": s.processes },
         "device": device,
         "inference": if shared { "shared" } else { "local" },
+        "precision": precision,
         "counts": {
             "images": s.images, "slides": s.slides, "processed": s.processed, "reused": s.reused,
             "rejected": s.rejects.len(), "cores": s.cores, "spectra": s.spectra,

@@ -251,8 +251,12 @@ pub fn train(cfg: &Config, input: &Input, out: &Path, progress: &dyn Fn(&EpochPr
             versions: Versions::current(),
             weights_sha256: String::new(),
             source: source.clone(),
+            probe_sha256: None,
         };
-        manifest.save(out, &clf)?;
+        // The probe for `[run] precision = "auto"`: spectra spread evenly over the training set.
+        let step = rows.len().div_ceil(bundle::PROBE_ROWS).max(1);
+        let probe: Vec<f32> = rows.iter().step_by(step).flat_map(|&r| ds.x[r * ds.points..(r + 1) * ds.points].iter().copied()).collect();
+        manifest.save_with_probe(out, &clf, &probe)?;
     }
     let patient_folds = patients.iter().filter_map(|(p, &g)| patient_fold.get(g).map(|f| (p.clone(), f + 1))).collect();
     let report = TrainReport { cv, gradcam, fold_sizes, patient_folds, final_spectra, seconds: start.elapsed().as_secs_f64() };

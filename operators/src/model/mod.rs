@@ -27,7 +27,7 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-pub use arch::{ArchConfig, CareNet, InferenceNet, LayerRow, PAPER_PARAMETERS};
+pub use arch::{cpu_has_bf16, ArchConfig, CareNet, InferenceNet, LayerRow, Precision, PAPER_PARAMETERS};
 
 use crate::error::OpError;
 use crate::grad_cam;
@@ -158,6 +158,21 @@ impl Predictions {
     }
 }
 
+/// Predictions of the same spectra in two precisions compared ([`Classifier::agreement`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Agreement {
+    /// Spectra compared.
+    pub rows: usize,
+    /// Share with the same predicted class.
+    pub same_class: f64,
+    /// Largest absolute difference of a class probability.
+    pub max_prob_diff: f32,
+    /// Among the spectra whose class changed, the largest gap between the two most probable
+    /// classes in the reference precision (0 when none changed): how clear a decision the other
+    /// precision overturned.
+    pub changed_margin: f32,
+}
+
 /// Grad-CAM maps of a batch, on the input grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CamMaps {
@@ -218,7 +233,44 @@ impl Classifier {
     /// training); after changing the weights call it again. Without it each batch folds afresh
     /// (always current, a little slower).
     pub fn freeze(&mut self) {
-        self.frozen = Some(self.net.fuse());
+        self.freeze_as(Precision::F32);
+    }
+
+    /// [`Classifier::freeze`] with the convolutions in `precision` ([`CareNet::fuse_as`]).
+    pub fn freeze_as(&mut self, precision: Precision) {
+        self.frozen = Some(self.net.fuse_as(precision));
+    }
+
+    /// The precision predictions run in (`f32` until frozen otherwise).
+    pub fn precision(&self) -> Precision {
+        self.frozen.as_ref().map_or(Precision::F32, InferenceNet::precision)
+    }
+
+    /// How predictions of `rows` spectra in `precision` compare with this classifier's current
+    /// ones (the `[run] precision = "auto"` check): the share of identical classes and the
+    /// largest probability difference. The classifier itself is left as it was.
+    pub fn agreement(&self, values: &[f32], rows: usize, precision: Precision) -> Result<Agreement, OpError> {
+        let base = self.predict_values(values, rows)?;
+        let alt_net = self.net.fuse_as(precision);
+        let x = self.input(values, rows)?;
+        let alt = tch::no_grad(|| {
+            let logits = self.net.head_t(&CareNet::pool(&alt_net.features(&x)), false);
+            let (probs, predicted, scores) = self.heads(&logits);
+            self.predictions(&probs, &predicted, &scores)
+        })?;
+        let same = base.predicted.iter().zip(&alt.predicted).filter(|(a, b)| a == b).count();
+        let max_prob_diff = base.probs.iter().zip(&alt.probs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        // How sure f32 was of each decision the other precision changed: the gap between its two
+        // most probable classes.
+        let changed_margin = (0..rows)
+            .filter(|&i| base.predicted[i] != alt.predicted[i])
+            .map(|i| {
+                let mut p = base.probs(i).to_vec();
+                p.sort_by(|a, b| b.total_cmp(a));
+                p[0] - p.get(1).copied().unwrap_or(0.0)
+            })
+            .fold(0.0f32, f32::max);
+        Ok(Agreement { rows, same_class: same as f64 / rows.max(1) as f64, max_prob_diff, changed_margin })
     }
 
     fn features(&self, x: &Tensor) -> Tensor {

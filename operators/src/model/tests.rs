@@ -203,3 +203,51 @@ fn a_classifier_can_move_to_a_worker_thread() {
     send::<Classifier>();
     send::<crate::grad_cam::CamAggregator>();
 }
+
+#[test]
+fn bf16_convolutions_follow_f32_within_bfloat16_rounding() {
+    // CaReNet-V1 with random weights and batch-norm statistics, on smooth random spectra.
+    let mut clf = Classifier::init(&ArchConfig::carenet_v1(2), vec!["AT".into(), "CA".into()], grid(467), Device::Cpu, 11).unwrap();
+    tch::no_grad(|| {
+        for (name, mut v) in clf.var_store().variables() {
+            if name.ends_with("running_var") {
+                v.copy_(&(v.rand_like() + 0.5));
+            } else if name.ends_with("running_mean") {
+                v.copy_(&(v.randn_like() * 0.1));
+            }
+        }
+    });
+    clf.freeze();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let rows = 64;
+    let values: Vec<f32> = (0..rows)
+        .flat_map(|_| {
+            let (a, f, p) = (rng.random_range(0.5..1.5f32), rng.random_range(1.0..6.0f32), rng.random_range(0.0..6.0f32));
+            (0..467).map(move |i| 0.05 * a * (1.0 + (f * i as f32 / 467.0 * std::f32::consts::TAU + p).sin()))
+        })
+        .collect();
+    let x = Tensor::from_slice(&values).view([rows as i64, 467]);
+    let f32_features = clf.net().fuse_as(Precision::F32).features(&x);
+    // The oneDNN path in f32 against batch norm applied the plain way (no folding, no oneDNN
+    // layout): the same up to f32 rounding.
+    let plain = clf.net().inference_features(&x);
+    let f32_err = (&f32_features - &plain).abs().max().double_value(&[]) / plain.abs().max().double_value(&[]);
+    assert!(f32_err < 1e-5, "oneDNN f32 features differ from the plain ones by {f32_err:e} of the largest");
+    let bf16_net = clf.net().fuse_as(Precision::Bf16);
+    assert_eq!(bf16_net.precision(), Precision::Bf16);
+    let bf16_features = bf16_net.features(&x);
+    assert_eq!(bf16_features.kind(), Kind::Float, "features come back as f32");
+    let scale = f32_features.abs().max().double_value(&[]);
+    let err = (&bf16_features - &f32_features).abs().max().double_value(&[]) / scale;
+    // bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 ≈ 0.2 % per value); seven
+    // convolutions deep, the activations stay within a few percent of their largest value.
+    assert!(err < 0.05, "largest bf16 − f32 difference {err:.4} of the largest activation");
+    assert!(err > 0.0, "bf16 actually computed in bf16");
+    // The agreement check: f32 against itself agrees exactly; bf16 reports what it measures.
+    let same = clf.agreement(&values, rows, Precision::F32).unwrap();
+    assert_eq!((same.same_class, same.max_prob_diff), (1.0, 0.0));
+    let bf16 = clf.agreement(&values, rows, Precision::Bf16).unwrap();
+    assert!(bf16.max_prob_diff > 0.0 && bf16.max_prob_diff < 0.1, "{bf16:?}");
+    clf.freeze_as(Precision::Bf16);
+    assert_eq!(clf.precision(), Precision::Bf16);
+}
