@@ -30,21 +30,6 @@ const OP: &str = "grad_cam";
 /// Map values are summed as integers in units of 2⁻⁴⁰.
 const SCALE: f64 = (1u64 << 40) as f64;
 
-/// The usual biochemical assignments of mid-infrared tissue bands (cm⁻¹, name), as docs/model.md
-/// lists them.
-pub const ASSIGNMENTS: [(f64, &str); 7] = [
-    (1740.0, "lipid ester C=O"),
-    (1650.0, "amide I"),
-    (1545.0, "amide II"),
-    (1450.0, "CH₂/CH₃ bending"),
-    (1240.0, "phosphate (asymmetric PO₂⁻)"),
-    (1080.0, "phosphate (symmetric PO₂⁻)"),
-    (1030.0, "carbohydrate C–O"),
-];
-
-/// How far outside a top band an assignment's centre may lie and still name it, cm⁻¹.
-pub const ASSIGNMENT_TOLERANCE: f64 = 15.0;
-
 /// Turns the raw class-activation map `Σ_k α_k A_k` of one spectrum (on the feature length) into
 /// its Grad-CAM map on the `out.len()` input points: ReLU, linear interpolation (cell centres
 /// aligned, as `torch.nn.functional.interpolate(mode="linear", align_corners=False)`), division by
@@ -281,8 +266,13 @@ pub struct TopBand {
     pub peak: f64,
     /// Mean of the map over the range.
     pub mean_map: f64,
-    /// Usual assignment(s) of the range (nearest to the peak first), or `unassigned`.
+    /// What absorbs in the range, from the literature table ([`crate::assignments`]): every
+    /// overlapping assignment, nearest to the peak first, `; `-joined, or `unassigned`.
     pub assignment: String,
+    /// The reviews the assignments come from, `; `-joined (empty when unassigned; absent from
+    /// bundles written before the literature table).
+    #[serde(default)]
+    pub sources: String,
 }
 
 impl TopBand {
@@ -304,22 +294,6 @@ pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;
     Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
-}
-
-/// The assignments of [`ASSIGNMENTS`] whose centre lies within the range `[lo, hi]` widened by
-/// [`ASSIGNMENT_TOLERANCE`], nearest to `peak` first, joined by `"; "` (`unassigned` if none).
-pub fn assignment(lo: f64, hi: f64, peak: f64) -> String {
-    let mut hits: Vec<(f64, &str)> = ASSIGNMENTS
-        .iter()
-        .filter(|(c, _)| *c >= lo - ASSIGNMENT_TOLERANCE && *c <= hi + ASSIGNMENT_TOLERANCE)
-        .map(|&(c, name)| ((c - peak).abs(), name))
-        .collect();
-    hits.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if hits.is_empty() {
-        "unassigned".to_string()
-    } else {
-        hits.iter().map(|h| h.1).collect::<Vec<_>>().join("; ")
-    }
 }
 
 /// The top bands of a mean map over `wavenumbers`: the contiguous runs of points strictly above
@@ -349,7 +323,8 @@ pub fn top_bands(wavenumbers: &[f64], mean: &[f64], q: f64) -> Result<Vec<TopBan
         let peak_i = run.clone().max_by(|&x, &y| mean[x].total_cmp(&mean[y])).unwrap_or(start);
         let peak = wavenumbers[peak_i];
         let mean_map = mean[run.clone()].iter().sum::<f64>() / run.len() as f64;
-        bands.push(TopBand { lo, hi, peak, mean_map, assignment: assignment(lo, hi, peak) });
+        let (assignment, sources) = crate::assignments::describe(lo, hi, peak);
+        bands.push(TopBand { lo, hi, peak, mean_map, assignment, sources });
     }
     bands.sort_by(|a, b| b.mean_map.total_cmp(&a.mean_map));
     Ok(bands)
@@ -479,12 +454,12 @@ mod tests {
         let mean: Vec<f64> = bump(1740.0, 12.0).zip(bump(1240.0, 15.0)).map(|(a, b)| a + 0.8 * b).collect();
         let bands = top_bands(&axis, &mean, 0.9).unwrap();
         assert_eq!(bands.len(), 2, "{bands:#?}");
-        assert!(bands[0].contains(1740.0, 0.0) && bands[0].assignment.starts_with("lipid ester"), "{bands:#?}");
-        assert!(bands[1].contains(1240.0, 0.0) && bands[1].assignment.starts_with("phosphate (asym"), "{bands:#?}");
+        assert!(bands[0].contains(1740.0, 0.0) && bands[0].assignment.starts_with("C=O stretching of lipid esters"), "{bands:#?}");
+        assert!(bands[1].contains(1240.0, 0.0) && bands[1].assignment.contains("PO₂⁻ asymmetric"), "{bands:#?}");
+        assert!(bands[0].sources.contains("Movasaghi 2008"), "{bands:#?}");
         let points_in: usize = axis.iter().filter(|&&w| bands.iter().any(|b| b.contains(w, 0.0))).count();
         assert!((40..=48).contains(&points_in), "about 10 % of the points: {points_in}");
         assert!(top_bands(&axis, &vec![0.3; 467], 0.9).unwrap().is_empty());
-        assert_eq!(assignment(1300.0, 1320.0, 1310.0), "unassigned");
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.5), Some(2.5));
     }
 

@@ -3,6 +3,7 @@
 //! wraps these kernels in dataflow operators (ARCHITECTURE.md).
 #![warn(missing_docs)]
 
+pub mod assignments;
 pub mod axis;
 pub mod dearray;
 pub mod emsc;

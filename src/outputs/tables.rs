@@ -226,8 +226,8 @@ pub fn write_tables(
         write_cams(&mut gradcam, &per_core.cams)?;
     }
     staged.push(gradcam.finish_staged()?);
-    let (mut b_scope, mut b_class, mut b_lo, mut b_hi, mut b_peak, mut b_mean, mut b_assign) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut b_scope, mut b_class, mut b_lo, mut b_hi, mut b_peak, mut b_mean, mut b_assign, mut b_source) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((sc, cl), (n, sum, sq)) in totals.cams.iter().filter(|((sc, _), _)| sc != SPECTRUM_SCOPE) {
         let st = CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?;
         for b in top_bands(grid, &st.mean(), 0.9)? {
@@ -238,6 +238,7 @@ pub fn write_tables(
             b_peak.push(b.peak);
             b_mean.push(b.mean_map);
             b_assign.push(b.assignment);
+            b_source.push(b.sources);
         }
     }
     let schema = Schema::new(vec![
@@ -248,6 +249,7 @@ pub fn write_tables(
         Field::new("peak", DataType::Float64, false),
         Field::new("mean_map", DataType::Float64, false),
         Field::new("assignment", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
     ]);
     let batch = RecordBatch::try_new(
         Arc::new(schema),
@@ -259,6 +261,7 @@ pub fn write_tables(
             Arc::new(Float64Array::from(b_peak)),
             Arc::new(Float64Array::from(b_mean)),
             Arc::new(StringArray::from(b_assign)),
+            Arc::new(StringArray::from(b_source)),
         ],
     )?;
     staged.push(write(&out.join("bands.parquet"), batch, kv)?);

@@ -162,6 +162,8 @@ pub struct BandRecord {
     pub mean_map: f64,
     /// Biochemical assignment.
     pub assignment: String,
+    /// The reviews the assignment comes from (empty in runs written before the literature table).
+    pub source: String,
 }
 
 /// Reads `bands.parquet`.
@@ -173,6 +175,8 @@ pub fn bands(path: &Path) -> Result<Vec<BandRecord>, ReportError> {
         let f = |n: &str| floats(&b, n, path).and_then(|v| need(v, n, path));
         let (lo, hi, peak, mm) = (f("lo")?, f("hi")?, f("peak")?, f("mean_map")?);
         let assign = need(strings(&b, "assignment", path)?, "assignment", path)?;
+        // Runs written before the literature table have no `source` column.
+        let source = strings(&b, "source", path)?.unwrap_or_else(|| vec![None; b.num_rows()]);
         for i in 0..b.num_rows() {
             out.push(BandRecord {
                 scope: scope[i].clone().unwrap_or_default(),
@@ -182,6 +186,7 @@ pub fn bands(path: &Path) -> Result<Vec<BandRecord>, ReportError> {
                 peak: peak[i],
                 mean_map: mm[i],
                 assignment: assign[i].clone().unwrap_or_default(),
+                source: source[i].clone().unwrap_or_default(),
             });
         }
     }

@@ -246,9 +246,17 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
         if !class_bands.is_empty() {
             let rows: Vec<Vec<String>> = class_bands
                 .iter()
-                .map(|b| vec![format!("{:.0}–{:.0}", b.lo, b.hi), format!("{:.0}", b.peak), sig3(b.mean_map), b.assignment.clone()])
+                .map(|b| {
+                    vec![
+                        format!("{:.0}–{:.0}", b.lo, b.hi),
+                        format!("{:.0}", b.peak),
+                        sig3(b.mean_map),
+                        b.assignment.clone(),
+                        b.source.clone(),
+                    ]
+                })
                 .collect();
-            page.table(&["band (cm⁻¹)", "peak", "mean map", "assignment"], &rows);
+            page.table(&["band (cm⁻¹)", "peak", "mean map", "assignment", "source"], &rows);
         }
     }
     if !any_cam {

@@ -143,6 +143,7 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
                 peak: b.peak,
                 mean_map: b.mean_map,
                 assignment: b.assignment.clone(),
+                source: b.sources.clone(),
             })
             .collect();
         let fig = GradCamPlot {
@@ -158,9 +159,11 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
         figures.push(stem);
         let rows: Vec<Vec<String>> = bands
             .iter()
-            .map(|b| vec![format!("{:.0}–{:.0}", b.lo, b.hi), format!("{:.0}", b.peak), sig3(b.mean_map), b.assignment.clone()])
+            .map(|b| {
+                vec![format!("{:.0}–{:.0}", b.lo, b.hi), format!("{:.0}", b.peak), sig3(b.mean_map), b.assignment.clone(), b.source.clone()]
+            })
             .collect();
-        page.table(&["band (cm⁻¹)", "peak", "mean map", "assignment"], &rows);
+        page.table(&["band (cm⁻¹)", "peak", "mean map", "assignment", "source"], &rows);
         any = true;
     }
     if !any {
