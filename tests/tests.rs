@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod dearray;
 mod envi;
+mod explain;
 mod install;
 mod interop;
 mod layers;

@@ -24,7 +24,7 @@ use crate::operators::outliers::OUTLIER;
 use crate::operators::schema::{sample_column, SPECTRUM};
 use crate::operators::segment::TISSUE;
 use crate::operators::{OpError, SpectraLayout};
-use crate::outputs::records::{ImageCams, ImageSummary, SPECTRUM_SCOPE};
+use crate::outputs::records::{ImageCams, ImageSummary, SPECTRUM_SCOPE, SPECTRUM_TRUE_SCOPE};
 
 /// The stage name of classification (in rejects and errors).
 pub const OP: &str = "classify";
@@ -179,8 +179,11 @@ impl ClassifyKernel {
         };
         // The mean preprocessed spectrum per predicted class (scope `spectrum`), as exact sums in
         // the maps' fixed point: what the report draws each class's Grad-CAM profile over.
-        let mut spectra: HashMap<String, (u64, Vec<i128>, Vec<i128>)> = HashMap::new();
-        let mut add_spectra = |keys: &[&str]| {
+        // With truth labels, also per true class (scope `spectrum_true`): which way a band of a
+        // true class points is read from these.
+        type SpectrumSums = HashMap<String, (u64, Vec<i128>, Vec<i128>)>;
+        let (mut spectra, mut spectra_true): (SpectrumSums, SpectrumSums) = (HashMap::new(), HashMap::new());
+        let add_spectra = |spectra: &mut SpectrumSums, keys: &[&str]| {
             for (i, key) in keys.iter().enumerate() {
                 let e = spectra.entry(key.to_string()).or_insert_with(|| (0, vec![0; points], vec![0; points]));
                 e.0 += 1;
@@ -205,7 +208,10 @@ impl ClassifyKernel {
             }
             if rows > 0 {
                 let pred: Vec<&str> = s.predicted.iter().map(|&p| classes[p as usize].as_str()).collect();
-                add_spectra(&pred);
+                add_spectra(&mut spectra, &pred);
+                if let Some(k) = truth {
+                    add_spectra(&mut spectra_true, &vec![k.as_str(); rows]);
+                }
                 if m.gradcam {
                     add_maps("predicted", &pred, &s.maps)?;
                     add_maps("core", &pred, &s.maps)?;
@@ -229,6 +235,9 @@ impl ClassifyKernel {
         };
         for (class, (n, sum, sq)) in spectra {
             cams.stats.insert((SPECTRUM_SCOPE, class), CamStats::from_sums(n, sum, sq)?);
+        }
+        for (class, (n, sum, sq)) in spectra_true {
+            cams.stats.insert((SPECTRUM_TRUE_SCOPE, class), CamStats::from_sums(n, sum, sq)?);
         }
         summary.cams = cams;
 

@@ -95,14 +95,23 @@ impl Record {
     }
 }
 
-/// The scope of the per-class mean spectra in the Grad-CAM sums (`gradcam.parquet`).
+/// The scope of the per-class mean spectra in the Grad-CAM sums (`gradcam.parquet`): the
+/// classified spectra by predicted class.
 pub const SPECTRUM_SCOPE: &str = "spectrum";
+/// The same by true class (runs with truth labels).
+pub const SPECTRUM_TRUE_SCOPE: &str = "spectrum_true";
+
+/// Whether a Grad-CAM-sums scope holds spectra rather than maps.
+pub fn is_spectrum_scope(scope: &str) -> bool {
+    scope == SPECTRUM_SCOPE || scope == SPECTRUM_TRUE_SCOPE
+}
 
 /// Exact Grad-CAM sums of one image, by (scope, class).
 #[derive(Debug, Clone, Default)]
 pub struct ImageCams {
-    /// (scope, class) → sums; scope is `predicted`, `true` or `core`, or `spectrum` (the sums of
-    /// the classified spectra themselves per predicted class, not of maps).
+    /// (scope, class) → sums; scope is `predicted`, `true` or `core`, or `spectrum` /
+    /// `spectrum_true` (the sums of the classified spectra themselves per predicted / true class,
+    /// not of maps).
     pub stats: HashMap<(&'static str, String), CamStats>,
 }
 

@@ -1,13 +1,13 @@
 //! The run's tables — `cores.parquet`, `gradcam.parquet`, `bands.parquet` and `rejects.parquet`
 //! (docs/outputs.md) — written from the totals of the summary records.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 
-use super::records::{CoreRow, Diff, GridPlace, Record, SPECTRUM_SCOPE};
+use super::records::{is_spectrum_scope, CoreRow, Diff, GridPlace, Record, SPECTRUM_SCOPE};
 use crate::error::Error;
 use crate::io::parquet::{AtomicParquetWriter, Staged};
 use crate::operators::grad_cam::{top_bands, CamStats};
@@ -70,6 +70,39 @@ fn write(path: &Path, batch: RecordBatch, kv: &[(String, String)]) -> Result<Sta
 
 fn strings<'a>(v: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
     Arc::new(v.collect::<StringArray>())
+}
+
+/// Which way a top band of `class` in `scope` (`predicted` or `true`) points: the mean over the
+/// band `[lo, hi]` of the class's mean spectrum minus that of the other classes of its model
+/// (their mean spectra weighted by their spectra), by predicted or true class as the scope is,
+/// and that difference relative to the others' level (`None` when that is not positive). `None`
+/// when the class or every other class has no spectra.
+#[allow(clippy::too_many_arguments)]
+fn band_direction(
+    spectra: &HashMap<(&str, &str), (u64, Vec<f64>)>,
+    scope: &str,
+    class: &str,
+    model_classes: &[String],
+    grid: &[f64],
+    lo: f64,
+    hi: f64,
+) -> Option<(f64, Option<f64>)> {
+    let points: Vec<usize> = (0..grid.len()).filter(|&i| grid[i] >= lo && grid[i] <= hi).collect();
+    let over_band = |m: &[f64]| points.iter().map(|&i| m[i]).sum::<f64>() / points.len() as f64;
+    let (_, own) = spectra.get(&(scope, class))?;
+    let (mut n, mut level) = (0u64, 0.0);
+    for other in model_classes.iter().filter(|c| c.as_str() != class) {
+        if let Some((k, m)) = spectra.get(&(scope, other.as_str())) {
+            n += k;
+            level += *k as f64 * over_band(m);
+        }
+    }
+    if n == 0 || points.is_empty() {
+        return None;
+    }
+    let others = level / n as f64;
+    let diff = over_band(own) - others;
+    Some((diff, (others > 0.0).then(|| diff / others)))
 }
 
 /// Writes `cores.parquet`, `gradcam.parquet`, `bands.parquet` and `rejects.parquet` into `out`.
@@ -228,9 +261,23 @@ pub fn write_tables(
     staged.push(gradcam.finish_staged()?);
     let (mut b_scope, mut b_class, mut b_lo, mut b_hi, mut b_peak, mut b_mean, mut b_assign, mut b_source) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ((sc, cl), (n, sum, sq)) in totals.cams.iter().filter(|((sc, _), _)| sc != SPECTRUM_SCOPE) {
+    let (mut b_diff, mut b_relative, mut b_direction) = (Vec::new(), Vec::new(), Vec::new());
+    // The mean preprocessed spectrum of the spectra predicted as (scope `predicted`), or truly of
+    // (scope `true`), each class, and how many.
+    let mut spectra: HashMap<(&str, &str), (u64, Vec<f64>)> = HashMap::new();
+    for ((sc, cl), (n, sum, sq)) in totals.cams.iter().filter(|((sc, _), _)| is_spectrum_scope(sc)) {
+        let scope = if sc == SPECTRUM_SCOPE { "predicted" } else { "true" };
+        spectra.insert((scope, cl.as_str()), (*n as u64, CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?.mean()));
+    }
+    for ((sc, cl), (n, sum, sq)) in totals.cams.iter().filter(|((sc, _), _)| !is_spectrum_scope(sc)) {
         let st = CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?;
+        // The classes this one is told apart from: the other classes of its model.
+        let model_classes: &[String] = if types.contains(cl) { types } else { subtypes.unwrap_or(&[]) };
         for b in top_bands(grid, &st.mean(), 0.9)? {
+            let d = band_direction(&spectra, sc, cl, model_classes, grid, b.lo, b.hi);
+            b_diff.push(d.map(|d| d.0));
+            b_relative.push(d.and_then(|d| d.1));
+            b_direction.push(d.map(|d| if d.0 >= 0.0 { "higher" } else { "lower" }));
             b_scope.push(sc.clone());
             b_class.push(cl.clone());
             b_lo.push(b.lo);
@@ -250,6 +297,9 @@ pub fn write_tables(
         Field::new("mean_map", DataType::Float64, false),
         Field::new("assignment", DataType::Utf8, false),
         Field::new("source", DataType::Utf8, false),
+        Field::new("diff", DataType::Float64, true),
+        Field::new("relative", DataType::Float64, true),
+        Field::new("direction", DataType::Utf8, true),
     ]);
     let batch = RecordBatch::try_new(
         Arc::new(schema),
@@ -262,6 +312,9 @@ pub fn write_tables(
             Arc::new(Float64Array::from(b_mean)),
             Arc::new(StringArray::from(b_assign)),
             Arc::new(StringArray::from(b_source)),
+            Arc::new(Float64Array::from(b_diff)),
+            Arc::new(Float64Array::from(b_relative)),
+            Arc::new(StringArray::from(b_direction)),
         ],
     )?;
     staged.push(write(&out.join("bands.parquet"), batch, kv)?);

@@ -164,6 +164,11 @@ pub struct BandRecord {
     pub assignment: String,
     /// The reviews the assignment comes from (empty in runs written before the literature table).
     pub source: String,
+    /// `higher` or `lower`: the class's mean spectrum over the band against the other classes'
+    /// (empty when unknown, and in runs written before this column).
+    pub direction: String,
+    /// That difference relative to the other classes' level (NaN when unknown).
+    pub relative: f64,
 }
 
 /// Reads `bands.parquet`.
@@ -177,6 +182,8 @@ pub fn bands(path: &Path) -> Result<Vec<BandRecord>, ReportError> {
         let assign = need(strings(&b, "assignment", path)?, "assignment", path)?;
         // Runs written before the literature table have no `source` column.
         let source = strings(&b, "source", path)?.unwrap_or_else(|| vec![None; b.num_rows()]);
+        let direction = strings(&b, "direction", path)?.unwrap_or_else(|| vec![None; b.num_rows()]);
+        let relative = floats(&b, "relative", path)?.unwrap_or_else(|| vec![f64::NAN; b.num_rows()]);
         for i in 0..b.num_rows() {
             out.push(BandRecord {
                 scope: scope[i].clone().unwrap_or_default(),
@@ -187,6 +194,8 @@ pub fn bands(path: &Path) -> Result<Vec<BandRecord>, ReportError> {
                 mean_map: mm[i],
                 assignment: assign[i].clone().unwrap_or_default(),
                 source: source[i].clone().unwrap_or_default(),
+                direction: direction[i].clone().unwrap_or_default(),
+                relative: relative[i],
             });
         }
     }

@@ -251,12 +251,13 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
                         format!("{:.0}–{:.0}", b.lo, b.hi),
                         format!("{:.0}", b.peak),
                         sig3(b.mean_map),
+                        super::figures::gradcam_plot::direction_text(b, class),
                         b.assignment.clone(),
                         b.source.clone(),
                     ]
                 })
                 .collect();
-            page.table(&["band (cm⁻¹)", "peak", "mean map", "assignment", "source"], &rows);
+            page.table(&["band (cm⁻¹)", "peak", "mean map", "spectrum vs the other classes", "assignment", "source"], &rows);
         }
     }
     if !any_cam {

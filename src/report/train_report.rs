@@ -144,6 +144,8 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
                 mean_map: b.mean_map,
                 assignment: b.assignment.clone(),
                 source: b.sources.clone(),
+                direction: String::new(),
+                relative: f64::NAN,
             })
             .collect();
         let fig = GradCamPlot {

@@ -34,14 +34,37 @@ pub struct GradCamPlot<'a> {
     pub bands: Vec<&'a BandRecord>,
 }
 
-/// Short label of a band: its peak and the assignment's first words.
+/// Shade of a top band where the class's mean spectrum is higher than the other classes' (or
+/// where that is unknown).
+const HIGHER_SHADE: RGBColor = RGBColor(255, 221, 120);
+/// Shade of a top band where it is lower.
+const LOWER_SHADE: RGBColor = RGBColor(150, 190, 255);
+
+/// Short label of a band: its peak, the assignment's first words and, when known, which way
+/// the class's spectrum differs there (`▲` higher, `▼` lower, with the relative difference).
 fn band_label(b: &BandRecord) -> String {
     let a = b.assignment.split([';', ',', '(']).next().unwrap_or("").trim();
+    let arrow = match b.direction.as_str() {
+        "higher" => " ▲",
+        "lower" => " ▼",
+        _ => "",
+    };
+    let rel = if arrow.is_empty() || !b.relative.is_finite() { String::new() } else { format!(" {:+.0} %", 100.0 * b.relative) };
     if a.is_empty() || a == "unassigned" {
-        format!("{:.0}", b.peak)
+        format!("{:.0}{arrow}{rel}", b.peak)
     } else {
-        format!("{:.0} {a}", b.peak)
+        format!("{:.0} {a}{arrow}{rel}", b.peak)
     }
+}
+
+/// `higher in CA, +18 %` (or `lower …`): how the class's mean spectrum over a band compares with
+/// the other classes'; `–` when unknown.
+pub fn direction_text(b: &BandRecord, class: &str) -> String {
+    if b.direction.is_empty() {
+        return "–".to_string();
+    }
+    let rel = if b.relative.is_finite() { format!(", {:+.0} %", 100.0 * b.relative) } else { String::new() };
+    format!("{} in {class}{rel}", b.direction)
 }
 
 impl Figure for GradCamPlot<'_> {
@@ -101,8 +124,9 @@ impl Figure for GradCamPlot<'_> {
             .draw()
             .map_err(de)?;
         // Top bands: shaded behind everything, labelled (rotated) inside the band at the top.
-        let shade = RGBColor(255, 221, 120).mix(0.45);
+        // Warm where the class's spectrum is higher than the other classes', blue where lower.
         for b in &self.bands {
+            let shade = if b.direction == "lower" { LOWER_SHADE } else { HIGHER_SHADE }.mix(0.45);
             let (a, z) = (-(b.hi.max(b.lo)) - 2.0, -(b.lo.min(b.hi)) + 2.0);
             chart.draw_secondary_series(std::iter::once(Rectangle::new([(a, 0.0), (z, CAM_TOP)], shade.filled()))).map_err(de)?;
         }
@@ -137,7 +161,12 @@ impl Figure for GradCamPlot<'_> {
         if let Some(s) = self.spectrum {
             entries.insert(0, (BLACK, 2, format!("mean spectrum ± 1 SD ({} spectra)", s.count)));
         }
-        entries.push((RGBColor(240, 200, 90), 10, "top bands (mean map > its 90th percentile)".into()));
+        if self.bands.iter().any(|b| !b.direction.is_empty()) {
+            entries.push((HIGHER_SHADE, 10, "top band, spectrum higher (▲)".into()));
+            entries.push((LOWER_SHADE, 10, "top band, spectrum lower (▼)".into()));
+        } else {
+            entries.push((HIGHER_SHADE, 10, "top bands (mean map > its 90th percentile)".into()));
+        }
         let lt = text(13.0, BLACK, HPos::Left, VPos::Center);
         let widths: Vec<i32> = entries.iter().map(|e| lower.estimate_text_size(&e.2, &lt).map(|s| s.0 as i32).unwrap_or(200)).collect();
         let total: i32 = widths.iter().map(|w| w + 28 + 24).sum::<i32>() - 24;
