@@ -162,8 +162,8 @@ impl Figure for GradCamPlot<'_> {
             entries.insert(0, (BLACK, 2, format!("mean spectrum ± 1 SD ({} spectra)", s.count)));
         }
         if self.bands.iter().any(|b| !b.direction.is_empty()) {
-            entries.push((HIGHER_SHADE, 10, "top band, spectrum higher (▲)".into()));
-            entries.push((LOWER_SHADE, 10, "top band, spectrum lower (▼)".into()));
+            entries.push((HIGHER_SHADE, 10, "top band ▲ higher".into()));
+            entries.push((LOWER_SHADE, 10, "▼ lower".into()));
         } else {
             entries.push((HIGHER_SHADE, 10, "top bands (mean map > its 90th percentile)".into()));
         }
