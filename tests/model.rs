@@ -240,4 +240,33 @@ fn train_on_the_collagen_table() {
     assert_eq!(m["cv"]["classes"], serde_json::json!(["DNA", "collagen", "glycogen", "lipids"]));
     let acc = m["cv"]["pooled"]["spectrum"]["accuracy"].as_f64().unwrap();
     assert!(acc >= 0.9, "4-fold accuracy on few epochs {acc}\n{t}");
+    // Which way the top bands point (issue: explanations a pathologist can read): the lipids'
+    // ester C=O band reads `higher` for lipids, and DNA's phosphate bands (1080, 1240 cm⁻¹) read
+    // `higher` for DNA where one of its top bands covers them.
+    let bands = |class: &str| -> Vec<(f64, f64, String)> {
+        m["gradcam"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["class"] == class && c["by"] == "true")
+            .flat_map(|c| c["top_bands"].as_array().unwrap().iter())
+            .map(|b| {
+                let d = &b["direction"]["diff"];
+                let word = if d.is_null() {
+                    "unknown"
+                } else if d.as_f64().unwrap() >= 0.0 {
+                    "higher"
+                } else {
+                    "lower"
+                };
+                (b["lo"].as_f64().unwrap(), b["hi"].as_f64().unwrap(), word.to_string())
+            })
+            .collect()
+    };
+    let lipid_ester: Vec<_> = bands("lipids").into_iter().filter(|b| b.0 <= 1740.0 && b.1 >= 1740.0).collect();
+    assert!(!lipid_ester.is_empty(), "a top band of lipids covers 1740 cm⁻¹: {:?}", bands("lipids"));
+    assert!(lipid_ester.iter().all(|b| b.2 == "higher"), "{lipid_ester:?}");
+    for b in bands("DNA").into_iter().filter(|b| [1080.0, 1240.0].iter().any(|w| b.0 <= *w && b.1 >= *w)) {
+        assert_eq!(b.2, "higher", "DNA's phosphate band {:.0}–{:.0}", b.0, b.1);
+    }
 }

@@ -273,6 +273,46 @@ pub struct TopBand {
     /// bundles written before the literature table).
     #[serde(default)]
     pub sources: String,
+    /// Which way the band points for its class ([`direction`]), when the caller knows the class
+    /// mean spectra ([`top_bands`] leaves it `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+}
+
+/// How a class's mean spectrum over a band compares with the other classes' ([`direction`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Direction {
+    /// The class's mean over the band minus the others' (units of the preprocessed spectra).
+    pub diff: f64,
+    /// `diff` over the others' mean over the band (`None` when that is not positive).
+    pub relative: Option<f64>,
+}
+
+impl Direction {
+    /// `higher` or `lower` (in the class than in the others).
+    pub fn word(&self) -> &'static str {
+        if self.diff >= 0.0 {
+            "higher"
+        } else {
+            "lower"
+        }
+    }
+}
+
+/// Which way the band `[lo, hi]` points for a class: the mean over the band of the class's mean
+/// spectrum `own` minus that of the other classes' mean spectra `others` (each weighted by its
+/// number of spectra), all on `wavenumbers`. `None` when the band holds no point or the others
+/// hold no spectra.
+pub fn direction(own: &[f64], others: &[(u64, &[f64])], wavenumbers: &[f64], lo: f64, hi: f64) -> Option<Direction> {
+    let points: Vec<usize> = (0..wavenumbers.len()).filter(|&i| wavenumbers[i] >= lo && wavenumbers[i] <= hi).collect();
+    let over_band = |m: &[f64]| points.iter().map(|&i| m.get(i).copied().unwrap_or(f64::NAN)).sum::<f64>() / points.len() as f64;
+    let n: u64 = others.iter().map(|o| o.0).sum();
+    if n == 0 || points.is_empty() {
+        return None;
+    }
+    let level = others.iter().map(|(k, m)| *k as f64 * over_band(m)).sum::<f64>() / n as f64;
+    let diff = over_band(own) - level;
+    diff.is_finite().then(|| Direction { diff, relative: (level > 0.0).then(|| diff / level) })
 }
 
 impl TopBand {
@@ -324,7 +364,7 @@ pub fn top_bands(wavenumbers: &[f64], mean: &[f64], q: f64) -> Result<Vec<TopBan
         let peak = wavenumbers[peak_i];
         let mean_map = mean[run.clone()].iter().sum::<f64>() / run.len() as f64;
         let (assignment, sources) = crate::assignments::describe(lo, hi, peak);
-        bands.push(TopBand { lo, hi, peak, mean_map, assignment, sources });
+        bands.push(TopBand { lo, hi, peak, mean_map, assignment, sources, direction: None });
     }
     bands.sort_by(|a, b| b.mean_map.total_cmp(&a.mean_map));
     Ok(bands)
@@ -461,6 +501,21 @@ mod tests {
         assert!((40..=48).contains(&points_in), "about 10 % of the points: {points_in}");
         assert!(top_bands(&axis, &vec![0.3; 467], 0.9).unwrap().is_empty());
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.5), Some(2.5));
+    }
+
+    #[test]
+    fn a_band_points_the_way_the_class_mean_differs_from_the_others() {
+        let axis = [1000.0, 1010.0, 1020.0, 1030.0];
+        let own = [1.0, 2.0, 2.0, 1.0];
+        let a = [1.0, 1.0, 1.0, 1.0];
+        let b = [1.0, 4.0, 4.0, 1.0];
+        // Others over 1010–1020: (3·1 + 1·4) / 4 = 1.75; own 2 → +0.25, +14.3 %.
+        let d = direction(&own, &[(3, &a), (1, &b)], &axis, 1005.0, 1025.0).unwrap();
+        assert!((d.diff - 0.25).abs() < 1e-12 && (d.relative.unwrap() - 0.25 / 1.75).abs() < 1e-12, "{d:?}");
+        assert_eq!(d.word(), "higher");
+        assert_eq!(direction(&own, &[(1, &b)], &axis, 1005.0, 1025.0).unwrap().word(), "lower");
+        assert!(direction(&own, &[], &axis, 1005.0, 1025.0).is_none());
+        assert!(direction(&own, &[(1, &a)], &axis, 1040.0, 1050.0).is_none());
     }
 
     #[test]

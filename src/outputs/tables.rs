@@ -72,37 +72,23 @@ fn strings<'a>(v: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
     Arc::new(v.collect::<StringArray>())
 }
 
-/// Which way a top band of `class` in `scope` (`predicted` or `true`) points: the mean over the
-/// band `[lo, hi]` of the class's mean spectrum minus that of the other classes of its model
-/// (their mean spectra weighted by their spectra), by predicted or true class as the scope is,
-/// and that difference relative to the others' level (`None` when that is not positive). `None`
-/// when the class or every other class has no spectra.
-#[allow(clippy::too_many_arguments)]
+/// Which way a top band of `class` in `scope` (`predicted` or `true`) points
+/// ([`crate::operators::grad_cam::direction`]): against the other classes of its model, by predicted or true class
+/// as the scope is.
 fn band_direction(
     spectra: &HashMap<(&str, &str), (u64, Vec<f64>)>,
-    scope: &str,
-    class: &str,
+    (scope, class): (&str, &str),
     model_classes: &[String],
     grid: &[f64],
-    lo: f64,
-    hi: f64,
-) -> Option<(f64, Option<f64>)> {
-    let points: Vec<usize> = (0..grid.len()).filter(|&i| grid[i] >= lo && grid[i] <= hi).collect();
-    let over_band = |m: &[f64]| points.iter().map(|&i| m[i]).sum::<f64>() / points.len() as f64;
+    band: (f64, f64),
+) -> Option<crate::operators::grad_cam::Direction> {
     let (_, own) = spectra.get(&(scope, class))?;
-    let (mut n, mut level) = (0u64, 0.0);
-    for other in model_classes.iter().filter(|c| c.as_str() != class) {
-        if let Some((k, m)) = spectra.get(&(scope, other.as_str())) {
-            n += k;
-            level += *k as f64 * over_band(m);
-        }
-    }
-    if n == 0 || points.is_empty() {
-        return None;
-    }
-    let others = level / n as f64;
-    let diff = over_band(own) - others;
-    Some((diff, (others > 0.0).then(|| diff / others)))
+    let others: Vec<(u64, &[f64])> = model_classes
+        .iter()
+        .filter(|c| c.as_str() != class)
+        .filter_map(|c| spectra.get(&(scope, c.as_str())).map(|(n, m)| (*n, m.as_slice())))
+        .collect();
+    crate::operators::grad_cam::direction(own, &others, grid, band.0, band.1)
 }
 
 /// Writes `cores.parquet`, `gradcam.parquet`, `bands.parquet` and `rejects.parquet` into `out`.
@@ -274,10 +260,10 @@ pub fn write_tables(
         // The classes this one is told apart from: the other classes of its model.
         let model_classes: &[String] = if types.contains(cl) { types } else { subtypes.unwrap_or(&[]) };
         for b in top_bands(grid, &st.mean(), 0.9)? {
-            let d = band_direction(&spectra, sc, cl, model_classes, grid, b.lo, b.hi);
-            b_diff.push(d.map(|d| d.0));
-            b_relative.push(d.and_then(|d| d.1));
-            b_direction.push(d.map(|d| if d.0 >= 0.0 { "higher" } else { "lower" }));
+            let d = band_direction(&spectra, (sc, cl), model_classes, grid, (b.lo, b.hi));
+            b_diff.push(d.map(|d| d.diff));
+            b_relative.push(d.and_then(|d| d.relative));
+            b_direction.push(d.map(|d| d.word()));
             b_scope.push(sc.clone());
             b_class.push(cl.clone());
             b_lo.push(b.lo);

@@ -144,8 +144,8 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
                 mean_map: b.mean_map,
                 assignment: b.assignment.clone(),
                 source: b.sources.clone(),
-                direction: String::new(),
-                relative: f64::NAN,
+                direction: b.direction.map(|d| d.word().to_string()).unwrap_or_default(),
+                relative: b.direction.and_then(|d| d.relative).unwrap_or(f64::NAN),
             })
             .collect();
         let fig = GradCamPlot {
@@ -162,10 +162,17 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
         let rows: Vec<Vec<String>> = bands
             .iter()
             .map(|b| {
-                vec![format!("{:.0}–{:.0}", b.lo, b.hi), format!("{:.0}", b.peak), sig3(b.mean_map), b.assignment.clone(), b.source.clone()]
+                vec![
+                    format!("{:.0}–{:.0}", b.lo, b.hi),
+                    format!("{:.0}", b.peak),
+                    sig3(b.mean_map),
+                    super::figures::gradcam_plot::direction_text(b, &class),
+                    b.assignment.clone(),
+                    b.source.clone(),
+                ]
             })
             .collect();
-        page.table(&["band (cm⁻¹)", "peak", "mean map", "assignment", "source"], &rows);
+        page.table(&["band (cm⁻¹)", "peak", "mean map", "spectrum vs the other classes", "assignment", "source"], &rows);
         any = true;
     }
     if !any {

@@ -14,7 +14,7 @@ pub mod data;
 pub mod folds;
 pub mod metrics;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -113,6 +113,34 @@ pub struct TrainReport {
 struct CamSets {
     by_true: CamAggregator,
     by_predicted: CamAggregator,
+    /// Sums of the out-of-fold spectra by (`true` | `predicted`, class): how many, and their sum
+    /// per point (which way a top band points, [`grad_cam::direction`]).
+    spectra: HashMap<(&'static str, String), (u64, Vec<f64>)>,
+}
+
+impl CamSets {
+    /// Adds one spectrum under its true and its predicted class.
+    fn add_spectrum(&mut self, truth: &str, predicted: &str, s: &[f32]) {
+        for key in [("true", truth), ("predicted", predicted)] {
+            let e = self.spectra.entry((key.0, key.1.to_string())).or_insert_with(|| (0, vec![0.0; s.len()]));
+            e.0 += 1;
+            for (acc, &v) in e.1.iter_mut().zip(s) {
+                *acc += f64::from(v);
+            }
+        }
+    }
+
+    /// Which way a band of `class` (grouped `by` true or predicted class) points against the
+    /// other `classes`.
+    fn direction(&self, by: &str, class: &str, classes: &[String], grid: &[f64], band: &TopBand) -> Option<grad_cam::Direction> {
+        let mean = |(n, sum): &(u64, Vec<f64>)| sum.iter().map(|v| v / (*n).max(1) as f64).collect::<Vec<f64>>();
+        let key = |c: &str| (if by == "true" { "true" } else { "predicted" }, c.to_string());
+        let own = mean(self.spectra.get(&key(class))?);
+        let others: Vec<(u64, Vec<f64>)> =
+            classes.iter().filter(|c| c.as_str() != class).filter_map(|c| self.spectra.get(&key(c)).map(|e| (e.0, mean(e)))).collect();
+        let others: Vec<(u64, &[f64])> = others.iter().map(|(n, m)| (*n, m.as_slice())).collect();
+        grad_cam::direction(&own, &others, grid, band.lo, band.hi)
+    }
 }
 
 /// One finished training epoch, as reported to the caller of [`train`].
@@ -186,7 +214,8 @@ pub fn train(cfg: &Config, input: &Input, out: &Path, progress: &dyn Fn(&EpochPr
 
     let mut per_fold = Vec::new();
     let mut pooled = FoldPredictions::default();
-    let mut cams = CamSets { by_true: CamAggregator::new(grid.len()), by_predicted: CamAggregator::new(grid.len()) };
+    let mut cams =
+        CamSets { by_true: CamAggregator::new(grid.len()), by_predicted: CamAggregator::new(grid.len()), spectra: HashMap::new() };
     let mut fold_sizes = Vec::new();
     for f in 0..if k >= 2 { k } else { 0 } {
         let train_cores: Vec<usize> = (0..cores.len()).filter(|&c| core_fold[c] != f).collect();
@@ -223,7 +252,13 @@ pub fn train(cfg: &Config, input: &Input, out: &Path, progress: &dyn Fn(&EpochPr
                 class: s.key.clone(),
                 by: by.into(),
                 count: s.count,
-                top_bands: grad_cam::top_bands(&grid, &s.mean, 0.9)?,
+                top_bands: grad_cam::top_bands(&grid, &s.mean, 0.9)?
+                    .into_iter()
+                    .map(|mut b| {
+                        b.direction = cams.direction(by, &s.key, &classes, &grid, &b);
+                        b
+                    })
+                    .collect(),
             });
             cam_json.push(serde_json::json!({"class": s.key, "by": by, "count": s.count, "mean": s.mean, "std": s.std}));
         }
@@ -396,6 +431,7 @@ fn predict_rows(
         for (j, &i) in chunk.iter().enumerate() {
             cams.by_true.push(&classes[ds.y[i] as usize], maps.map(j))?;
             cams.by_predicted.push(&classes[pred.predicted[j] as usize], maps.map(j))?;
+            cams.add_spectrum(&classes[ds.y[i] as usize], &classes[pred.predicted[j] as usize], ds.row(i));
             p.truth.push(ds.y[i]);
             p.core.push(ds.core[i]);
         }
