@@ -92,19 +92,11 @@ const MAX_MARKED_FOOTER: u64 = 16 << 20;
 /// key's bytes (which its Thrift encoding holds verbatim) rather than parsed, so that discovery
 /// never runs a parser over an untrusted file; any file it cannot read is not marked.
 pub fn is_marked_not_an_image(path: &Path) -> bool {
-    use std::os::unix::fs::FileExt;
     let Ok(file) = std::fs::File::open(path) else { return false };
-    let Ok(len) = file.metadata().map(|m| m.len()) else { return false };
-    let mut tail = [0u8; 8];
-    if len < 12 || file.read_exact_at(&mut tail, len - 8).is_err() || &tail[4..] != b"PAR1" {
-        return false;
+    match super::parquet_guard::footer_bytes(&file, MAX_MARKED_FOOTER) {
+        Ok(Some(bytes)) => bytes.windows(NOT_AN_IMAGE.len()).any(|w| w == NOT_AN_IMAGE.as_bytes()),
+        _ => false,
     }
-    let footer = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")));
-    if footer > MAX_MARKED_FOOTER || footer + 8 > len {
-        return false;
-    }
-    let mut bytes = vec![0u8; footer as usize];
-    file.read_exact_at(&mut bytes, len - 8 - footer).is_ok() && bytes.windows(NOT_AN_IMAGE.len()).any(|w| w == NOT_AN_IMAGE.as_bytes())
 }
 
 /// Writer properties used for every ftirflow Parquet file of `schema`: zstd level 3, statistics

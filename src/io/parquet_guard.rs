@@ -18,28 +18,35 @@ pub const MAX_FOOTER_BYTES: u64 = 64 << 20;
 /// Checks the footer of the Parquet file `file`. `Ok(())` also when the file is too short or
 /// lacks the magic: the `parquet` crate then reports that itself.
 pub fn check(file: &mut File) -> Result<(), String> {
+    let bytes = footer_bytes(file, MAX_FOOTER_BYTES)?;
+    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    bytes.map_or(Ok(()), |b| check_struct_bytes(&b))
+}
+
+/// The raw (Thrift-encoded) footer of the Parquet file `file`, read with positioned reads: `None`
+/// when the file is too short, lacks the trailing magic or declares a footer longer than itself;
+/// an error when the footer declares more than `max` bytes.
+pub fn footer_bytes(file: &File, max: u64) -> Result<Option<Vec<u8>>, String> {
+    use std::os::unix::fs::FileExt;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     if len < 12 {
-        return Ok(());
+        return Ok(None);
     }
     let mut tail = [0u8; 8];
-    file.seek(SeekFrom::Start(len - 8)).map_err(|e| e.to_string())?;
-    file.read_exact(&mut tail).map_err(|e| e.to_string())?;
+    file.read_exact_at(&mut tail, len - 8).map_err(|e| e.to_string())?;
     if &tail[4..] != b"PAR1" {
-        return Ok(());
+        return Ok(None);
     }
     let footer = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
     if footer + 8 > len {
-        return Ok(());
+        return Ok(None);
     }
-    if footer > MAX_FOOTER_BYTES {
-        return Err(format!("its footer declares {footer} bytes, more than the {MAX_FOOTER_BYTES} accepted"));
+    if footer > max {
+        return Err(format!("its footer declares {footer} bytes, more than the {max} accepted"));
     }
     let mut bytes = vec![0u8; footer as usize];
-    file.seek(SeekFrom::Start(len - 8 - footer)).map_err(|e| e.to_string())?;
-    file.read_exact(&mut bytes).map_err(|e| e.to_string())?;
-    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-    check_struct_bytes(&bytes)
+    file.read_exact_at(&mut bytes, len - 8 - footer).map_err(|e| e.to_string())?;
+    Ok(Some(bytes))
 }
 
 /// Bytes read for a page header at first; a longer header (large statistics) is read again with

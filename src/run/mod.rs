@@ -119,7 +119,7 @@ struct CheckedModels {
 /// how the run ended in `OUT_DIR/status.json` (and the metrics file, when configured) either way.
 pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result<RunSummary, Error> {
     let started = SystemTime::now();
-    let run_id = opts.run_id.clone().unwrap_or_else(|| status::new_run_id(started));
+    let run_id = run_id(opts, started);
     let mut model_hash = None;
     let result = run_job(opts, &run_id, &mut model_hash, progress);
     if opts.process == 0 {
@@ -133,10 +133,14 @@ pub fn run(opts: &RunOptions, progress: &(dyn Fn(RunProgress) + Sync)) -> Result
 pub fn refuse(opts: &RunOptions, error: Error) -> Error {
     if opts.process == 0 {
         let started = SystemTime::now();
-        let run_id = opts.run_id.clone().unwrap_or_else(|| status::new_run_id(started));
-        record_status(opts, &run_id, started, None, Err(&error));
+        record_status(opts, &run_id(opts, started), started, None, Err(&error));
     }
     error
+}
+
+/// `--run-id`, or a new id from the start time ([`status::new_run_id`]).
+fn run_id(opts: &RunOptions, started: SystemTime) -> String {
+    opts.run_id.clone().unwrap_or_else(|| status::new_run_id(started))
 }
 
 /// Writes `status.json` and the metrics file of a run that ended with `result`. A monitor that
@@ -196,7 +200,7 @@ fn run_job(
     let device = cfg.run.device.resolve()?;
     tch::set_num_threads(cfg.run.threads as i32);
     let precision = decide_precision(cfg.run.precision, device, &models)?;
-    tracing::info!("precision: {} ({})", precision.used_name(), precision.reason);
+    tracing::info!("precision: {} ({})", precision.used.name(), precision.reason);
 
     let entries =
         crate::io::archive::discover(&opts.archive).context_with(|| format!("cannot read the archive {}", opts.archive.display()))?;
@@ -350,15 +354,6 @@ struct PrecisionDecision {
     reason: String,
     /// The probe check of each bundle (`auto` on a CPU with bfloat16 units).
     agreement: Vec<(String, Agreement)>,
-}
-
-impl PrecisionDecision {
-    fn used_name(&self) -> &'static str {
-        match self.used {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-        }
-    }
 }
 
 /// The share of identical classes on a bundle's probe spectra with which `auto` runs bf16.

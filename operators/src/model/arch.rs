@@ -341,6 +341,14 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The setting's name in the configuration and `run.json` (`f32`, `bf16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
     /// The libtorch element kind.
     pub fn kind(self) -> Kind {
         match self {
