@@ -17,7 +17,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, AsArray, BooleanArray, Float32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-pub use models::{spawn_service, Engine, Models, Request, Scored, Which, SHAPE_QUANTUM};
+pub use models::{spawn_service, Engine, Models, Scored, Service, ServiceUsage, Which, SHAPE_QUANTUM};
 
 use crate::operators::grad_cam::CamStats;
 use crate::operators::outliers::OUTLIER;
@@ -44,9 +44,6 @@ pub struct Truth {
     /// LA, LB, HER2 or TNBC.
     pub subtype: Option<String>,
 }
-
-/// Fixed-point unit of the spectrum sums: 2⁻⁴⁰, as the Grad-CAM maps' (`CamStats`).
-const SPECTRUM_SCALE: f64 = (1u64 << 40) as f64;
 
 /// Probability as an exact fixed-point integer (2⁻³² units).
 pub fn prob_fixed(p: f32) -> i64 {
@@ -170,33 +167,23 @@ impl ClassifyKernel {
         let rows = values.len() / n;
         let points = n;
         let mut cams = ImageCams::default();
-        let mut add_maps = |scope: &'static str, keys: &[&str], maps: &[f32]| -> Result<(), OpError> {
-            for (i, key) in keys.iter().enumerate() {
-                let st = cams.stats.entry((scope, key.to_string())).or_insert_with(|| CamStats::new(points));
-                st.push(&maps[i * points..(i + 1) * points])?;
-            }
-            Ok(())
-        };
-        // The mean preprocessed spectrum per predicted class (scope `spectrum`), as exact sums in
-        // the maps' fixed point: what the report draws each class's Grad-CAM profile over.
-        // With truth labels, also per true class (scope `spectrum_true`): which way a band of a
-        // true class points is read from these.
-        type SpectrumSums = HashMap<String, (u64, Vec<i128>, Vec<i128>)>;
-        let (mut spectra, mut spectra_true): (SpectrumSums, SpectrumSums) = (HashMap::new(), HashMap::new());
-        let add_spectra = |spectra: &mut SpectrumSums, keys: &[&str]| {
-            for (i, key) in keys.iter().enumerate() {
-                let e = spectra.entry(key.to_string()).or_insert_with(|| (0, vec![0; points], vec![0; points]));
-                e.0 += 1;
-                for ((s, q), &v) in e.1.iter_mut().zip(e.2.iter_mut()).zip(&values[i * points..(i + 1) * points]) {
-                    let f = (v as f64 * SPECTRUM_SCALE).round() as i128;
-                    *s += f;
-                    *q += f * f;
+        // Adds sums under (scope, class); the sums are integers, so merging is exact and order-free.
+        let merge_into = |cams: &mut ImageCams, scope: &'static str, class: &str, st: &CamStats| -> Result<(), OpError> {
+            match cams.stats.entry((scope, class.to_string())) {
+                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(st),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(st.clone());
+                    Ok(())
                 }
             }
         };
 
-        // One model's predictions of this core: counts, probability sums and majority, and the
-        // class mean spectra and Grad-CAM sums keyed by predicted (and true) class.
+        // One model's predictions of this core: counts, probability sums and majority; and, in
+        // one pass over the rows, each row's spectrum and Grad-CAM map summed under its predicted
+        // class. The class's sums go to the scopes `spectrum` (the mean preprocessed spectrum per
+        // predicted class, what the report draws each class's Grad-CAM profile over),
+        // `predicted` and `core`; with truth labels, their total to `spectrum_true` and `true`
+        // under the true class (which way a band of a true class points is read from these).
         let mut record = |s: &Scored, classes: &[String], truth: Option<&String>| -> Result<ModelTally, OpError> {
             let mut counts = vec![0u64; classes.len()];
             let mut prob_sums = vec![0i64; classes.len()];
@@ -207,16 +194,28 @@ impl ClassifyKernel {
                 }
             }
             if rows > 0 {
-                let pred: Vec<&str> = s.predicted.iter().map(|&p| classes[p as usize].as_str()).collect();
-                add_spectra(&mut spectra, &pred);
-                if let Some(k) = truth {
-                    add_spectra(&mut spectra_true, &vec![k.as_str(); rows]);
+                let mut spectra = vec![CamStats::new(points); classes.len()];
+                let mut maps = vec![CamStats::new(points); if m.gradcam { classes.len() } else { 0 }];
+                for (i, &p) in s.predicted.iter().enumerate() {
+                    spectra[p as usize].push_values(&values[i * points..(i + 1) * points])?;
+                    if let Some(st) = maps.get_mut(p as usize) {
+                        st.push(&s.maps[i * points..(i + 1) * points])?;
+                    }
                 }
-                if m.gradcam {
-                    add_maps("predicted", &pred, &s.maps)?;
-                    add_maps("core", &pred, &s.maps)?;
-                    if let Some(k) = truth {
-                        add_maps("true", &vec![k.as_str(); rows], &s.maps)?;
+                let (mut all_spectra, mut all_maps) = (CamStats::new(points), CamStats::new(points));
+                for (c, class) in classes.iter().enumerate().filter(|&(c, _)| counts[c] > 0) {
+                    merge_into(&mut cams, SPECTRUM_SCOPE, class, &spectra[c])?;
+                    all_spectra.merge(&spectra[c])?;
+                    if let Some(st) = maps.get(c) {
+                        merge_into(&mut cams, "predicted", class, st)?;
+                        merge_into(&mut cams, "core", class, st)?;
+                        all_maps.merge(st)?;
+                    }
+                }
+                if let Some(k) = truth {
+                    merge_into(&mut cams, SPECTRUM_TRUE_SCOPE, k, &all_spectra)?;
+                    if m.gradcam {
+                        merge_into(&mut cams, "true", k, &all_maps)?;
                     }
                 }
             }
@@ -233,12 +232,6 @@ impl ClassifyKernel {
             }
             _ => None,
         };
-        for (class, (n, sum, sq)) in spectra {
-            cams.stats.insert((SPECTRUM_SCOPE, class), CamStats::from_sums(n, sum, sq)?);
-        }
-        for (class, (n, sum, sq)) in spectra_true {
-            cams.stats.insert((SPECTRUM_TRUE_SCOPE, class), CamStats::from_sums(n, sum, sq)?);
-        }
         summary.cams = cams;
 
         // Prediction rows.
