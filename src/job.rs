@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use crate::bundle::{Bundle, BundleError};
-use crate::classify::{Engine, Models, Request, Truth};
+use crate::classify::{Engine, Models, Service, Truth};
 use crate::config::RunConfig;
 use crate::error::Error;
 use crate::io::archive::ImageEntry;
@@ -134,7 +134,7 @@ pub struct RunJob {
     /// The models.
     pub models: ModelInfo,
     /// The process's inference service, when the networks are shared.
-    pub service: Option<crossbeam_channel::Sender<Request>>,
+    pub service: Option<Service>,
     /// Bytes of spectra one unit of work may hold (`[run] memory_budget` over twice the workers
     /// per process); a larger unit is rejected before it is read.
     pub unit_budget: u64,
@@ -187,12 +187,12 @@ impl RunJob {
     /// The models as one worker uses them: its own copy, or the process's inference service.
     pub fn load_models(&self) -> Result<Models, Error> {
         let run = &self.run;
-        if let Some(tx) = &self.service {
+        if let Some(service) = &self.service {
             return Ok(Models {
                 types: self.models.types.clone(),
                 subtypes: self.models.subtypes.clone(),
                 grid: self.models.grid.clone(),
-                engine: Engine::Shared(tx.clone()),
+                engine: Engine::Shared(service.clone()),
                 batch: run.batch,
                 gradcam: run.gradcam,
             });

@@ -135,13 +135,31 @@ fn the_outputs_are_the_same_for_any_worker_layout_and_batch_size() {
     assert!(o.status.success(), "{}", text(&o));
     assert_same(&reference, &outputs(&out), "read batches of 33");
     // The networks in one shared inference thread fed by the workers through a channel (the
-    // CUDA layout), here on the CPU.
+    // CUDA layout), here on the CPU; the maps are finished by the workers. run.json records what
+    // the service did.
     let cfg = f.root.join("shared.toml");
     std::fs::write(&cfg, "[run]\ninference = \"shared\"\n").unwrap();
     let out = f.root.join("shared");
-    let o = run(&f.root, &out, &["--workers", "2", "--config", cfg.to_str().unwrap()]);
+    let o = run(&f.root, &out, &["--workers", "3", "--config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     assert_same(&reference, &outputs(&out), "shared inference thread");
+    let run_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let service = &run_json["inference_service"];
+    // Every classified spectrum once for the type model, and again for the subtype model in a
+    // core called cancer.
+    let cell = |row: &str, name: &str| row.split(',').find_map(|c| c.strip_prefix(&format!("{name}="))).unwrap_or("").to_string();
+    let (mut scored, mut requests) = (0u64, 0u64);
+    for row in &reference["cores"] {
+        let n: u64 = cell(row, "classified").parse().unwrap();
+        let cancer = cell(row, "majority") == "CA";
+        scored += if cancer { 2 * n } else { n };
+        requests += 1 + cancer as u64;
+    }
+    assert_eq!(service["spectra"].as_u64(), Some(scored), "{service}");
+    assert_eq!(service["requests"].as_u64(), Some(requests), "{service}");
+    assert!(service["busy_seconds"].as_f64().unwrap() > 0.0, "{service}");
+    let local: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f.root.join("w2/run.json")).unwrap()).unwrap();
+    assert!(local["inference_service"].is_null(), "workers' own networks: no service");
     // Two processes × one worker, real TCP on localhost.
     let hosts = f.root.join("hosts.txt");
     std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();

@@ -1,9 +1,14 @@
 //! Where a run's networks live and how spectra are scored: each worker's own copy of the models
-//! (CPU), or one inference service thread per process that owns them on the device (CUDA) and
-//! scores the workers' requests in arrival order. Scoring pads the last batch of an image to a
+//! (CPU), or one inference service thread per process that owns them on the device (CUDA),
+//! scores the workers' requests in arrival order and leaves the maps' host-side finish to the
+//! workers. Scoring pads the last batch of an image to a
 //! fixed shape quantum so libtorch's per-shape kernel cache stays bounded.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
 use crate::bundle::{Bundle, BundleError};
 use crate::error::Error;
+use crate::operators::model::RawCams;
 use crate::operators::OpError;
 
 use super::OP;
@@ -22,7 +27,57 @@ pub struct Request {
     which: Which,
     values: Vec<f32>,
     rows: usize,
-    reply: crossbeam_channel::Sender<Result<Scored, OpError>>,
+    reply: crossbeam_channel::Sender<Result<RawScored, OpError>>,
+}
+
+/// A process's inference service as its users hold it: the queue to its threads and the tally of
+/// what it did.
+#[derive(Clone, Debug)]
+pub struct Service {
+    tx: crossbeam_channel::Sender<Request>,
+    tally: std::sync::Arc<Tally>,
+}
+
+/// Nanoseconds and counts of an inference service, the wait summed over its callers.
+#[derive(Default, Debug)]
+struct Tally {
+    busy_ns: AtomicU64,
+    wait_ns: AtomicU64,
+    requests: AtomicU64,
+    spectra: AtomicU64,
+}
+
+/// What an inference service did in a run (`run.json`'s `inference_service`): how busy its
+/// thread was and how long the workers waited for it. A thread busy for most of the run means
+/// the device side bounds it; a mostly idle one means the workers (reading, preprocessing) do.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ServiceUsage {
+    /// Seconds the service thread spent scoring.
+    pub busy_seconds: f64,
+    /// Seconds the workers spent waiting for replies, summed over the workers.
+    pub worker_wait_seconds: f64,
+    /// Requests scored (one per image and model).
+    pub requests: u64,
+    /// Spectra scored, both models.
+    pub spectra: u64,
+}
+
+impl Service {
+    /// The tally so far.
+    pub fn usage(&self) -> ServiceUsage {
+        let t = &*self.tally;
+        let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 * 1e-9;
+        ServiceUsage {
+            busy_seconds: s(&t.busy_ns),
+            worker_wait_seconds: s(&t.wait_ns),
+            requests: t.requests.load(Ordering::Relaxed),
+            spectra: t.spectra.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn nanos(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Where the networks run: in the worker itself (CPU: every worker has its own copy), or in one
@@ -36,8 +91,8 @@ pub enum Engine {
         /// Subtype model.
         subtypes: Option<Box<Bundle>>,
     },
-    /// A channel to the process's inference service.
-    Shared(crossbeam_channel::Sender<Request>),
+    /// The process's inference service.
+    Shared(Service),
 }
 
 impl std::fmt::Debug for Engine {
@@ -90,29 +145,39 @@ impl Models {
                     Which::Type => types,
                     Which::Subtype => subtypes.as_deref().ok_or_else(|| OpError::internal(OP, "no subtype model"))?,
                 };
-                score(bundle, values, rows, self.batch, self.gradcam)
+                score(bundle, values, rows, self.batch, self.gradcam).map(RawScored::finish)
             }
-            Engine::Shared(tx) => {
+            Engine::Shared(service) => {
                 let (reply, rx) = crossbeam_channel::bounded(1);
-                tx.send(Request { which, values: values.to_vec(), rows, reply })
-                    .map_err(|_| OpError::internal(OP, "the inference service stopped"))?;
-                rx.recv().map_err(|_| OpError::internal(OP, "the inference service stopped"))?
+                let request = Request { which, values: values.to_vec(), rows, reply };
+                let start = Instant::now();
+                service.tx.send(request).map_err(|_| OpError::internal(OP, "the inference service stopped"))?;
+                let raw = rx.recv().map_err(|_| OpError::internal(OP, "the inference service stopped"))?;
+                service.tally.wait_ns.fetch_add(nanos(start), Ordering::Relaxed);
+                // The maps' host-side finish runs here, in the worker, not in the service thread.
+                raw.map(RawScored::finish)
             }
         }
     }
 }
 
 /// Starts the inference service of a process: a thread that owns the networks (loaded by `load`
-/// on the device) and scores the workers' requests in arrival order. It ends when every sender
-/// is dropped.
+/// on the device) and scores the workers' requests in arrival order, tallying its busy time. It
+/// ends when every sender is dropped.
+///
+/// One thread: a second one with its own copy of the networks measured no faster on an H200
+/// (docs/performance.md, Nightly run on a GPU), as libtorch runs both on the device's one
+/// default stream.
 pub fn spawn_service(
     load: impl FnOnce() -> Result<(Bundle, Option<Bundle>), BundleError> + Send + 'static,
     batch: usize,
     gradcam: bool,
     threads: usize,
-) -> Result<(crossbeam_channel::Sender<Request>, std::thread::JoinHandle<()>), Error> {
+) -> Result<(Service, std::thread::JoinHandle<()>), Error> {
     let (tx, rx) = crossbeam_channel::bounded::<Request>(64);
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), BundleError>>(1);
+    let tally = std::sync::Arc::new(Tally::default());
+    let busy = std::sync::Arc::clone(&tally);
     let handle = std::thread::Builder::new()
         .name("inference".into())
         .spawn(move || {
@@ -128,6 +193,7 @@ pub fn spawn_service(
                 }
             };
             for r in rx {
+                let start = Instant::now();
                 let bundle = match r.which {
                     Which::Type => Some(&types),
                     Which::Subtype => subtypes.as_ref(),
@@ -136,12 +202,15 @@ pub fn spawn_service(
                     Some(b) => score(b, &r.values, r.rows, batch, gradcam),
                     None => Err(OpError::internal(OP, "no subtype model")),
                 };
+                busy.busy_ns.fetch_add(nanos(start), Ordering::Relaxed);
+                busy.requests.fetch_add(1, Ordering::Relaxed);
+                busy.spectra.fetch_add(r.rows as u64, Ordering::Relaxed);
                 let _ = r.reply.send(result);
             }
         })
         .map_err(|e| Error::invalid(format!("cannot start the inference service: {e}")))?;
     ready_rx.recv().map_err(|_| Error::invalid("the inference service did not start"))??;
-    Ok((tx, handle))
+    Ok((Service { tx, tally }, handle))
 }
 
 /// Probabilities and maps of `rows` spectra from one model, in fixed batches.
@@ -160,10 +229,26 @@ pub struct Scored {
 /// mode).
 pub const SHAPE_QUANTUM: usize = 64;
 
-fn score(bundle: &Bundle, values: &[f32], rows: usize, batch: usize, gradcam: bool) -> Result<Scored, OpError> {
+/// What a model computes for a request: probabilities, classes and the raw class-activation maps
+/// (the device's part; [`RawScored::finish`] turns the maps into Grad-CAM maps on the host).
+pub struct RawScored {
+    probs: Vec<f32>,
+    predicted: Vec<u32>,
+    /// `rows × length` raw maps (empty without Grad-CAM).
+    raw: RawCams,
+}
+
+impl RawScored {
+    /// The scored spectra with their Grad-CAM maps.
+    fn finish(self) -> Scored {
+        Scored { maps: self.raw.maps().maps, probs: self.probs, predicted: self.predicted }
+    }
+}
+
+fn score(bundle: &Bundle, values: &[f32], rows: usize, batch: usize, gradcam: bool) -> Result<RawScored, OpError> {
     let n = bundle.classifier.grid().len();
     let k = bundle.classifier.classes().len();
-    let mut s = Scored { probs: Vec::new(), predicted: Vec::new(), maps: Vec::new() };
+    let mut s = RawScored { probs: Vec::new(), predicted: Vec::new(), raw: RawCams { length: 0, points: n, values: Vec::new() } };
     let mut padded = Vec::new();
     let mut start = 0;
     while start < rows {
@@ -179,10 +264,11 @@ fn score(bundle: &Bundle, values: &[f32], rows: usize, batch: usize, gradcam: bo
             &padded
         };
         if gradcam {
-            let (p, m) = bundle.classifier.predict_values_with_gradcam(chunk, shape)?;
+            let (p, r) = bundle.classifier.predict_values_with_raw_cam(chunk, shape)?;
             s.probs.extend_from_slice(&p.probs[..len * k]);
             s.predicted.extend_from_slice(&p.predicted[..len]);
-            s.maps.extend_from_slice(&m.maps[..len * m.points]);
+            s.raw.length = r.length;
+            s.raw.values.extend_from_slice(&r.values[..len * r.length]);
         } else {
             let p = bundle.classifier.predict_values(chunk, shape)?;
             s.probs.extend_from_slice(&p.probs[..len * k]);

@@ -270,6 +270,16 @@ fn run_job(
     let mine = crate::job::images_of_process(&job.workers, workers, opts.process) as u64;
     let outputs =
         layout.connect(Duration::from_secs(cfg.run.connect_timeout)).and_then(|comm| execute_with_progress(&job, comm, mine, progress));
+    let service_usage = service.as_ref().map(|(s, _)| s.usage());
+    if let Some(u) = &service_usage {
+        tracing::info!(
+            "inference service: busy {:.1} s scoring {} spectra ({} requests); workers waited {:.1} s in all",
+            u.busy_seconds,
+            u.spectra,
+            u.requests,
+            u.worker_wait_seconds
+        );
+    }
     // The inference service (if any) ends when the last sender — `service` and `job` — is dropped.
     drop(service);
     let outputs = outputs?;
@@ -309,7 +319,8 @@ fn run_job(
     summary.seconds = start.elapsed().as_secs_f64();
     summary.wrote_tables = true;
     let processed_spectra = job.progress.spectra.load(Ordering::Relaxed);
-    write_run_json(opts, &summary, &models.hash, &format!("{device:?}"), shared, &precision, processed_spectra)?;
+    let inference = InferenceRecord { shared, service: service_usage };
+    write_run_json(opts, &summary, &models.hash, &format!("{device:?}"), &inference, &precision, processed_spectra)?;
     Ok(summary)
 }
 
@@ -659,13 +670,19 @@ fn write_outputs(
     Ok(())
 }
 
+/// Where a run's networks ran, for `run.json`: shared or local, and what the shared service did.
+struct InferenceRecord {
+    shared: bool,
+    service: Option<crate::classify::ServiceUsage>,
+}
+
 /// `run.json`: the description of the last successful run.
 fn write_run_json(
     opts: &RunOptions,
     s: &RunSummary,
     model_hash: &str,
     device: &str,
-    shared: bool,
+    inference: &InferenceRecord,
     precision: &PrecisionDecision,
     processed_spectra: u64,
 ) -> Result<(), Error> {
@@ -680,7 +697,8 @@ fn write_run_json(
         "config": &opts.config,
         "layout": { "workers_per_process": opts.config.run.workers, "processes": s.processes },
         "device": device,
-        "inference": if shared { "shared" } else { "local" },
+        "inference": if inference.shared { "shared" } else { "local" },
+        "inference_service": inference.service,
         "precision": precision,
         "counts": {
             "images": s.images, "slides": s.slides, "processed": s.processed, "reused": s.reused,

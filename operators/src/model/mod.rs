@@ -182,6 +182,26 @@ pub struct CamMaps {
     pub maps: Vec<f32>,
 }
 
+/// Raw class-activation maps `Σ_k α_k A_k` of a batch, before the ReLU, the interpolation onto
+/// the input points and the scaling that make them Grad-CAM maps ([`RawCams::maps`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawCams {
+    /// Values per raw map (the last feature map's length).
+    pub length: usize,
+    /// Points of the maps they become (the input length).
+    pub points: usize,
+    /// `rows × length` values, row-major.
+    pub values: Vec<f32>,
+}
+
+impl RawCams {
+    /// The Grad-CAM maps ([`grad_cam::postprocess_batch`]).
+    pub fn maps(&self) -> CamMaps {
+        let rows = self.values.len().checked_div(self.length).unwrap_or(0);
+        CamMaps { points: self.points, maps: grad_cam::postprocess_batch(&self.values, rows, self.length, self.points) }
+    }
+}
+
 impl CamMaps {
     /// The map of row `i`.
     pub fn map(&self, i: usize) -> &[f32] {
@@ -427,18 +447,25 @@ impl Classifier {
     /// backward through the head; the maps are ReLU'd, linearly interpolated onto the input
     /// points and divided by their maximum ([`grad_cam::postprocess`]).
     pub fn predict_values_with_gradcam(&self, values: &[f32], rows: usize) -> Result<(Predictions, CamMaps), OpError> {
+        let (pred, raw) = self.predict_values_with_raw_cam(values, rows)?;
+        Ok((pred, raw.maps()))
+    }
+
+    /// [`Classifier::predict_values_with_gradcam`] up to the raw maps: the device's part alone,
+    /// so that a thread feeding a GPU can leave the per-spectrum host work of
+    /// [`RawCams::maps`] to its callers.
+    pub fn predict_values_with_raw_cam(&self, values: &[f32], rows: usize) -> Result<(Predictions, RawCams), OpError> {
         let points = self.grid.len();
         if rows == 0 {
-            return Ok((self.predict_values(values, 0)?, CamMaps { points, maps: Vec::new() }));
+            return Ok((self.predict_values(values, 0)?, RawCams { length: 0, points, values: Vec::new() }));
         }
         let x = self.input(values, rows)?;
         let (probs, predicted, scores, raw) = self.forward_with_raw_cam(&x)?;
         let pred = self.predictions(&probs, &predicted, &scores)?;
         let length = raw.size()[1] as usize;
-        let raw: Vec<f32> = Vec::<f32>::try_from(raw.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
+        let values: Vec<f32> = Vec::<f32>::try_from(raw.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
             .map_err(|e| OpError::internal(OP, e.to_string()))?;
-        let maps = grad_cam::postprocess_batch(&raw, rows, length, points);
-        Ok((pred, CamMaps { points, maps }))
+        Ok((pred, RawCams { length, points, values }))
     }
 
     /// [`Classifier::predict_values`] on a spectra batch (checks the grid first).
