@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::operators::axis::Band;
 use crate::operators::dearray::DearrayParams;
 use crate::operators::emsc::EmscParams;
+use crate::operators::grad_cam::MapKind;
 use crate::operators::model::DeviceChoice;
 use crate::operators::normalize::NormalizeParams;
 use crate::operators::outliers::OutlierParams;
@@ -128,6 +129,11 @@ pub struct RunConfig {
     pub batch: usize,
     /// Compute Grad-CAM maps and their summaries (default true).
     pub gradcam: bool,
+    /// Which maps explain the predictions: `gradcam` (default, as the paper: where the evidence
+    /// for the class lies, in `[0, 1]`) or `signed` (the same map without its ReLU, in `[-1, 1]`:
+    /// negative where a region lowers the class's score). Parts computed with another kind are
+    /// not reused.
+    pub explain: MapKind,
     /// Inference device: `auto` (CUDA when available, default), `cpu` or `cuda`.
     pub device: DeviceChoice,
     /// libtorch intra-op threads per process (default 1: the workers are the parallelism).
@@ -190,6 +196,7 @@ impl Default for RunConfig {
             workers: 1,
             batch: 1024,
             gradcam: true,
+            explain: MapKind::Gradcam,
             device: DeviceChoice::Auto,
             threads: 1,
             batch_rows: 1024,

@@ -195,10 +195,11 @@ impl RunJob {
                 engine: Engine::Shared(service.clone()),
                 batch: run.batch,
                 gradcam: run.gradcam,
+                explain: run.explain,
             });
         }
         let (types, subtypes) = self.models.dirs.load(run.device)?;
-        Ok(Models::local(types, subtypes, run.batch, run.gradcam))
+        Ok(Models::local(types, subtypes, run.batch, run.gradcam, run.explain))
     }
 }
 

@@ -56,17 +56,53 @@ fn round_small(x: f64) -> i64 {
 /// aligned, as `torch.nn.functional.interpolate(mode="linear", align_corners=False)`), division by
 /// the maximum; an all-zero (or non-finite) map stays zero.
 pub fn postprocess(raw: &[f32], out: &mut [f32]) {
-    Interpolation::new(raw.len(), out.len()).postprocess(raw, out, &mut Vec::new());
+    Interpolation::new(raw.len(), out.len()).postprocess(MapKind::Gradcam, raw, out, &mut Vec::new());
+}
+
+/// Which map a raw class-activation map `Σ_k α_k A_k` becomes (`[run] explain`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MapKind {
+    /// Grad-CAM, as the paper: ReLU, interpolation, division by the maximum; values in `[0, 1]`:
+    /// where the evidence for the class lies.
+    #[default]
+    Gradcam,
+    /// The map without the ReLU: interpolation, division by the largest magnitude; values in
+    /// `[-1, 1]`, positive where a region raises the explained score, negative where it lowers it.
+    Signed,
+}
+
+impl MapKind {
+    /// The range its map values lie in.
+    pub fn range(self) -> std::ops::RangeInclusive<f32> {
+        match self {
+            MapKind::Gradcam => 0.0..=1.0,
+            MapKind::Signed => -1.0..=1.0,
+        }
+    }
+
+    /// Its configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MapKind::Gradcam => "gradcam",
+            MapKind::Signed => "signed",
+        }
+    }
 }
 
 /// [`postprocess`] for `rows` raw maps of `length` values each, onto `points` points (the
 /// interpolation taps are computed once for the batch).
 pub fn postprocess_batch(raw: &[f32], rows: usize, length: usize, points: usize) -> Vec<f32> {
+    postprocess_batch_as(MapKind::Gradcam, raw, rows, length, points)
+}
+
+/// [`postprocess_batch`] into maps of either kind.
+pub fn postprocess_batch_as(kind: MapKind, raw: &[f32], rows: usize, length: usize, points: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; rows * points];
     let taps = Interpolation::new(length, points);
-    let mut relu = Vec::with_capacity(length);
+    let mut scratch = Vec::with_capacity(length);
     for (r, o) in raw.chunks_exact(length.max(1)).zip(out.chunks_exact_mut(points.max(1))) {
-        taps.postprocess(r, o, &mut relu);
+        taps.postprocess(kind, r, o, &mut scratch);
     }
     out
 }
@@ -92,18 +128,22 @@ impl Interpolation {
         Self { length, taps }
     }
 
-    /// One map; `relu` is scratch space for the ReLU'd raw map (reused across a batch).
-    fn postprocess(&self, raw: &[f32], out: &mut [f32], relu: &mut Vec<f32>) {
+    /// One map; `scratch` holds the raw map as interpolated (ReLU'd for Grad-CAM), reused across
+    /// a batch.
+    fn postprocess(&self, kind: MapKind, raw: &[f32], out: &mut [f32], scratch: &mut Vec<f32>) {
         if self.length == 0 || raw.len() != self.length || out.len() != self.taps.len() {
             out.fill(0.0);
             return;
         }
-        relu.clear();
-        relu.extend(raw.iter().map(|&v| if v > 0.0 { v } else { 0.0 }));
+        scratch.clear();
+        match kind {
+            MapKind::Gradcam => scratch.extend(raw.iter().map(|&v| if v > 0.0 { v } else { 0.0 })),
+            MapKind::Signed => scratch.extend_from_slice(raw),
+        }
         let mut max = 0.0f32;
         for (o, &(left, right, w)) in out.iter_mut().zip(&self.taps) {
-            *o = relu[left as usize] * (1.0 - w) + relu[right as usize] * w;
-            max = max.max(*o);
+            *o = scratch[left as usize] * (1.0 - w) + scratch[right as usize] * w;
+            max = max.max(o.abs());
         }
         if max > 0.0 && max.is_finite() {
             for o in out.iter_mut() {
@@ -129,10 +169,16 @@ impl CamStats {
         Self { count: 0, sum: vec![0; points], sum_sq: vec![0; points] }
     }
 
-    /// Adds one map (values in `[0, 1]`, as [`postprocess`] makes them).
+    /// Adds one Grad-CAM map (values in `[0, 1]`, as [`postprocess`] makes them).
     pub fn push(&mut self, map: &[f32]) -> Result<(), OpError> {
-        if let Some(v) = map.iter().find(|v| !(0.0..=1.0).contains(*v)) {
-            return Err(OpError::data(OP, format!("map value {v} is outside [0, 1]")));
+        self.push_map(MapKind::Gradcam, map)
+    }
+
+    /// Adds one map of `kind` (values in its [`MapKind::range`]).
+    pub fn push_map(&mut self, kind: MapKind, map: &[f32]) -> Result<(), OpError> {
+        let range = kind.range();
+        if let Some(v) = map.iter().find(|v| !range.contains(*v)) {
+            return Err(OpError::data(OP, format!("{} map value {v} is outside [{}, {}]", kind.name(), range.start(), range.end())));
         }
         self.push_values(map)
     }
@@ -402,6 +448,39 @@ pub fn top_bands(wavenumbers: &[f64], mean: &[f64], q: f64) -> Result<Vec<TopBan
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn signed_maps_keep_the_sign() {
+        // Raw [−1, 2, −4, 0] onto 8 points: point i samples cell (i + 0.5)/2 − 0.5 (clamped).
+        let raw = [-1.0f32, 2.0, -4.0, 0.0];
+        let signed = postprocess_batch_as(MapKind::Signed, &raw, 1, 4, 8);
+        let at = |x: f64| {
+            let x = x.max(0.0);
+            let (l, w) = (x.floor() as usize, x - x.floor());
+            raw[l.min(3)] as f64 * (1.0 - w) + raw[(l + 1).min(3)] as f64 * w
+        };
+        let hand: Vec<f64> = (0..8).map(|i| at((i as f64 + 0.5) / 2.0 - 0.5)).collect();
+        let max = hand.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (s, h) in signed.iter().zip(&hand) {
+            assert!((*s as f64 - h / max).abs() < 1e-6, "{signed:?} vs {hand:?}");
+        }
+        assert_eq!(signed.iter().fold(0.0f32, |m, v| m.max(v.abs())), 1.0);
+        assert!(signed.iter().any(|v| *v < 0.0));
+        // On random maps: a map with no negative value is its own Grad-CAM map, and negating
+        // the raw map negates the signed map.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let raw: Vec<f32> = (0..50 * 13).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let positive: Vec<f32> = raw.iter().map(|v| v.abs()).collect();
+        let negated: Vec<f32> = raw.iter().map(|v| -v).collect();
+        assert_eq!(postprocess_batch_as(MapKind::Gradcam, &raw, 50, 13, 40), postprocess_batch(&raw, 50, 13, 40));
+        assert_eq!(postprocess_batch_as(MapKind::Signed, &positive, 50, 13, 40), postprocess_batch(&positive, 50, 13, 40));
+        let (s, n) = (postprocess_batch_as(MapKind::Signed, &raw, 50, 13, 40), postprocess_batch_as(MapKind::Signed, &negated, 50, 13, 40));
+        assert!(s.iter().zip(&n).all(|(a, b)| *a == -*b));
+        // Sums of signed maps accept [−1, 1]; Grad-CAM sums refuse negative values.
+        let mut st = CamStats::new(8);
+        st.push_map(MapKind::Signed, &signed).unwrap();
+        assert!(CamStats::new(8).push(&signed).is_err());
+    }
 
     #[test]
     fn round_small_is_round() {

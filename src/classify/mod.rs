@@ -43,6 +43,8 @@ pub struct Truth {
     pub kind: Option<String>,
     /// LA, LB, HER2 or TNBC.
     pub subtype: Option<String>,
+    /// The patient the core comes from.
+    pub patient: Option<String>,
 }
 
 /// Probability as an exact fixed-point integer (2⁻³² units).
@@ -128,6 +130,7 @@ impl ClassifyKernel {
         let row = &mut summary.row;
         row.sample = sample.clone();
         row.truth_type = truth.kind.clone();
+        row.patient = truth.patient.clone();
         row.truth_subtype = truth.subtype.clone();
         let mut checked: Option<arrow::datatypes::SchemaRef> = None;
         for b in &held {
@@ -199,7 +202,7 @@ impl ClassifyKernel {
                 for (i, &p) in s.predicted.iter().enumerate() {
                     spectra[p as usize].push_values(&values[i * points..(i + 1) * points])?;
                     if let Some(st) = maps.get_mut(p as usize) {
-                        st.push(&s.maps[i * points..(i + 1) * points])?;
+                        st.push_map(m.explain, &s.maps[i * points..(i + 1) * points])?;
                     }
                 }
                 let (mut all_spectra, mut all_maps) = (CamStats::new(points), CamStats::new(points));

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::bundle::{Bundle, BundleError};
 use crate::error::Error;
+use crate::operators::grad_cam::MapKind;
 use crate::operators::model::RawCams;
 use crate::operators::OpError;
 
@@ -122,11 +123,13 @@ pub struct Models {
     pub batch: usize,
     /// Whether to compute Grad-CAM maps.
     pub gradcam: bool,
+    /// Which maps ([`MapKind`]): the workers turn the raw maps into these.
+    pub explain: MapKind,
 }
 
 impl Models {
     /// Models that run in the calling worker.
-    pub fn local(types: Bundle, subtypes: Option<Bundle>, batch: usize, gradcam: bool) -> Self {
+    pub fn local(types: Bundle, subtypes: Option<Bundle>, batch: usize, gradcam: bool, explain: MapKind) -> Self {
         Self {
             types: types.classifier.classes().to_vec(),
             subtypes: subtypes.as_ref().map(|b| b.classifier.classes().to_vec()),
@@ -134,6 +137,7 @@ impl Models {
             engine: Engine::Local { types: Box::new(types), subtypes: subtypes.map(Box::new) },
             batch,
             gradcam,
+            explain,
         }
     }
 
@@ -145,7 +149,7 @@ impl Models {
                     Which::Type => types,
                     Which::Subtype => subtypes.as_deref().ok_or_else(|| OpError::internal(OP, "no subtype model"))?,
                 };
-                score(bundle, values, rows, self.batch, self.gradcam).map(RawScored::finish)
+                score(bundle, values, rows, self.batch, self.gradcam).map(|r| r.finish(self.explain))
             }
             Engine::Shared(service) => {
                 let (reply, rx) = crossbeam_channel::bounded(1);
@@ -155,7 +159,7 @@ impl Models {
                 let raw = rx.recv().map_err(|_| OpError::internal(OP, "the inference service stopped"))?;
                 service.tally.wait_ns.fetch_add(nanos(start), Ordering::Relaxed);
                 // The maps' host-side finish runs here, in the worker, not in the service thread.
-                raw.map(RawScored::finish)
+                raw.map(|r| r.finish(self.explain))
             }
         }
     }
@@ -239,9 +243,9 @@ pub struct RawScored {
 }
 
 impl RawScored {
-    /// The scored spectra with their Grad-CAM maps.
-    fn finish(self) -> Scored {
-        Scored { maps: self.raw.maps().maps, probs: self.probs, predicted: self.predicted }
+    /// The scored spectra with their maps of `kind`.
+    fn finish(self, kind: MapKind) -> Scored {
+        Scored { maps: self.raw.maps_as(kind).maps, probs: self.probs, predicted: self.predicted }
     }
 }
 

@@ -53,6 +53,9 @@ pub struct CoreRow {
     pub truth_type: Option<String>,
     /// Truth subtype label.
     pub truth_subtype: Option<String>,
+    /// The patient, from labels.csv (absent in parts of earlier versions).
+    #[serde(default)]
+    pub patient: Option<String>,
 }
 
 /// Where a core lies on its slide (`cores.parquet`: `position`, `row`, `col`, `bbox_*`).
@@ -74,9 +77,10 @@ pub enum Record {
     /// One core (difference `(1, 0, 0)`; boxed: it is ten times the size of the others).
     Core(Box<CoreRow>),
     /// Grad-CAM sums at one point of the model grid: difference (maps, Σ v, Σ v²) with v in units
-    /// of 2⁻⁴⁰. `scope` is `predicted` or `true` (per class over all cores) or `core:<sample>`.
+    /// of 2⁻⁴⁰. `scope` is `predicted`, `true`, `spectrum` or `spectrum_true` (per class over
+    /// all cores), or a per-core scope ([`per_core`]).
     Cam {
-        /// `predicted`, `true` or `core:<sample>`.
+        /// `predicted`, `true`, `spectrum`, `spectrum_true`, or `<per-core scope>:<sample>`.
         scope: String,
         /// Class name.
         class: String,
@@ -91,7 +95,7 @@ impl Record {
     /// Whether the record is added up across images (per-class Grad-CAM, core rows, rejects);
     /// per-core Grad-CAM records are not: they stay in the image's part.
     pub fn is_shared(&self) -> bool {
-        !matches!(self, Record::Cam { scope, .. } if scope.starts_with("core:"))
+        !matches!(self, Record::Cam { scope, .. } if per_core(scope).is_some())
     }
 }
 
@@ -100,6 +104,18 @@ impl Record {
 pub const SPECTRUM_SCOPE: &str = "spectrum";
 /// The same by true class (runs with truth labels).
 pub const SPECTRUM_TRUE_SCOPE: &str = "spectrum_true";
+
+/// The per-core scopes of the records, each `<scope>:<sample>` and kept in the image's part:
+/// `core` (the core's maps per predicted class, `gradcam.parquet` scope `core`), and
+/// `core_spectrum` / `core_spectrum_true` (its mean spectra per predicted / true class, which the
+/// bands' consistency across patients or cores is read from).
+pub const PER_CORE_SCOPES: [&str; 3] = ["core", "core_spectrum", "core_spectrum_true"];
+
+/// The (per-core scope, sample) of a record scope, when it is per core.
+pub fn per_core(scope: &str) -> Option<(&str, &str)> {
+    let (kind, sample) = scope.split_once(':')?;
+    PER_CORE_SCOPES.contains(&kind).then_some((kind, sample))
+}
 
 /// Whether a Grad-CAM-sums scope holds spectra rather than maps.
 pub fn is_spectrum_scope(scope: &str) -> bool {
@@ -136,10 +152,18 @@ pub fn image_records(path: &str, image: &str, grid: Option<&GridPlace>, s: &Imag
     keys.sort();
     for key in keys {
         let st = &s.cams.stats[key];
-        let scope = if key.0 == "core" { format!("core:{sample}") } else { key.0.to_string() };
+        // The image's mean spectra are added up over all cores and also kept per core.
+        let scopes = match key.0 {
+            "core" => vec![format!("core:{sample}")],
+            SPECTRUM_SCOPE => vec![SPECTRUM_SCOPE.to_string(), format!("core_spectrum:{sample}")],
+            SPECTRUM_TRUE_SCOPE => vec![SPECTRUM_TRUE_SCOPE.to_string(), format!("core_spectrum_true:{sample}")],
+            other => vec![other.to_string()],
+        };
         let (sum, sq) = st.sums();
-        for (p, (&a, &b)) in sum.iter().zip(sq).enumerate() {
-            out.push((Record::Cam { scope: scope.clone(), class: key.1.clone(), point: p as u32 }, (st.count() as i64, a, b)));
+        for scope in scopes {
+            for (p, (&a, &b)) in sum.iter().zip(sq).enumerate() {
+                out.push((Record::Cam { scope: scope.clone(), class: key.1.clone(), point: p as u32 }, (st.count() as i64, a, b)));
+            }
         }
     }
     out

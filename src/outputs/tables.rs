@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 
-use super::records::{is_spectrum_scope, CoreRow, Diff, GridPlace, Record, SPECTRUM_SCOPE};
+use super::records::{is_spectrum_scope, per_core, CoreRow, Diff, GridPlace, Record, SPECTRUM_SCOPE};
 use crate::error::Error;
 use crate::io::parquet::{AtomicParquetWriter, Staged};
 use crate::operators::grad_cam::{top_bands, CamStats};
@@ -72,11 +72,14 @@ fn strings<'a>(v: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
     Arc::new(v.collect::<StringArray>())
 }
 
+/// The mean preprocessed spectrum and its count per (scope, class): `predicted` or `true`.
+type ClassMeans<'a> = HashMap<(&'a str, &'a str), (u64, Vec<f64>)>;
+
 /// Which way a top band of `class` in `scope` (`predicted` or `true`) points
 /// ([`crate::operators::grad_cam::direction`]): against the other classes of its model, by predicted or true class
 /// as the scope is.
 fn band_direction(
-    spectra: &HashMap<(&str, &str), (u64, Vec<f64>)>,
+    spectra: &ClassMeans,
     (scope, class): (&str, &str),
     model_classes: &[String],
     grid: &[f64],
@@ -178,6 +181,8 @@ pub fn write_tables(
         fields.push(Field::new("subtype_majority", DataType::Utf8, true));
         cols.push(strings(cores.iter().map(|c| c.subtype_majority.as_deref())));
     }
+    fields.push(Field::new("patient", DataType::Utf8, true));
+    cols.push(strings(cores.iter().map(|c| c.patient.as_deref())));
     fields.push(Field::new("truth_type", DataType::Utf8, true));
     cols.push(strings(cores.iter().map(|c| c.truth_type.as_deref())));
     fields.push(Field::new("truth_subtype", DataType::Utf8, true));
@@ -200,12 +205,14 @@ pub fn write_tables(
         let (mut scope, mut core, mut class, mut wn, mut mean, mut std, mut count) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((sc, cl), (n, sum, sq)) in cams {
-            let st = CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?;
-            let (m, s) = (st.mean(), st.std());
-            let (scope_name, core_name) = match sc.strip_prefix("core:") {
-                Some(sample) => ("core", Some(sample.to_string())),
+            let (scope_name, core_name) = match per_core(sc) {
+                Some(("core", sample)) => ("core", Some(sample.to_string())),
+                // The per-core mean spectra serve the bands' consistency; not written.
+                Some(_) => continue,
                 None => (sc.as_str(), None),
             };
+            let st = CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?;
+            let (m, s) = (st.mean(), st.std());
             for (i, &w) in grid.iter().enumerate().take(m.len()) {
                 scope.push(scope_name.to_string());
                 core.push(core_name.clone());
@@ -233,34 +240,29 @@ pub fn write_tables(
         )?)?;
         Ok(())
     };
-    write_cams(&mut gradcam, &totals.cams)?;
-    for part in parts {
-        let text = std::fs::read(part).map_err(|e| Error::io("cannot read", part, e))?;
-        let records: Vec<(Record, Diff)> =
-            serde_json::from_slice(&text).map_err(|e| Error::invalid(format!("{} is not an image summary: {e}", part.display())))?;
-        let mut per_core = Totals::default();
-        for (r, d) in records.into_iter().filter(|(r, _)| !r.is_shared()) {
-            per_core.add(r, d, grid.len());
-        }
-        write_cams(&mut gradcam, &per_core.cams)?;
-    }
-    staged.push(gradcam.finish_staged()?);
+    // The top bands of every class, with which way each points (from the totals).
     let (mut b_scope, mut b_class, mut b_lo, mut b_hi, mut b_peak, mut b_mean, mut b_assign, mut b_source) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut b_diff, mut b_relative, mut b_direction) = (Vec::new(), Vec::new(), Vec::new());
     // The mean preprocessed spectrum of the spectra predicted as (scope `predicted`), or truly of
     // (scope `true`), each class, and how many.
-    let mut spectra: HashMap<(&str, &str), (u64, Vec<f64>)> = HashMap::new();
+    let mut spectra: ClassMeans = HashMap::new();
     for ((sc, cl), (n, sum, sq)) in totals.cams.iter().filter(|((sc, _), _)| is_spectrum_scope(sc)) {
         let scope = if sc == SPECTRUM_SCOPE { "predicted" } else { "true" };
         spectra.insert((scope, cl.as_str()), (*n as u64, CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?.mean()));
     }
+    let model_classes = |cl: &str| -> &[String] {
+        if types.iter().any(|t| t == cl) {
+            types
+        } else {
+            subtypes.unwrap_or(&[])
+        }
+    };
     for ((sc, cl), (n, sum, sq)) in totals.cams.iter().filter(|((sc, _), _)| !is_spectrum_scope(sc)) {
         let st = CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?;
         // The classes this one is told apart from: the other classes of its model.
-        let model_classes: &[String] = if types.contains(cl) { types } else { subtypes.unwrap_or(&[]) };
         for b in top_bands(grid, &st.mean(), 0.9)? {
-            let d = band_direction(&spectra, (sc, cl), model_classes, grid, (b.lo, b.hi));
+            let d = band_direction(&spectra, (sc, cl), model_classes(cl), grid, (b.lo, b.hi));
             b_diff.push(d.map(|d| d.diff));
             b_relative.push(d.and_then(|d| d.relative));
             b_direction.push(d.map(|d| d.word()));
@@ -274,6 +276,67 @@ pub fn write_tables(
             b_source.push(b.sources);
         }
     }
+
+    write_cams(&mut gradcam, &totals.cams)?;
+    // Per-core rows, one part at a time; the cores' mean spectra are summed per patient (or per
+    // core, without patients) and class, for the bands' consistency.
+    let by_patient = !cores.is_empty() && cores.iter().all(|c| c.patient.is_some());
+    let mut groups: BTreeMap<(String, &str, String), CamStats> = BTreeMap::new();
+    for part in parts {
+        let text = std::fs::read(part).map_err(|e| Error::io("cannot read", part, e))?;
+        let records: Vec<(Record, Diff)> =
+            serde_json::from_slice(&text).map_err(|e| Error::invalid(format!("{} is not an image summary: {e}", part.display())))?;
+        let mut core_totals = Totals::default();
+        for (r, d) in records.into_iter().filter(|(r, _)| !r.is_shared()) {
+            core_totals.add(r, d, grid.len());
+        }
+        write_cams(&mut gradcam, &core_totals.cams)?;
+        for ((sc, cl), (n, sum, sq)) in &core_totals.cams {
+            let (scope, sample) = match per_core(sc) {
+                Some(("core_spectrum", sample)) => ("predicted", sample),
+                Some(("core_spectrum_true", sample)) => ("true", sample),
+                _ => continue,
+            };
+            let group = match totals.cores.get(sample).and_then(|c| c.patient.clone()) {
+                Some(patient) if by_patient => patient,
+                _ => sample.to_string(),
+            };
+            let st = CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?;
+            match groups.entry((group, scope, cl.clone())) {
+                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(&st)?,
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(st);
+                }
+            }
+        }
+    }
+    staged.push(gradcam.finish_staged()?);
+
+    // Consistency: in how many groups (patients, or cores) the band points the same way as over
+    // the whole run, among the groups that hold the class and another class of its model.
+    let mut group_means: BTreeMap<&str, ClassMeans> = BTreeMap::new();
+    for ((g, scope, cl), st) in &groups {
+        group_means.entry(g.as_str()).or_default().insert((scope, cl.as_str()), (st.count(), st.mean()));
+    }
+    let (mut b_consistent, mut b_groups) = (Vec::new(), Vec::new());
+    for i in 0..b_scope.len() {
+        let Some(word) = b_direction[i] else {
+            b_consistent.push(None);
+            b_groups.push(None);
+            continue;
+        };
+        let (mut agree, mut n) = (0u32, 0u32);
+        for means in group_means.values() {
+            if let Some(d) = band_direction(means, (&b_scope[i], &b_class[i]), model_classes(&b_class[i]), grid, (b_lo[i], b_hi[i])) {
+                n += 1;
+                agree += (d.word() == word) as u32;
+            }
+        }
+        b_consistent.push(Some(agree));
+        b_groups.push(Some(n));
+    }
+    let grouped_by = if by_patient { "patient" } else { "core" };
+    let b_grouped_by: Vec<Option<&str>> = b_groups.iter().map(|g| g.map(|_| grouped_by)).collect();
     let schema = Schema::new(vec![
         Field::new("scope", DataType::Utf8, false),
         Field::new("class", DataType::Utf8, false),
@@ -286,6 +349,9 @@ pub fn write_tables(
         Field::new("diff", DataType::Float64, true),
         Field::new("relative", DataType::Float64, true),
         Field::new("direction", DataType::Utf8, true),
+        Field::new("consistent", DataType::UInt32, true),
+        Field::new("groups", DataType::UInt32, true),
+        Field::new("grouped_by", DataType::Utf8, true),
     ]);
     let batch = RecordBatch::try_new(
         Arc::new(schema),
@@ -301,6 +367,9 @@ pub fn write_tables(
             Arc::new(Float64Array::from(b_diff)),
             Arc::new(Float64Array::from(b_relative)),
             Arc::new(StringArray::from(b_direction)),
+            Arc::new(UInt32Array::from(b_consistent)),
+            Arc::new(UInt32Array::from(b_groups)),
+            Arc::new(StringArray::from(b_grouped_by)),
         ],
     )?;
     staged.push(write(&out.join("bands.parquet"), batch, kv)?);

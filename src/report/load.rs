@@ -169,6 +169,13 @@ pub struct BandRecord {
     pub direction: String,
     /// That difference relative to the other classes' level (NaN when unknown).
     pub relative: f64,
+    /// Of `groups` patients (or cores, see `grouped_by`) that hold the class and another, in how
+    /// many the band points the same way (0 of 0 when unknown).
+    pub consistent: u64,
+    /// Patients or cores compared.
+    pub groups: u64,
+    /// `patient` or `core` (empty when unknown).
+    pub grouped_by: String,
 }
 
 /// Reads `bands.parquet`.
@@ -184,6 +191,10 @@ pub fn bands(path: &Path) -> Result<Vec<BandRecord>, ReportError> {
         let source = strings(&b, "source", path)?.unwrap_or_else(|| vec![None; b.num_rows()]);
         let direction = strings(&b, "direction", path)?.unwrap_or_else(|| vec![None; b.num_rows()]);
         let relative = floats(&b, "relative", path)?.unwrap_or_else(|| vec![f64::NAN; b.num_rows()]);
+        // Runs written before the consistency columns have none.
+        let consistent = uints(&b, "consistent", path)?.unwrap_or_else(|| vec![0; b.num_rows()]);
+        let groups = uints(&b, "groups", path)?.unwrap_or_else(|| vec![0; b.num_rows()]);
+        let grouped_by = strings(&b, "grouped_by", path)?.unwrap_or_else(|| vec![None; b.num_rows()]);
         for i in 0..b.num_rows() {
             out.push(BandRecord {
                 scope: scope[i].clone().unwrap_or_default(),
@@ -196,6 +207,9 @@ pub fn bands(path: &Path) -> Result<Vec<BandRecord>, ReportError> {
                 source: source[i].clone().unwrap_or_default(),
                 direction: direction[i].clone().unwrap_or_default(),
                 relative: relative[i],
+                consistent: consistent[i],
+                groups: groups[i],
+                grouped_by: grouped_by[i].clone().unwrap_or_default(),
             });
         }
     }

@@ -15,6 +15,7 @@ use super::load::{self, CoreRecord, PixelClass};
 use super::style::class_colour;
 use super::tally::Confusion;
 use super::{paper_accuracy, Page, ReportError};
+use crate::operators::grad_cam::MapKind;
 
 /// At most this many class maps are drawn (the first cores by sample id); the page says so when
 /// an archive has more.
@@ -223,8 +224,15 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
     }
 
     // Grad-CAM.
+    let kind = match run.pointer("/config/run/explain").and_then(|v| v.as_str()) {
+        Some("signed") => MapKind::Signed,
+        _ => MapKind::Gradcam,
+    };
     page.section("gradcam", "Grad-CAM per class");
-    page.p("Mean 1D Grad-CAM map of the spectra predicted as each class (coloured line, ±1 standard deviation band clipped to [0, 1]) over the class's mean preprocessed spectrum (black, ±1 standard deviation in grey); wavenumbers decrease to the right. Shaded: the class's top bands (contiguous ranges above the 90th percentile of the mean map), labelled with peak and assignment.");
+    page.p(match kind {
+        MapKind::Gradcam => "Mean 1D Grad-CAM map of the spectra predicted as each class (coloured line, ±1 standard deviation band clipped to [0, 1]) over the class's mean preprocessed spectrum (black, ±1 standard deviation in grey); wavenumbers decrease to the right. Shaded: the class's top bands (contiguous ranges above the 90th percentile of the mean map), labelled with peak and assignment.",
+        MapKind::Signed => "Mean signed map (`[run] explain = \"signed\"`: Grad-CAM without its ReLU, each map divided by its largest magnitude) of the spectra predicted as each class (coloured line, ±1 standard deviation band clipped to [−1, 1]): above zero a region raises the class's score, below zero it lowers it. Drawn over the class's mean preprocessed spectrum (black, ±1 standard deviation in grey); wavenumbers decrease to the right. Shaded: the class's top bands (contiguous ranges above the 90th percentile of the mean map, i.e. its strongest positive evidence), labelled with peak and assignment.",
+    });
     let mut any_cam = false;
     for class in types.iter().chain(&subtypes) {
         let Some(cam) = profiles.get(&("predicted".to_string(), class.clone())) else { continue };
@@ -234,9 +242,13 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
         let classes: Vec<String> = if types.contains(class) { types.clone() } else { subtypes.clone() };
         let fig = GradCamPlot {
             name: format!("gradcam_{}", safe_name(class)),
-            title: format!("Grad-CAM, predicted {class} ({} spectra)", cam.count),
+            title: match kind {
+                MapKind::Gradcam => format!("Grad-CAM, predicted {class} ({} spectra)", cam.count),
+                MapKind::Signed => format!("Signed map, predicted {class} ({} spectra)", cam.count),
+            },
             colour: class_colour(class, &classes),
             cam,
+            kind,
             spectrum,
             bands: class_bands.clone(),
         };

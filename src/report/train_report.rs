@@ -146,6 +146,7 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
                 source: b.sources.clone(),
                 direction: b.direction.map(|d| d.word().to_string()).unwrap_or_default(),
                 relative: b.direction.and_then(|d| d.relative).unwrap_or(f64::NAN),
+                ..BandRecord::default()
             })
             .collect();
         let fig = GradCamPlot {
@@ -153,6 +154,7 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
             title: format!("Grad-CAM, true class {class}, out of fold ({} spectra)", cam.count),
             colour: class_colour(&class, &cv.classes),
             cam: &cam,
+            kind: crate::operators::grad_cam::MapKind::Gradcam,
             spectrum: None,
             bands: bands.iter().collect(),
         };

@@ -24,6 +24,7 @@ use crate::config::{Config, DearrayMode, Inference, PrecisionChoice};
 use crate::error::{Error, ResultExt};
 use crate::io::archive::ImageEntry;
 use crate::job::{Action, Counters, ImageJob, ModelDirs, ModelInfo, RunJob};
+use crate::operators::grad_cam::MapKind;
 use crate::operators::model::{Agreement, DeviceChoice, Precision};
 use crate::outputs::layouts::{Layout, LayoutRecord};
 use crate::outputs::manifest::{self, ManifestEntry, RunManifest};
@@ -208,7 +209,8 @@ fn run_job(
     let labels = read_labels(opts, &root)?;
     let _lock = prepare_output(opts)?;
     let n_entries = entries.len();
-    let (images, slides) = plan_images(opts, entries, &root, &models.hash)?;
+    let reuse = reuse_key(&models.hash, cfg.run.explain);
+    let (images, slides) = plan_images(opts, entries, &root, &reuse)?;
     let labels = match_labels(labels, &images);
     let reused = images.iter().filter(|t| matches!(t.action, Action::Reuse(_))).count();
     let n_images = images.len();
@@ -231,6 +233,7 @@ fn run_job(
         ("ftirflow:config".to_string(), toml::to_string(cfg).unwrap_or_default()),
         ("ftirflow:libtorch".to_string(), crate::bundle::LIBTORCH_VERSION.to_string()),
         ("ftirflow:run_id".to_string(), run_id.to_string()),
+        (EXPLAIN_KEY.to_string(), cfg.run.explain.name().to_string()),
         (crate::io::parquet::NOT_AN_IMAGE.to_string(), "a table of ftirflow run".to_string()),
     ];
     let shared = match cfg.run.inference {
@@ -251,7 +254,7 @@ fn run_job(
         out: opts.out.clone(),
         plan: Arc::new(models.plan),
         labels: Arc::new(labels),
-        model_hash: models.hash.clone(),
+        model_hash: reuse,
         key_values: key_values.clone(),
         progress: Arc::new(Counters::default()),
         run: cfg.run.clone(),
@@ -435,7 +438,7 @@ fn read_labels(opts: &RunOptions, root: &Path) -> Result<HashMap<String, Truth>,
         .into_iter()
         .map(|(s, l)| {
             let opt = |v: String| (!v.is_empty()).then_some(v);
-            (s, Truth { kind: opt(l.kind), subtype: opt(l.subtype) })
+            (s, Truth { kind: opt(l.kind), subtype: opt(l.subtype), patient: opt(l.patient) })
         })
         .collect())
 }
@@ -498,6 +501,20 @@ fn prepare_output(opts: &RunOptions) -> Result<Option<manifest::DirLock>, Error>
 /// [`crate::tma`]) into the cores of a slide or stays whole; a file linking outside the archive
 /// is refused; a unit whose files, model and parts are unchanged since the manifest recorded it
 /// is reused; the rest is processed. Returns the units and the number of slides.
+/// The key-value metadata entry of every run table naming the kind of maps (`gradcam` or
+/// `signed`, `[run] explain`).
+pub const EXPLAIN_KEY: &str = "ftirflow:explain";
+
+/// What a part must have been computed with to be reused (the manifest's `model_hash`): the
+/// models' hash, and `+signed` when the maps are signed — a default run's key is the hash alone,
+/// so manifests of earlier versions stay valid.
+fn reuse_key(model_hash: &str, explain: MapKind) -> String {
+    match explain {
+        MapKind::Gradcam => model_hash.to_string(),
+        MapKind::Signed => format!("{model_hash}+signed"),
+    }
+}
+
 fn plan_images(opts: &RunOptions, entries: Vec<ImageEntry>, root: &Path, model_hash: &str) -> Result<(Vec<ImageJob>, usize), Error> {
     let out = &opts.out;
     let tma = &opts.config.tma;

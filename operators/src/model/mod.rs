@@ -197,8 +197,13 @@ pub struct RawCams {
 impl RawCams {
     /// The Grad-CAM maps ([`grad_cam::postprocess_batch`]).
     pub fn maps(&self) -> CamMaps {
+        self.maps_as(grad_cam::MapKind::Gradcam)
+    }
+
+    /// The maps of either kind ([`grad_cam::postprocess_batch_as`]).
+    pub fn maps_as(&self, kind: grad_cam::MapKind) -> CamMaps {
         let rows = self.values.len().checked_div(self.length).unwrap_or(0);
-        CamMaps { points: self.points, maps: grad_cam::postprocess_batch(&self.values, rows, self.length, self.points) }
+        CamMaps { points: self.points, maps: grad_cam::postprocess_batch_as(kind, &self.values, rows, self.length, self.points) }
     }
 }
 

@@ -1,5 +1,5 @@
 //! Per-class Grad-CAM profiles: the mean map (±1 standard deviation band, clipped to the maps'
-//! range [0, 1]) over the class mean spectrum (±1 standard deviation), on a wavenumber axis that
+//! range, [0, 1] for Grad-CAM and [−1, 1] for signed maps) over the class mean spectrum (±1 standard deviation), on a wavenumber axis that
 //! runs from high to low as spectroscopists plot it, with the class's top bands shaded and
 //! labelled with their biochemical assignments.
 use plotters::coord::Shift;
@@ -7,6 +7,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, VPos};
 
 use super::{de, label, text, DrawResult, Figure};
+use crate::operators::grad_cam::MapKind;
 use crate::report::load::{BandRecord, Profile};
 use crate::report::style::FAMILY;
 
@@ -28,6 +29,8 @@ pub struct GradCamPlot<'a> {
     pub colour: RGBColor,
     /// Mean and std of the maps.
     pub cam: &'a Profile,
+    /// Which maps they are.
+    pub kind: MapKind,
     /// Mean and std of the class's spectra, when known.
     pub spectrum: Option<&'a Profile>,
     /// Top bands.
@@ -57,14 +60,19 @@ fn band_label(b: &BandRecord) -> String {
     }
 }
 
-/// `higher in CA, +18 %` (or `lower …`): how the class's mean spectrum over a band compares with
-/// the other classes'; `–` when unknown.
+/// `higher in CA, +18 %, 11/12 patients` (or `lower …`): how the class's mean spectrum over a
+/// band compares with the other classes', and in how many patients (or cores) it does so; `–`
+/// when unknown.
 pub fn direction_text(b: &BandRecord, class: &str) -> String {
     if b.direction.is_empty() {
         return "–".to_string();
     }
     let rel = if b.relative.is_finite() { format!(", {:+.0} %", 100.0 * b.relative) } else { String::new() };
-    format!("{} in {class}{rel}", b.direction)
+    let groups = match (b.groups, b.grouped_by.as_str()) {
+        (0, _) | (_, "") => String::new(),
+        (n, by) => format!(", {}/{n} {by}{}", b.consistent, if n == 1 { "" } else { "s" }),
+    };
+    format!("{} in {class}{rel}{groups}", b.direction)
 }
 
 impl Figure for GradCamPlot<'_> {
@@ -93,6 +101,10 @@ impl Figure for GradCamPlot<'_> {
             }
             None => (0.0, 1.0),
         };
+        let (cam_lo, cam_name) = match self.kind {
+            MapKind::Gradcam => (0.0, "Grad-CAM"),
+            MapKind::Signed => (-1.0, "signed map"),
+        };
         let (upper, lower) = root.split_vertically(SIZE.1 - LEGEND_H);
         let mut chart = ChartBuilder::on(&upper)
             .caption(&self.title, (FAMILY, 19))
@@ -102,7 +114,7 @@ impl Figure for GradCamPlot<'_> {
             .right_y_label_area_size(70)
             .build_cartesian_2d(-hi..-lo, s_lo..s_hi)
             .map_err(de)?
-            .set_secondary_coord(-hi..-lo, 0.0..CAM_TOP);
+            .set_secondary_coord(-hi..-lo, cam_lo..CAM_TOP);
         chart
             .configure_mesh()
             .disable_mesh()
@@ -117,7 +129,10 @@ impl Figure for GradCamPlot<'_> {
             .map_err(de)?;
         chart
             .configure_secondary_axes()
-            .y_desc("Grad-CAM (0–1)")
+            .y_desc(match self.kind {
+                MapKind::Gradcam => "Grad-CAM (0–1)",
+                MapKind::Signed => "signed map (−1–1)",
+            })
             .y_label_formatter(&|v| if *v <= 1.0 + 1e-9 { format!("{v:.1}") } else { String::new() })
             .label_style((FAMILY, 13))
             .axis_desc_style((FAMILY, 15))
@@ -128,7 +143,7 @@ impl Figure for GradCamPlot<'_> {
         for b in &self.bands {
             let shade = if b.direction == "lower" { LOWER_SHADE } else { HIGHER_SHADE }.mix(0.45);
             let (a, z) = (-(b.hi.max(b.lo)) - 2.0, -(b.lo.min(b.hi)) + 2.0);
-            chart.draw_secondary_series(std::iter::once(Rectangle::new([(a, 0.0), (z, CAM_TOP)], shade.filled()))).map_err(de)?;
+            chart.draw_secondary_series(std::iter::once(Rectangle::new([(a, cam_lo), (z, CAM_TOP)], shade.filled()))).map_err(de)?;
         }
         if let Some(s) = self.spectrum {
             let band: Vec<(f64, f64)> = s
@@ -149,15 +164,20 @@ impl Figure for GradCamPlot<'_> {
             .iter()
             .zip(cam.mean.iter().zip(&cam.std))
             .map(|(w, (m, d))| (-w, (m + d).min(1.0)))
-            .chain(cam.wavenumber.iter().zip(cam.mean.iter().zip(&cam.std)).rev().map(|(w, (m, d))| (-w, (m - d).max(0.0))))
+            .chain(cam.wavenumber.iter().zip(cam.mean.iter().zip(&cam.std)).rev().map(|(w, (m, d))| (-w, (m - d).max(cam_lo))))
             .collect();
         let colour = self.colour;
+        if self.kind == MapKind::Signed {
+            // Zero: above it a region raises the class's score, below it lowers it.
+            let zero = [(-hi, 0.0), (-lo, 0.0)];
+            chart.draw_secondary_series(LineSeries::new(zero, RGBColor(110, 110, 110).stroke_width(1))).map_err(de)?;
+        }
         chart.draw_secondary_series(std::iter::once(Polygon::new(band, colour.mix(0.25).filled()))).map_err(de)?;
         chart
             .draw_secondary_series(LineSeries::new(cam.wavenumber.iter().zip(&cam.mean).map(|(w, m)| (-w, *m)), colour.stroke_width(3)))
             .map_err(de)?;
         // Legend, under the axis title (outside the data).
-        let mut entries = vec![(colour, 3, format!("Grad-CAM mean ± 1 SD ({} spectra)", cam.count))];
+        let mut entries = vec![(colour, 3, format!("{cam_name} mean ± 1 SD ({} spectra)", cam.count))];
         if let Some(s) = self.spectrum {
             entries.insert(0, (BLACK, 2, format!("mean spectrum ± 1 SD ({} spectra)", s.count)));
         }
