@@ -61,3 +61,25 @@ pub(crate) fn transpose_append(src: &[f32], first: usize, stride: usize, count: 
         b0 += nb;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_append_equals_the_naive_transpose() {
+        for (count, bands, first, pad) in [(1, 1, 0, 0), (15, 17, 3, 16), (64, 16, 0, 0), (100, 1504, 7, 16), (129, 31, 0, 5), (16, 48, 2, 0)] {
+            let stride = first + count + pad;
+            let src: Vec<f32> = (0..bands * stride).map(|v| v as f32 * 0.5 - 3.0).collect();
+            let mut out = vec![-1.0f32; 3];
+            transpose_append(&src, first, stride, count, bands, &mut out);
+            let mut naive = vec![-1.0f32; 3];
+            for i in 0..count {
+                for b in 0..bands {
+                    naive.push(src[b * stride + first + i]);
+                }
+            }
+            assert_eq!(out, naive, "count {count}, bands {bands}, first {first}, pad {pad}");
+        }
+    }
+}
