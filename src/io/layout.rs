@@ -68,7 +68,9 @@ mod tests {
 
     #[test]
     fn transpose_append_equals_the_naive_transpose() {
-        for (count, bands, first, pad) in [(1, 1, 0, 0), (15, 17, 3, 16), (64, 16, 0, 0), (100, 1504, 7, 16), (129, 31, 0, 5), (16, 48, 2, 0)] {
+        for (count, bands, first, pad) in
+            [(1, 1, 0, 0), (15, 17, 3, 16), (64, 16, 0, 0), (100, 1504, 7, 16), (129, 31, 0, 5), (16, 48, 2, 0)]
+        {
             let stride = first + count + pad;
             let src: Vec<f32> = (0..bands * stride).map(|v| v as f32 * 0.5 - 3.0).collect();
             let mut out = vec![-1.0f32; 3];
