@@ -199,6 +199,17 @@ impl CamStats {
         Ok(())
     }
 
+    /// Adds `st` to the sums kept under `key` in `sums` (a copy when the key is new).
+    pub fn merge_into<K: Ord>(sums: &mut BTreeMap<K, CamStats>, key: K, st: &CamStats) -> Result<(), OpError> {
+        match sums.entry(key) {
+            std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(st),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(st.clone());
+                Ok(())
+            }
+        }
+    }
+
     /// Adds another accumulator's sums (order does not matter: the sums are integers).
     pub fn merge(&mut self, other: &CamStats) -> Result<(), OpError> {
         if other.sum.len() != self.sum.len() {

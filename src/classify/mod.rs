@@ -170,15 +170,9 @@ impl ClassifyKernel {
         let rows = values.len() / n;
         let points = n;
         let mut cams = ImageCams::default();
-        // Adds sums under (scope, class); the sums are integers, so merging is exact and order-free.
-        let merge_into = |cams: &mut ImageCams, scope: &'static str, class: &str, st: &CamStats| -> Result<(), OpError> {
-            match cams.stats.entry((scope, class.to_string())) {
-                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(st),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(st.clone());
-                    Ok(())
-                }
-            }
+        // Sums under (scope, class); the sums are integers, so merging is exact and order-free.
+        let merge_into = |cams: &mut ImageCams, scope: &'static str, class: &str, st: &CamStats| {
+            CamStats::merge_into(&mut cams.stats, (scope, class.to_string()), st)
         };
 
         // One model's predictions of this core: counts, probability sums and majority; and, in

@@ -8,7 +8,7 @@
 //! processes and any order in which images finish. An image's records are also saved beside its
 //! prediction part (`parts/<part>.json`), so that a nightly run that reuses the image feeds the
 //! same records again instead of recomputing them.
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -105,11 +105,26 @@ pub const SPECTRUM_SCOPE: &str = "spectrum";
 /// The same by true class (runs with truth labels).
 pub const SPECTRUM_TRUE_SCOPE: &str = "spectrum_true";
 
+/// The per-core twin of [`SPECTRUM_SCOPE`]: one core's mean spectra per predicted class.
+pub const CORE_SPECTRUM_SCOPE: &str = "core_spectrum";
+/// The per-core twin of [`SPECTRUM_TRUE_SCOPE`].
+pub const CORE_SPECTRUM_TRUE_SCOPE: &str = "core_spectrum_true";
+
 /// The per-core scopes of the records, each `<scope>:<sample>` and kept in the image's part:
 /// `core` (the core's maps per predicted class, `gradcam.parquet` scope `core`), and
-/// `core_spectrum` / `core_spectrum_true` (its mean spectra per predicted / true class, which the
-/// bands' consistency across patients or cores is read from).
-pub const PER_CORE_SCOPES: [&str; 3] = ["core", "core_spectrum", "core_spectrum_true"];
+/// [`CORE_SPECTRUM_SCOPE`] / [`CORE_SPECTRUM_TRUE_SCOPE`] (its mean spectra per predicted / true
+/// class, which the bands' consistency across patients or cores is read from).
+pub const PER_CORE_SCOPES: [&str; 3] = ["core", CORE_SPECTRUM_SCOPE, CORE_SPECTRUM_TRUE_SCOPE];
+
+/// By which class a spectrum scope (over all cores or per core) groups its spectra: `predicted`
+/// or `true`, the scope of the bands read from it; `None` for a scope of maps.
+pub fn spectrum_side(scope: &str) -> Option<&'static str> {
+    match scope {
+        SPECTRUM_SCOPE | CORE_SPECTRUM_SCOPE => Some("predicted"),
+        SPECTRUM_TRUE_SCOPE | CORE_SPECTRUM_TRUE_SCOPE => Some("true"),
+        _ => None,
+    }
+}
 
 /// The (per-core scope, sample) of a record scope, when it is per core.
 pub fn per_core(scope: &str) -> Option<(&str, &str)> {
@@ -117,7 +132,7 @@ pub fn per_core(scope: &str) -> Option<(&str, &str)> {
     PER_CORE_SCOPES.contains(&kind).then_some((kind, sample))
 }
 
-/// Whether a Grad-CAM-sums scope holds spectra rather than maps.
+/// Whether a Grad-CAM-sums scope (over all cores) holds spectra rather than maps.
 pub fn is_spectrum_scope(scope: &str) -> bool {
     scope == SPECTRUM_SCOPE || scope == SPECTRUM_TRUE_SCOPE
 }
@@ -128,7 +143,7 @@ pub struct ImageCams {
     /// (scope, class) → sums; scope is `predicted`, `true` or `core`, or `spectrum` /
     /// `spectrum_true` (the sums of the classified spectra themselves per predicted / true class,
     /// not of maps).
-    pub stats: HashMap<(&'static str, String), CamStats>,
+    pub stats: BTreeMap<(&'static str, String), CamStats>,
 }
 
 /// What an image contributed, besides its prediction rows: its core row (counts, exact
@@ -148,15 +163,12 @@ pub fn image_records(path: &str, image: &str, grid: Option<&GridPlace>, s: &Imag
     let sample = s.row.sample.as_str();
     let row = CoreRow { path: path.to_string(), image: image.to_string(), grid: grid.cloned(), ..s.row.clone() };
     let mut out = vec![(Record::Core(Box::new(row)), (1, 0, 0))];
-    let mut keys: Vec<_> = s.cams.stats.keys().collect();
-    keys.sort();
-    for key in keys {
-        let st = &s.cams.stats[key];
+    for (key, st) in &s.cams.stats {
         // The image's mean spectra are added up over all cores and also kept per core.
         let scopes = match key.0 {
             "core" => vec![format!("core:{sample}")],
-            SPECTRUM_SCOPE => vec![SPECTRUM_SCOPE.to_string(), format!("core_spectrum:{sample}")],
-            SPECTRUM_TRUE_SCOPE => vec![SPECTRUM_TRUE_SCOPE.to_string(), format!("core_spectrum_true:{sample}")],
+            SPECTRUM_SCOPE => vec![SPECTRUM_SCOPE.to_string(), format!("{CORE_SPECTRUM_SCOPE}:{sample}")],
+            SPECTRUM_TRUE_SCOPE => vec![SPECTRUM_TRUE_SCOPE.to_string(), format!("{CORE_SPECTRUM_TRUE_SCOPE}:{sample}")],
             other => vec![other.to_string()],
         };
         let (sum, sq) = st.sums();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 
-use super::records::{is_spectrum_scope, per_core, CoreRow, Diff, GridPlace, Record, SPECTRUM_SCOPE};
+use super::records::{is_spectrum_scope, per_core, spectrum_side, CoreRow, Diff, GridPlace, Record};
 use crate::error::Error;
 use crate::io::parquet::{AtomicParquetWriter, Staged};
 use crate::operators::grad_cam::{top_bands, CamStats};
@@ -247,8 +247,8 @@ pub fn write_tables(
     // The mean preprocessed spectrum of the spectra predicted as (scope `predicted`), or truly of
     // (scope `true`), each class, and how many.
     let mut spectra: ClassMeans = HashMap::new();
-    for ((sc, cl), (n, sum, sq)) in totals.cams.iter().filter(|((sc, _), _)| is_spectrum_scope(sc)) {
-        let scope = if sc == SPECTRUM_SCOPE { "predicted" } else { "true" };
+    for ((sc, cl), (n, sum, sq)) in totals.cams.iter() {
+        let Some(scope) = spectrum_side(sc) else { continue };
         spectra.insert((scope, cl.as_str()), (*n as u64, CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?.mean()));
     }
     let model_classes = |cl: &str| -> &[String] {
@@ -292,22 +292,14 @@ pub fn write_tables(
         }
         write_cams(&mut gradcam, &core_totals.cams)?;
         for ((sc, cl), (n, sum, sq)) in &core_totals.cams {
-            let (scope, sample) = match per_core(sc) {
-                Some(("core_spectrum", sample)) => ("predicted", sample),
-                Some(("core_spectrum_true", sample)) => ("true", sample),
-                _ => continue,
+            let Some((scope, sample)) = per_core(sc).and_then(|(kind, sample)| Some((spectrum_side(kind)?, sample))) else {
+                continue;
             };
             let group = match totals.cores.get(sample).and_then(|c| c.patient.clone()) {
                 Some(patient) if by_patient => patient,
                 _ => sample.to_string(),
             };
-            let st = CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?;
-            match groups.entry((group, scope, cl.clone())) {
-                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(&st)?,
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(st);
-                }
-            }
+            CamStats::merge_into(&mut groups, (group, scope, cl.clone()), &CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?)?;
         }
     }
     staged.push(gradcam.finish_staged()?);

@@ -224,10 +224,8 @@ pub(super) fn build(out: &Path, dir: &Path) -> Result<Page, ReportError> {
     }
 
     // Grad-CAM.
-    let kind = match run.pointer("/config/run/explain").and_then(|v| v.as_str()) {
-        Some("signed") => MapKind::Signed,
-        _ => MapKind::Gradcam,
-    };
+    // Runs written before `[run] explain` made Grad-CAM maps.
+    let kind: MapKind = run.pointer("/config/run/explain").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
     page.section("gradcam", "Grad-CAM per class");
     page.p(match kind {
         MapKind::Gradcam => "Mean 1D Grad-CAM map of the spectra predicted as each class (coloured line, ±1 standard deviation band clipped to [0, 1]) over the class's mean preprocessed spectrum (black, ±1 standard deviation in grey); wavenumbers decrease to the right. Shaded: the class's top bands (contiguous ranges above the 90th percentile of the mean map), labelled with peak and assignment.",

@@ -278,11 +278,7 @@ impl Classifier {
         let base = self.predict_values(values, rows)?;
         let alt_net = self.net.fuse_as(precision);
         let x = self.input(values, rows)?;
-        let alt = tch::no_grad(|| {
-            let logits = self.net.head_t(&CareNet::pool(&alt_net.features(&x)), false);
-            let (probs, predicted, scores) = self.heads(&logits);
-            self.predictions(&probs, &predicted, &scores)
-        })?;
+        let alt = self.predict_from_features(&alt_net.features(&x))?;
         let same = base.predicted.iter().zip(&alt.predicted).filter(|(a, b)| a == b).count();
         let max_prob_diff = base.probs.iter().zip(&alt.probs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         // How sure f32 was of each decision the other precision changed: the gap between its two
@@ -425,8 +421,14 @@ impl Classifier {
             return Ok(Predictions { classes: self.classes.len(), probs: Vec::new(), predicted: Vec::new(), scores: Vec::new() });
         }
         let x = self.input(values, rows)?;
+        self.predict_from_features(&self.features(&x))
+    }
+
+    /// Pooling, the dense head and the predictions from last-stage activations `a`, under
+    /// `no_grad`.
+    fn predict_from_features(&self, a: &Tensor) -> Result<Predictions, OpError> {
         tch::no_grad(|| {
-            let logits = self.net.head_t(&CareNet::pool(&self.features(&x)), false);
+            let logits = self.net.head_t(&CareNet::pool(a), false);
             let (probs, predicted, scores) = self.heads(&logits);
             self.predictions(&probs, &predicted, &scores)
         })

@@ -1,7 +1,7 @@
 //! Per-class Grad-CAM profiles: the mean map (±1 standard deviation band, clipped to the maps'
-//! range, [0, 1] for Grad-CAM and [−1, 1] for signed maps) over the class mean spectrum (±1 standard deviation), on a wavenumber axis that
-//! runs from high to low as spectroscopists plot it, with the class's top bands shaded and
-//! labelled with their biochemical assignments.
+//! range, [0, 1] for Grad-CAM and [−1, 1] for signed maps) over the class mean spectrum (±1
+//! standard deviation), on a wavenumber axis that runs from high to low as spectroscopists plot
+//! it, with the class's top bands shaded and labelled with their biochemical assignments.
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, VPos};
