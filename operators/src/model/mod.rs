@@ -77,7 +77,8 @@ pub fn set_threads(threads: usize) {
 /// kernel, so each batch's activations (≈7 MB at batch 250, ≈30 MB at 1024) page-fault afresh:
 /// profiling showed a third of prediction time in the kernel's page clearing. Here blocks up to
 /// 32 MiB (glibc's maximum threshold) come from the heap and the heap is trimmed only above
-/// 1 GiB free, so memory stays at its high-water mark instead (prediction 1.5–2× faster,
+/// 1 GiB free, so memory stays at its high-water mark instead (`run`'s workers hand it back with
+/// `malloc_trim` after each image; prediction 1.5–2× faster,
 /// `cargo bench -p ftirflow-operators --bench model`). Called by every [`Classifier`]
 /// constructor; returns whether the settings took effect.
 pub fn keep_freed_tensor_memory() -> bool {
