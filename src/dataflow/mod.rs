@@ -159,20 +159,18 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
         );
         // Bounded memory: wait until this worker's previous image has left the graph, then hand
         // the pages it freed back, from both allocators: mimalloc (Rust's) keeps them for a while
-        // otherwise, and glibc's malloc (libtorch's) is told to keep freed tensor memory for
-        // reuse (`model::keep_freed_tensor_memory`), which grew with every new batch shape — peak
-        // memory crept up with the number of images (a 4 × 5 slide's 18 cores on one worker:
-        // 0.71 GB against 0.55 GB with the trim; docs/performance.md, whole slides).
+        // otherwise, and glibc's malloc (libtorch's) keeps freed tensor memory for reuse, which
+        // grew with every new batch shape — peak memory crept up with the number of images (a
+        // 4 × 5 slide's 18 cores on one worker: 0.71 GB against 0.55 GB with the trim;
+        // docs/performance.md, whole slides).
         if let Some(prev) = previous {
             input.advance_to(t + 1);
             while probe.less_equal(&prev) {
                 worker.step();
             }
-            // SAFETY: plain FFI calls without arguments that point anywhere.
-            unsafe {
-                libmimalloc_sys::mi_collect(true);
-                libc::malloc_trim(0);
-            }
+            // SAFETY: plain FFI call without arguments that point anywhere.
+            unsafe { libmimalloc_sys::mi_collect(true) };
+            crate::operators::model::release_freed_tensor_memory();
         }
         previous = Some(t);
     }

@@ -132,11 +132,6 @@ pub fn per_core(scope: &str) -> Option<(&str, &str)> {
     PER_CORE_SCOPES.contains(&kind).then_some((kind, sample))
 }
 
-/// Whether a Grad-CAM-sums scope (over all cores) holds spectra rather than maps.
-pub fn is_spectrum_scope(scope: &str) -> bool {
-    scope == SPECTRUM_SCOPE || scope == SPECTRUM_TRUE_SCOPE
-}
-
 /// Exact Grad-CAM sums of one image, by (scope, class).
 #[derive(Debug, Clone, Default)]
 pub struct ImageCams {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 
-use super::records::{is_spectrum_scope, per_core, spectrum_side, CoreRow, Diff, GridPlace, Record};
+use super::records::{per_core, spectrum_side, CoreRow, Diff, GridPlace, Record};
 use crate::error::Error;
 use crate::io::parquet::{AtomicParquetWriter, Staged};
 use crate::operators::grad_cam::{top_bands, CamStats};
@@ -258,7 +258,7 @@ pub fn write_tables(
             subtypes.unwrap_or(&[])
         }
     };
-    for ((sc, cl), (n, sum, sq)) in totals.cams.iter().filter(|((sc, _), _)| !is_spectrum_scope(sc)) {
+    for ((sc, cl), (n, sum, sq)) in totals.cams.iter().filter(|((sc, _), _)| spectrum_side(sc).is_none()) {
         let st = CamStats::from_sums(*n as u64, sum.clone(), sq.clone())?;
         // The classes this one is told apart from: the other classes of its model.
         for b in top_bands(grid, &st.mean(), 0.9)? {

@@ -497,10 +497,6 @@ fn prepare_output(opts: &RunOptions) -> Result<Option<manifest::DirLock>, Error>
     Ok(Some(lock))
 }
 
-/// The units of work and what to do with each: an image is de-arrayed (`[tma]`, see
-/// [`crate::tma`]) into the cores of a slide or stays whole; a file linking outside the archive
-/// is refused; a unit whose files, model and parts are unchanged since the manifest recorded it
-/// is reused; the rest is processed. Returns the units and the number of slides.
 /// The key-value metadata entry of every run table naming the kind of maps (`gradcam` or
 /// `signed`, `[run] explain`).
 pub const EXPLAIN_KEY: &str = "ftirflow:explain";
@@ -515,6 +511,10 @@ fn reuse_key(model_hash: &str, explain: MapKind) -> String {
     }
 }
 
+/// The units of work and what to do with each: an image is de-arrayed (`[tma]`, see
+/// [`crate::tma`]) into the cores of a slide or stays whole; a file linking outside the archive
+/// is refused; a unit whose files, model and parts are unchanged since the manifest recorded it
+/// is reused; the rest is processed. Returns the units and the number of slides.
 fn plan_images(opts: &RunOptions, entries: Vec<ImageEntry>, root: &Path, model_hash: &str) -> Result<(Vec<ImageJob>, usize), Error> {
     let out = &opts.out;
     let tma = &opts.config.tma;

@@ -77,8 +77,8 @@ pub fn set_threads(threads: usize) {
 /// kernel, so each batch's activations (≈7 MB at batch 250, ≈30 MB at 1024) page-fault afresh:
 /// profiling showed a third of prediction time in the kernel's page clearing. Here blocks up to
 /// 32 MiB (glibc's maximum threshold) come from the heap and the heap is trimmed only above
-/// 1 GiB free, so memory stays at its high-water mark instead (`run`'s workers hand it back with
-/// `malloc_trim` after each image; prediction 1.5–2× faster,
+/// 1 GiB free, so memory stays at its high-water mark instead (until
+/// [`release_freed_tensor_memory`]; prediction 1.5–2× faster,
 /// `cargo bench -p ftirflow-operators --bench model`). Called by every [`Classifier`]
 /// constructor; returns whether the settings took effect.
 pub fn keep_freed_tensor_memory() -> bool {
@@ -94,6 +94,18 @@ pub fn keep_freed_tensor_memory() -> bool {
             false
         }
     })
+}
+
+/// Hands the tensor memory that [`keep_freed_tensor_memory`] keeps back to the kernel
+/// (glibc's `malloc_trim`; a no-op on other C libraries). Each new batch shape adds to what glibc
+/// keeps, so a long run calls this between units of work: memory is reused within a unit and
+/// returned between units (docs/performance.md, whole slides).
+pub fn release_freed_tensor_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel, under glibc's own locks.
+    unsafe {
+        libc::malloc_trim(0);
+    };
 }
 
 /// Makes the calling thread — and the threads it starts afterwards, such as libtorch's intra-op
