@@ -90,6 +90,11 @@ for line in open(util):
 lo, hi = t0 + 0.1 * (t1 - t0), t1 - 0.1 * (t1 - t0)
 steady = [r for r in rows if lo <= r[0] <= hi] or rows
 u = [r[1] for r in steady]
+# The GPU's active span: from the first to the last sample with kernels running (start-up and the
+# tables at the end excluded).
+active = [i for i, r in enumerate(rows) if r[1] > 0]
+span = [r[1] for r in rows[active[0]:active[-1] + 1]] if active else []
+span_s = (rows[active[-1]][0] - rows[active[0]][0]) if active else 0.0
 cpu = []
 for line in open(vm):
     f = line.split()
@@ -104,11 +109,13 @@ secs = r.get("seconds") or (t1 - t0)
 rate = r.get("spectra_per_second_processed") or 0
 print(f"{name}: {r.get('counts', {}).get('spectra', 0):,} spectra in {secs:.1f} s = {rate:,.0f} spectra/s, peak RSS {r.get('peak_rss_bytes', 0) / 1e9:.2f} GB; "
       f"GPU utilisation (steady state, {len(u)} samples) mean {sum(u) / max(len(u), 1):.1f} %, "
-      f"≥ 80 % in {100 * sum(x >= 80 for x in u) / max(len(u), 1):.0f} % of samples, max memory "
+      f"≥ 80 % in {100 * sum(x >= 80 for x in u) / max(len(u), 1):.0f} % of samples; over the GPU's active span "
+      f"({span_s:.1f} s) mean {sum(span) / max(len(span), 1):.1f} %; max memory "
       f"{max((r[2] for r in rows), default=0):.0f} MiB, mean power {sum(r[3] for r in steady) / max(len(steady), 1):.0f} W; "
       f"CPU busy mean {sum(cpu_steady) / max(len(cpu_steady), 1):.0f} % of {__import__('os').cpu_count()} cores; "
       f"inference service {r.get('inference_service')}")
 print(f"{name}: CPU busy % per second: {' '.join(map(str, cpu))}")
+print(f"{name}: GPU utilisation % per sample: {' '.join(str(int(r[1])) for r in rows)}")
 EOF
 }
 

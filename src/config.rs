@@ -140,13 +140,18 @@ pub struct RunConfig {
     pub threads: usize,
     /// Spectra per record batch when reading images (default 1024).
     pub batch_rows: usize,
-    /// Where the networks run: `auto` (default: one shared inference thread per process when the
+    /// Where the networks run: `auto` (default: a shared inference service per process when the
     /// device is CUDA, fed by the workers through a channel; each worker's own copy on the CPU),
     /// `local` or `shared`.
     pub inference: Inference,
+    /// Threads of the shared inference service per process (default 4), each with its own copy of
+    /// the networks on the device: while one waits for its batch's results, the next launches
+    /// its batch. Only with `inference = "shared"` (CUDA's default); outputs do not depend on it.
+    pub inference_threads: usize,
     /// Memory the run may use, MiB (default 0: 60 % of the machine's memory). A unit of work (a
     /// whole image, or one core of a slide) whose spectra would take more than its share — the
-    /// budget over twice the workers per process, as each worker holds up to two units — is
+    /// budget over twice the workers per process: each worker holds one unit at a time, and a
+    /// unit's spectra with the chain's copies of them take up to about twice their size — is
     /// rejected with a reason naming the budget instead of risking an out-of-memory kill.
     pub memory_budget: u64,
     /// Prometheus textfile metrics written at the end of every run, success or failure (default
@@ -186,7 +191,7 @@ pub enum Inference {
     Auto,
     /// Every worker runs its own copy of the networks.
     Local,
-    /// One inference thread per process owns the networks; workers send it batches.
+    /// An inference service per process owns the networks; workers send it batches.
     Shared,
 }
 
@@ -201,6 +206,7 @@ impl Default for RunConfig {
             threads: 1,
             batch_rows: 1024,
             inference: Inference::Auto,
+            inference_threads: 4,
             memory_budget: 0,
             metrics_file: None,
             connect_timeout: 300,
@@ -217,6 +223,7 @@ impl RunConfig {
             ("batch", self.batch),
             ("threads", self.threads),
             ("batch_rows", self.batch_rows),
+            ("inference_threads", self.inference_threads),
             ("connect_timeout", self.connect_timeout as usize),
         ] {
             if v == 0 {
@@ -491,6 +498,8 @@ mod tests {
         assert!(e.to_string().contains("interferent_components"), "{e}");
         let e = Config::parse("[run]\nworkers = 0\n", "t").unwrap_err();
         assert!(matches!(e, ConfigError::Invalid(_)) && e.to_string().contains("[run] workers must be at least 1"), "{e}");
+        let e = Config::parse("[run]\ninference_threads = 0\n", "t").unwrap_err();
+        assert!(e.to_string().contains("[run] inference_threads must be at least 1"), "{e}");
         let e = Config::parse("[train]\nfolds = 1\n", "t").unwrap_err();
         assert!(matches!(e, ConfigError::Invalid(_)), "[run] and [train] faults are one kind: {e}");
         assert!(e.to_string().contains("folds"), "{e}");

@@ -53,7 +53,7 @@ struct Tally {
 /// the device side bounds it; a mostly idle one means the workers (reading, preprocessing) do.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct ServiceUsage {
-    /// Seconds the service thread spent scoring.
+    /// Seconds the service threads spent scoring, summed over them.
     pub busy_seconds: f64,
     /// Seconds the workers spent waiting for replies, summed over the workers.
     pub worker_wait_seconds: f64,
@@ -165,56 +165,65 @@ impl Models {
     }
 }
 
-/// Starts the inference service of a process: a thread that owns the networks (loaded by `load`
-/// on the device) and scores the workers' requests in arrival order, tallying its busy time. It
-/// ends when every sender is dropped.
-///
-/// One thread: a second one with its own copy of the networks measured no faster on an H200
-/// (docs/performance.md, Nightly run on a GPU), as libtorch runs both on the device's one
-/// default stream.
+/// Starts the inference service of a process: `service_threads` threads, each owning its own copy
+/// of the networks (loaded by `load` on the device), that take the workers' requests from one
+/// queue in arrival order and tally their busy time. While one thread waits for its batch's
+/// results to come back from the device, another launches the next batch's work, so the device
+/// is not idle during the host's share of each batch. The service ends when every sender is
+/// dropped.
 pub fn spawn_service(
-    load: impl FnOnce() -> Result<(Bundle, Option<Bundle>), BundleError> + Send + 'static,
+    load: impl Fn() -> Result<(Bundle, Option<Bundle>), BundleError> + Send + Sync + 'static,
     batch: usize,
     gradcam: bool,
     threads: usize,
-) -> Result<(Service, std::thread::JoinHandle<()>), Error> {
+    service_threads: usize,
+) -> Result<(Service, Vec<std::thread::JoinHandle<()>>), Error> {
     let (tx, rx) = crossbeam_channel::bounded::<Request>(64);
-    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), BundleError>>(1);
+    let service_threads = service_threads.max(1);
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), BundleError>>(service_threads);
     let tally = std::sync::Arc::new(Tally::default());
-    let busy = std::sync::Arc::clone(&tally);
-    let handle = std::thread::Builder::new()
-        .name("inference".into())
-        .spawn(move || {
-            tch::set_num_threads(threads as i32);
-            let (types, subtypes) = match load() {
-                Ok(m) => {
-                    let _ = ready_tx.send(Ok(()));
-                    m
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            for r in rx {
-                let start = Instant::now();
-                let bundle = match r.which {
-                    Which::Type => Some(&types),
-                    Which::Subtype => subtypes.as_ref(),
+    let load = std::sync::Arc::new(load);
+    let mut handles = Vec::with_capacity(service_threads);
+    for i in 0..service_threads {
+        let (rx, ready_tx, busy, load) = (rx.clone(), ready_tx.clone(), std::sync::Arc::clone(&tally), std::sync::Arc::clone(&load));
+        let handle = std::thread::Builder::new()
+            .name(format!("inference-{i}"))
+            .spawn(move || {
+                tch::set_num_threads(threads as i32);
+                let (types, subtypes) = match load() {
+                    Ok(m) => {
+                        let _ = ready_tx.send(Ok(()));
+                        m
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
                 };
-                let result = match bundle {
-                    Some(b) => score(b, &r.values, r.rows, batch, gradcam),
-                    None => Err(OpError::internal(OP, "no subtype model")),
-                };
-                busy.busy_ns.fetch_add(nanos(start), Ordering::Relaxed);
-                busy.requests.fetch_add(1, Ordering::Relaxed);
-                busy.spectra.fetch_add(r.rows as u64, Ordering::Relaxed);
-                let _ = r.reply.send(result);
-            }
-        })
-        .map_err(|e| Error::invalid(format!("cannot start the inference service: {e}")))?;
-    ready_rx.recv().map_err(|_| Error::invalid("the inference service did not start"))??;
-    Ok((Service { tx, tally }, handle))
+                for r in rx {
+                    let start = Instant::now();
+                    let bundle = match r.which {
+                        Which::Type => Some(&types),
+                        Which::Subtype => subtypes.as_ref(),
+                    };
+                    let result = match bundle {
+                        Some(b) => score(b, &r.values, r.rows, batch, gradcam),
+                        None => Err(OpError::internal(OP, "no subtype model")),
+                    };
+                    busy.busy_ns.fetch_add(nanos(start), Ordering::Relaxed);
+                    busy.requests.fetch_add(1, Ordering::Relaxed);
+                    busy.spectra.fetch_add(r.rows as u64, Ordering::Relaxed);
+                    let _ = r.reply.send(result);
+                }
+            })
+            .map_err(|e| Error::invalid(format!("cannot start the inference service: {e}")))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..service_threads {
+        ready_rx.recv().map_err(|_| Error::invalid("the inference service did not start"))??;
+    }
+    Ok((Service { tx, tally }, handles))
 }
 
 /// Probabilities and maps of `rows` spectra from one model, in fixed batches.

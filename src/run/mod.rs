@@ -244,7 +244,13 @@ fn run_job(
     let dirs = ModelDirs { types: opts.model.clone(), subtypes: opts.subtype_model.clone(), precision: precision.used };
     let service = if shared {
         let (d, dev) = (dirs.clone(), cfg.run.device);
-        Some(crate::classify::spawn_service(move || d.load(dev), cfg.run.batch, cfg.run.gradcam, cfg.run.threads)?)
+        Some(crate::classify::spawn_service(
+            move || d.load(dev),
+            cfg.run.batch,
+            cfg.run.gradcam,
+            cfg.run.threads,
+            cfg.run.inference_threads,
+        )?)
     } else {
         None
     };

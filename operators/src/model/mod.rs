@@ -22,6 +22,7 @@
 //! assert!(cams.maps.iter().all(|&v| (0.0..=1.0).contains(&v)));
 //! ```
 mod arch;
+mod staging;
 
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -237,6 +238,8 @@ pub struct Classifier {
     classes: Vec<String>,
     grid: Vec<f64>,
     frozen: Option<InferenceNet>,
+    /// Where input batches wait for their copy to a GPU (unused on the CPU).
+    staging: staging::Staging,
 }
 
 impl Classifier {
@@ -263,7 +266,7 @@ impl Classifier {
             ));
         }
         crate::schema::check_axis(&grid).map_err(|e| OpError::config(OP, format!("model grid: {e}")))?;
-        Ok(Self { vs, net, classes, grid, frozen: None })
+        Ok(Self { vs, net, classes, grid, frozen: None, staging: staging::Staging::default() })
     }
 
     /// Folds the batch norms into the convolutions once ([`CareNet::fuse`]) and keeps the result
@@ -381,13 +384,10 @@ impl Classifier {
         let x = if self.device() == Device::Cpu {
             Tensor::f_from_slice(values).and_then(|t| t.f_view(shape))
         } else {
-            // Straight from `values` to the GPU, without a host copy first (at batch 4096 the copy
-            // cost about a sixth of the GPU's prediction time).
-            // SAFETY: the tensor borrows `values` (rows × n contiguous f32) only until
-            // `f_to_device` returns: a blocking copy from pageable host memory, complete when it
-            // returns; the borrowing tensor is dropped at the end of this block.
-            unsafe { Tensor::f_from_blob(values.as_ptr().cast::<u8>(), &shape, &[n as i64, 1], Kind::Float, Device::Cpu) }
-                .and_then(|host| host.f_to_device(self.device()))
+            // Through page-locked memory and without blocking: the thread goes on launching the
+            // batch's kernels instead of waiting for a staged copy from pageable memory, which
+            // bounded the H200 runs (docs/performance.md, Is the GPU fed?).
+            self.staging.to_device(values, shape, self.device())
         };
         x.map_err(|e| OpError::internal(OP, e.to_string()))
     }
@@ -411,20 +411,45 @@ impl Classifier {
         }
     }
 
-    /// Copies the outputs of [`Classifier::heads`] to the host.
-    fn predictions(&self, probs: &Tensor, predicted: &Tensor, scores: &Tensor) -> Result<Predictions, OpError> {
-        let host_f32 = |t: &Tensor| -> Result<Vec<f32>, OpError> {
-            Vec::<f32>::try_from(t.detach().to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
-                .map_err(|e| OpError::internal(OP, e.to_string()))
-        };
-        let predicted: Vec<i64> =
-            Vec::<i64>::try_from(predicted.to_device(Device::Cpu).flatten(0, -1)).map_err(|e| OpError::internal(OP, e.to_string()))?;
-        Ok(Predictions {
-            classes: self.classes.len(),
-            probs: host_f32(probs)?,
-            predicted: predicted.into_iter().map(|p| p as u32).collect(),
-            scores: host_f32(scores)?,
-        })
+    /// Copies the outputs of [`Classifier::heads`] and, when given, the raw maps `[rows, length]`
+    /// to the host in one transfer (on a GPU each copy waits for the device, so one per batch
+    /// instead of four): the predictions and the raw maps (empty without `raw`).
+    fn to_host(
+        &self,
+        probs: &Tensor,
+        predicted: &Tensor,
+        scores: &Tensor,
+        raw: Option<&Tensor>,
+    ) -> Result<(Predictions, Vec<f32>), OpError> {
+        let k = self.classes.len();
+        let rows = probs.size()[0] as usize;
+        // Class indices are exact in f32 (far below 2^24).
+        let mut columns = vec![
+            probs.detach().to_kind(Kind::Float),
+            predicted.to_kind(Kind::Float).unsqueeze(1),
+            scores.detach().to_kind(Kind::Float).unsqueeze(1),
+        ];
+        columns.extend(raw.map(|r| r.to_kind(Kind::Float)));
+        let all = Tensor::cat(&columns, 1).to_device(Device::Cpu).contiguous();
+        let width = all.size()[1] as usize;
+        let host: Vec<f32> = Vec::<f32>::try_from(all.flatten(0, -1)).map_err(|e| OpError::internal(OP, e.to_string()))?;
+        self.staging.settled();
+        let (mut out, mut maps) = (
+            Predictions {
+                classes: k,
+                probs: Vec::with_capacity(rows * k),
+                predicted: Vec::with_capacity(rows),
+                scores: Vec::with_capacity(rows),
+            },
+            Vec::with_capacity(rows * (width - k - 2)),
+        );
+        for row in host.chunks_exact(width) {
+            out.probs.extend_from_slice(&row[..k]);
+            out.predicted.push(row[k] as u32);
+            out.scores.push(row[k + 1]);
+            maps.extend_from_slice(&row[k + 2..]);
+        }
+        Ok((out, maps))
     }
 
     /// Class probabilities of `rows` spectra (`values` row-major, on the model grid), under
@@ -443,7 +468,7 @@ impl Classifier {
         tch::no_grad(|| {
             let logits = self.net.head_t(&CareNet::pool(a), false);
             let (probs, predicted, scores) = self.heads(&logits);
-            self.predictions(&probs, &predicted, &scores)
+            self.to_host(&probs, &predicted, &scores, None).map(|(p, _)| p)
         })
     }
 
@@ -481,10 +506,8 @@ impl Classifier {
         }
         let x = self.input(values, rows)?;
         let (probs, predicted, scores, raw) = self.forward_with_raw_cam(&x)?;
-        let pred = self.predictions(&probs, &predicted, &scores)?;
         let length = raw.size()[1] as usize;
-        let values: Vec<f32> = Vec::<f32>::try_from(raw.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
-            .map_err(|e| OpError::internal(OP, e.to_string()))?;
+        let (pred, values) = self.to_host(&probs, &predicted, &scores, Some(&raw))?;
         Ok((pred, RawCams { length, points, values }))
     }
 
