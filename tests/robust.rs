@@ -155,6 +155,14 @@ fn mixed_archive(root: &Path) -> (PathBuf, PathBuf) {
     let table = std::fs::read(root.join("synth_pq/images/P01_AT.parquet")).unwrap();
     w("truncated_table.parquet", &table[..table.len() / 2]);
     w("not_parquet.parquet", b"PAR1 but not really");
+    // A table with the spectra's columns and no rows (once counted as processed and lost
+    // without a word).
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(root.join("synth_pq/images/P01_AT.parquet")).unwrap(),
+    )
+    .unwrap();
+    let empty = std::fs::File::create(mixed.join("empty_table.parquet")).unwrap();
+    parquet::arrow::ArrowWriter::try_new(empty, reader.schema().clone(), None).unwrap().close().unwrap();
     // An Agilent tile whose header is cut short.
     let bsp = vec![0u8; 100];
     w("short_header.bsp", &bsp);
@@ -196,6 +204,7 @@ const BAD: &[(&str, &str, &str)] = &[
     ("missing_tile.dmt", "open", "tile"),
     ("truncated_table.parquet", "open", "parquet"),
     ("not_parquet.parquet", "open", "parquet"),
+    ("empty_table.parquet", "read", "no spectra"),
     ("short_header.dat", "open", "truncated"),
     ("linked_out.hdr", "discover", "outside the archive"),
     ("linked_data.hdr", "discover", "outside the archive"),

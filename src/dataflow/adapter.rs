@@ -1,10 +1,12 @@
 //! The one generic adapter that runs any per-image stage inside timely — an operator [`Kernel`]
 //! or classification — and the items that flow between the operators.
 //!
-//! Each image travels at its own timestamp (its index in the archive). The adapter keeps one
-//! stage per open timestamp: it feeds the image's batches to the stage as they arrive and calls
-//! `finish` once the input frontier has passed the image's timestamp (no more of its batches can
-//! come). A stage error does not stop the run: the image's data is dropped and an
+//! Each image travels at its own timestamp (its index in the archive), within its worker, and
+//! ends with [`Item::End`]. The adapter keeps one stage per open timestamp: it feeds the image's
+//! batches to the stage as they arrive and calls `finish` at the image's end marker, so an image
+//! goes through its worker's operators without waiting for any other worker's progress (the
+//! input frontier passing the timestamp ends an image too, should a marker ever be missing). A
+//! stage error does not stop the run: the image's data is dropped and an
 //! [`Item::Failed`] naming the stage flows on in its place (timely's `ok_err` idea), which ends
 //! up in `rejects.parquet`.
 use std::collections::BTreeMap;
@@ -35,6 +37,8 @@ pub enum Item {
     Failed(Reject),
     /// The summary records of an image processed by an earlier run.
     Reused(Arc<Vec<(Record, Diff)>>),
+    /// The image's last item: everything of it has gone by.
+    End,
 }
 
 /// The stream type of the pipeline.
@@ -114,12 +118,24 @@ impl<'scope> ApplyStage<'scope> for Items<'scope> {
         let reject = move |t: u64, stage: &str, e: OpError| Item::Failed(job.images[t as usize].reject(stage, job.plan.explain(e)));
         self.unary_frontier::<CapacityContainerBuilder<Vec<Item>>, _, _, _>(Pipeline, name, move |_cap, _info| {
             let mut open: BTreeMap<u64, (Capability<u64>, State)> = BTreeMap::new();
+            // The finished items of an image's stage, and the end marker.
+            let close = move |t: u64, state: State, items: &mut Vec<Item>, reject: &dyn Fn(u64, &str, OpError) -> Item| {
+                if let State::Running(mut k) = state {
+                    let mut out = Vec::new();
+                    match k.finish(&mut out) {
+                        Ok(()) => items.append(&mut out),
+                        Err(e) => items.push(reject(t, k.name(), e)),
+                    }
+                }
+                items.push(Item::End);
+            };
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     let Some(c) = cap.retain_least(output.output_index()) else { return };
                     let t = *c.time();
                     let entry = open.entry(t).or_insert((c, State::Fresh));
                     let mut emitted: Vec<Item> = Vec::new();
+                    let mut ended = false;
                     for item in data.drain(..) {
                         match item {
                             Item::Batch(b) => {
@@ -144,6 +160,7 @@ impl<'scope> ApplyStage<'scope> for Items<'scope> {
                                 }
                             }
                             Item::Summary(s) => emitted.push(Item::Summary(s)),
+                            Item::End => ended = true,
                             other => {
                                 // A failure upstream or a reused image: nothing to compute here.
                                 entry.1 = State::Done;
@@ -151,7 +168,11 @@ impl<'scope> ApplyStage<'scope> for Items<'scope> {
                             }
                         }
                     }
-                    if !emitted.is_empty() {
+                    if ended {
+                        let (cap, state) = open.remove(&t).expect("present");
+                        close(t, state, &mut emitted, &reject);
+                        output.session(&cap).give_iterator(emitted.into_iter());
+                    } else if !emitted.is_empty() {
                         output.session(&entry.0).give_iterator(emitted.into_iter());
                     }
                 });
@@ -160,15 +181,9 @@ impl<'scope> ApplyStage<'scope> for Items<'scope> {
                         break;
                     }
                     let (cap, state) = open.remove(&t).expect("present");
-                    if let State::Running(mut k) = state {
-                        let mut items = Vec::new();
-                        if let Err(e) = k.finish(&mut items) {
-                            items = vec![reject(t, k.name(), e)];
-                        }
-                        if !items.is_empty() {
-                            output.session(&cap).give_iterator(items.into_iter());
-                        }
-                    }
+                    let mut items = Vec::new();
+                    close(t, state, &mut items, &reject);
+                    output.session(&cap).give_iterator(items.into_iter());
                 }
             }
         })

@@ -10,16 +10,18 @@
 //!
 //! Image `i` of the archive (sorted by sample id) is read by the worker [`crate::job::deal`] gives
 //! it (of all workers of all processes: the next unit to the worker with the least work so far),
-//! and travels at timestamp `i`. A worker reads its next image
-//! only once its previous one has left the graph (the probe), so at most two of its images are in
-//! memory whatever the archive's size. Batches never leave their worker; only the summary records
+//! and travels at timestamp `i`, followed by an end marker that closes it at every operator, so
+//! an image goes through its worker's operators without waiting for the other workers. A worker
+//! finishes its previous image in the first steps of reading the next and waits for it to be
+//! written before reading another, so it holds one image (and, briefly, the previous one's last
+//! stages) whatever the archive's size. Batches never leave their worker; only the summary records
 //! (integers, see [`crate::outputs::records`]) are exchanged, so the run's rows and totals are the
 //! same for any layout of workers and processes.
 pub mod adapter;
 pub mod parts;
 pub mod source;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -27,8 +29,7 @@ use differential_dataflow::AsCollection;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::Probe;
-use timely::dataflow::{InputHandle, ProbeHandle};
+use timely::dataflow::InputHandle;
 
 pub use adapter::{ApplyStage, Item, Items, Stage, StageFactory};
 pub use parts::WriteParts;
@@ -117,16 +118,15 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
     let models = Rc::new(job.load_models()?);
     let collected: Rc<RefCell<Vec<(Record, Diff)>>> = Rc::new(RefCell::new(Vec::new()));
     let mut input: InputHandle<u64, CapacityContainerBuilder<Vec<Item>>> = InputHandle::new();
-    let probe = ProbeHandle::new();
+    let finished = Rc::new(Cell::new(0usize));
     let last_own = job.images_of(index).last().map(|(i, _)| i as u64);
     {
-        let (job, collected) = (Arc::clone(&job), Rc::clone(&collected));
+        let (job, collected, finished) = (Arc::clone(&job), Rc::clone(&collected), Rc::clone(&finished));
         worker.dataflow::<u64, _, _>(|scope| {
             let records = timely::dataflow::operators::core::input::Input::input_from(&scope, &mut input)
                 .preprocess(&job)
                 .classify(&job, models)
-                .write_parts(&job, last_own)
-                .probe_with(&probe);
+                .write_parts(&job, last_own, finished);
             records.as_collection().consolidate().inner.sink(
                 Exchange::new(|_: &(Record, u64, Diff)| 0u64),
                 "collect",
@@ -138,47 +138,56 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
             );
         });
     }
-    let mut previous: Option<u64> = None;
-    for (i, image) in job.images_of(index) {
-        let t = i as u64;
-        input.advance_to(t);
+    for (fed, (i, image)) in job.images_of(index).enumerate() {
+        input.advance_to(i as u64);
         if let Some(reason) = job.stopped() {
             // The outputs cannot be written: account for the image without reading it.
             input.send(Item::Failed(image.reject("write", format!("not processed: {reason}"))));
-            continue;
+        } else {
+            source::feed(
+                image,
+                job.run.batch_rows,
+                job.plan.read_band(),
+                job.unit_budget,
+                |item| input.send(item),
+                || {
+                    worker.step();
+                },
+            );
         }
-        source::feed(
-            image,
-            job.run.batch_rows,
-            job.plan.read_band(),
-            job.unit_budget,
-            |item| input.send(item),
-            || {
-                worker.step();
-            },
-        );
-        // Bounded memory: wait until this worker's previous image has left the graph, then hand
-        // the pages it freed back, from both allocators: mimalloc (Rust's) keeps them for a while
+        input.send(Item::End);
+        input.flush();
+        // Bounded memory: each operator closes an image at its end marker, whatever the other
+        // workers are doing, so the worker's previous image was finished and written in the first
+        // steps of this one's reading (its marker came first); wait for that, then hand the pages
+        // it freed back, from both allocators: mimalloc (Rust's) keeps them for a while
         // otherwise, and glibc's malloc (libtorch's) keeps freed tensor memory for reuse, which
         // grew with every new batch shape — peak memory crept up with the number of images (a
         // 4 × 5 slide's 18 cores on one worker: 0.71 GB against 0.55 GB with the trim;
-        // docs/performance.md, whole slides).
-        if let Some(prev) = previous {
-            input.advance_to(t + 1);
-            while probe.less_equal(&prev) {
-                worker.step();
+        // docs/performance.md, whole slides). A worker so holds the image it reads and, while
+        // the first batches come, the previous one's last stages. Handing pages back while no
+        // image is held instead (waiting for this one to be written) cost the kernel 3× the time
+        // faulting them in again for the next image (a 4 × 5 slide, 2 workers: 15 s against 5 s).
+        if fed > 0 {
+            while finished.get() < fed {
+                // Parked, not spinning, when there is nothing to do: a spinning worker took a
+                // core from the inference service threads and the other workers.
+                worker.step_or_park(Some(PARK));
             }
             // SAFETY: plain FFI call without arguments that point anywhere.
             unsafe { libmimalloc_sys::mi_collect(true) };
             crate::operators::model::release_freed_tensor_memory();
         }
-        previous = Some(t);
     }
     drop(input);
     while worker.step_or_park(None) {}
     let records = std::mem::take(&mut *collected.borrow_mut());
     Ok(WorkerOutput { records })
 }
+
+/// Longest a waiting worker parks before it looks again (news from other threads wakes it
+/// sooner).
+const PARK: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Exit code of a process whose cluster peer went away (the run did not finish).
 pub const EXIT_PEER_LOST: i32 = 2;

@@ -1,7 +1,9 @@
 //! The last operator of the graph: once an image has passed every stage, its prediction part and
 //! summary part are written (renamed into place), its manifest line appended, and its summary
 //! records emitted for consolidation — or its reject, when it failed anywhere.
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -25,11 +27,23 @@ pub trait WriteParts<'scope> {
     /// Writes each finished image's prediction part and summary part, records it in the
     /// manifest, and emits its summary records (or its reject). `last_own` is the timestamp of
     /// this worker's last image, with which the worker's added-up Grad-CAM sums are sent.
-    fn write_parts(self, job: &Arc<RunJob>, last_own: Option<u64>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>>;
+    /// `finished` counts the worker's images written so far (the worker reads its next image
+    /// when the previous one is done).
+    fn write_parts(
+        self,
+        job: &Arc<RunJob>,
+        last_own: Option<u64>,
+        finished: Rc<Cell<usize>>,
+    ) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>>;
 }
 
 impl<'scope> WriteParts<'scope> for Items<'scope> {
-    fn write_parts(self, job: &Arc<RunJob>, last_own: Option<u64>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>> {
+    fn write_parts(
+        self,
+        job: &Arc<RunJob>,
+        last_own: Option<u64>,
+        finished: Rc<Cell<usize>>,
+    ) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>> {
         let job = Arc::clone(job);
         self.unary_frontier::<CapacityContainerBuilder<Vec<(Record, u64, Diff)>>, _, _, _>(Pipeline, "write_parts", move |_c, _info| {
             let mut open: BTreeMap<u64, (Capability<u64>, Vec<Item>)> = BTreeMap::new();
@@ -39,17 +53,21 @@ impl<'scope> WriteParts<'scope> for Items<'scope> {
             // consolidation's trace as the archive grows.
             let mut cams: BTreeMap<Record, Diff> = BTreeMap::new();
             move |(input, frontier), output| {
+                // Images whose end marker came, and then (should one be missing) those the
+                // frontier has passed.
+                let mut ended = Vec::new();
                 input.for_each(|cap, data| {
                     let Some(c) = cap.retain_least(output.output_index()) else { return };
                     let t = *c.time();
                     let e = open.entry(t).or_insert((c, Vec::new()));
                     e.1.append(data);
-                });
-                while let Some((&t, _)) = open.first_key_value() {
-                    if frontier.less_equal(&t) {
-                        break;
+                    if matches!(e.1.last(), Some(Item::End)) {
+                        ended.push(t);
                     }
-                    let (cap, items) = open.remove(&t).expect("present");
+                });
+                ended.extend(open.keys().take_while(|t| !frontier.less_equal(*t)).copied());
+                for t in ended {
+                    let Some((cap, items)) = open.remove(&t) else { continue };
                     let image = &job.images[t as usize];
                     let records = finish_image(&job, image, items, &mut manifest);
                     job.progress.images.fetch_add(1, Ordering::Relaxed);
@@ -68,6 +86,7 @@ impl<'scope> WriteParts<'scope> for Items<'scope> {
                         now.extend(std::mem::take(&mut cams).into_iter().map(|(r, d)| (r, t, d)));
                     }
                     output.session(&cap).give_iterator(now.into_iter());
+                    finished.set(finished.get() + 1);
                 }
             }
         })
@@ -89,6 +108,7 @@ fn finish_image(job: &RunJob, image: &ImageJob, items: Vec<Item>, manifest: &mut
             Item::Summary(s) => summary = Some(s),
             Item::Failed(reject) => return rejected(reject),
             Item::Reused(records) => return records.iter().filter(|(r, _)| r.is_shared()).cloned().collect(),
+            Item::End => {}
         }
     }
     let path = &image.entry.path;
