@@ -162,7 +162,7 @@ fn mixed_archive(root: &Path) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     let empty = std::fs::File::create(mixed.join("empty_table.parquet")).unwrap();
-    parquet::arrow::ArrowWriter::try_new(empty, reader.schema().clone(), None).unwrap().close().unwrap();
+    parquet::arrow::ArrowWriter::try_new(empty, std::sync::Arc::clone(reader.schema()), None).unwrap().close().unwrap();
     // An Agilent tile whose header is cut short.
     let bsp = vec![0u8; 100];
     w("short_header.bsp", &bsp);
