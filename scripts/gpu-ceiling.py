@@ -10,36 +10,21 @@ with a CUDA PyTorch:
 Without a GPU it runs the first part on the CPU (a check that it works)."""
 import sys, time
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "benches" / "python"))
-import torch, torch.nn.functional as F
+import torch
 from carenet_baseline import CareNet
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 model = CareNet(2).eval().to(dev)
 
-def features(x):
-    m = model
-    h = F.max_pool1d(F.relu(m.stem_bn(m.stem(x.unsqueeze(1)))), 2)
-    for i, s in enumerate(m.stages):
-        h = s(h)
-        if i < m.pooled:
-            h = F.max_pool1d(h, 2)
-    return h
-
-def head(p):
-    h = p
-    for d in model.dense:
-        h = F.relu(d(h))
-    return model.head(h)
-
 def predict(x):
     with torch.no_grad():
-        return torch.sigmoid(head(features(x).mean(2)))
+        return torch.sigmoid(model.logits(model.features(x).mean(2)))
 
 def cam(x):
     with torch.no_grad():
-        a = features(x)
+        a = model.features(x)
     pooled = a.mean(2).requires_grad_(True)
-    l = head(pooled)[:, 0]
+    l = model.logits(pooled)[:, 0]
     pred = (l > 0)
     s = l * (2 * pred.to(l.dtype) - 1)
     (g,) = torch.autograd.grad(s.sum(), pooled)

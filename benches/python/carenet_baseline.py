@@ -97,16 +97,24 @@ class CareNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(ch, 1 if classes == 2 else classes)
 
-    def forward(self, x):
+    def features(self, x):
+        """The last stage's activations [batch, channels, length] of spectra [batch, points]."""
         h = F.max_pool1d(F.relu(self.stem_bn(self.stem(x.unsqueeze(1)))), 2)
         for i, s in enumerate(self.stages):
             h = s(h)
             if i < self.pooled:
                 h = F.max_pool1d(h, 2)
-        h = h.mean(2)
+        return h
+
+    def logits(self, pooled):
+        """The dense layers and the output layer on pooled features [batch, channels]."""
+        h = pooled
         for d in self.dense:
             h = self.dropout(F.relu(d(h)))
         return self.head(h)
+
+    def forward(self, x):
+        return self.logits(self.features(x).mean(2))
 
 
 def heads(logits, classes):

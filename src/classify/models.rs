@@ -1,6 +1,6 @@
 //! Where a run's networks live and how spectra are scored: each worker's own copy of the models
-//! (CPU), or one inference service thread per process that owns them on the device (CUDA),
-//! scores the workers' requests in arrival order and leaves the maps' host-side finish to the
+//! (CPU), or one inference service per process whose threads own them on the device (CUDA),
+//! score the workers' requests in arrival order and leave the maps' host-side finish to the
 //! workers. Scoring pads the last batch of an image to a
 //! fixed shape quantum so libtorch's per-shape kernel cache stays bounded.
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,9 +81,10 @@ fn nanos(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Where the networks run: in the worker itself (CPU: every worker has its own copy), or in one
-/// inference service thread per process that owns the networks on the device (CUDA: the workers
-/// send it batches through a channel and go on preprocessing while it computes).
+/// Where the networks run: in the worker itself (CPU: every worker has its own copy), or in the
+/// process's inference service, whose threads own the networks on the device (CUDA: a worker
+/// sends a core's spectra through a channel and waits for the scores, while other workers read
+/// and preprocess).
 pub enum Engine {
     /// The worker's own networks.
     Local {

@@ -96,6 +96,19 @@ impl Stage for ClassifyKernel {
 /// Makes a fresh stage for an image (on the worker's thread: stages need not be `Send`).
 pub type StageFactory = Box<dyn Fn() -> Result<Box<dyn Stage>, OpError>>;
 
+/// Ends image `t` at a stage: its finished items (or the reject of a failing `finish`), then the
+/// end marker.
+fn close(t: u64, state: State, items: &mut Vec<Item>, reject: &dyn Fn(u64, &str, OpError) -> Item) {
+    if let State::Running(mut k) = state {
+        let mut out = Vec::new();
+        match k.finish(&mut out) {
+            Ok(()) => items.append(&mut out),
+            Err(e) => items.push(reject(t, k.name(), e)),
+        }
+    }
+    items.push(Item::End);
+}
+
 /// Runs stages inside timely.
 pub trait ApplyStage<'scope> {
     /// Applies a fresh stage from `factory` to each image of `job` (see the module docs).
@@ -118,17 +131,6 @@ impl<'scope> ApplyStage<'scope> for Items<'scope> {
         let reject = move |t: u64, stage: &str, e: OpError| Item::Failed(job.images[t as usize].reject(stage, job.plan.explain(e)));
         self.unary_frontier::<CapacityContainerBuilder<Vec<Item>>, _, _, _>(Pipeline, name, move |_cap, _info| {
             let mut open: BTreeMap<u64, (Capability<u64>, State)> = BTreeMap::new();
-            // The finished items of an image's stage, and the end marker.
-            let close = move |t: u64, state: State, items: &mut Vec<Item>, reject: &dyn Fn(u64, &str, OpError) -> Item| {
-                if let State::Running(mut k) = state {
-                    let mut out = Vec::new();
-                    match k.finish(&mut out) {
-                        Ok(()) => items.append(&mut out),
-                        Err(e) => items.push(reject(t, k.name(), e)),
-                    }
-                }
-                items.push(Item::End);
-            };
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     let Some(c) = cap.retain_least(output.output_index()) else { return };

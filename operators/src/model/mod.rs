@@ -434,15 +434,13 @@ impl Classifier {
         let width = all.size()[1] as usize;
         let host: Vec<f32> = Vec::<f32>::try_from(all.flatten(0, -1)).map_err(|e| OpError::internal(OP, e.to_string()))?;
         self.staging.settled();
-        let (mut out, mut maps) = (
-            Predictions {
-                classes: k,
-                probs: Vec::with_capacity(rows * k),
-                predicted: Vec::with_capacity(rows),
-                scores: Vec::with_capacity(rows),
-            },
-            Vec::with_capacity(rows * (width - k - 2)),
-        );
+        let mut out = Predictions {
+            classes: k,
+            probs: Vec::with_capacity(rows * k),
+            predicted: Vec::with_capacity(rows),
+            scores: Vec::with_capacity(rows),
+        };
+        let mut maps = Vec::with_capacity(rows * (width - k - 2));
         for row in host.chunks_exact(width) {
             out.probs.extend_from_slice(&row[..k]);
             out.predicted.push(row[k] as u32);

@@ -16,7 +16,6 @@ pub(super) struct Staging(Mutex<Slot>);
 #[derive(Debug, Default)]
 struct Slot {
     host: Option<Tensor>,
-    capacity: usize,
     pending: bool,
 }
 
@@ -37,7 +36,7 @@ impl Staging {
             slot.pending = false;
         }
         let host = match &slot.host {
-            Some(host) if slot.capacity >= values.len() => host.shallow_clone(),
+            Some(host) if host.numel() >= values.len() => host.shallow_clone(),
             _ => {
                 // A device-to-host copy that does not block allocates its destination in
                 // libtorch's caching host allocator, which page-locks it (`Tensor::pin_memory`
@@ -47,11 +46,10 @@ impl Staging {
                 let host = on_device.f_to_device_(Device::Cpu, Kind::Float, true, false)?;
                 tch::Cuda::synchronize(index(device));
                 slot.host = Some(host.shallow_clone());
-                slot.capacity = values.len();
                 host
             }
         };
-        // SAFETY: `host` is a contiguous f32 tensor of `capacity ≥ values.len()` elements on the
+        // SAFETY: `host` is a contiguous f32 tensor of at least `values.len()` elements on the
         // CPU, which no transfer reads now (`pending` is false: the last one is complete).
         unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), host.data_ptr().cast::<f32>(), values.len()) };
         let x = host.f_narrow(0, 0, values.len() as i64)?.f_view(shape)?.f_to_device_(device, Kind::Float, true, false)?;
