@@ -8,6 +8,10 @@
 //! [`report`]); the command line ([`cli`]) sits on top and is used only by the binary.
 #![warn(missing_docs)]
 
+// The image readers map little-endian files straight into spectra (`io::mapped`).
+#[cfg(not(target_endian = "little"))]
+compile_error!("ftirflow builds only for little-endian targets");
+
 pub mod bundle;
 pub mod classify;
 #[doc(hidden)]

@@ -187,6 +187,27 @@ fn mosaic_with_a_missing_or_short_tile_is_rejected() {
     assert!(matches!(open_err(&dmt), ReadError::Truncated { .. }));
 }
 
+/// A tile cut while the mosaic is being read (tiles are read through a mapping, where the cut
+/// raises a bus error): the reader ends with a `Truncated` item naming the tile.
+#[test]
+fn tile_cut_while_reading_is_truncated_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let cube = ramp_cube(64, 64, 40);
+    let dmt = dir.path().join("m.dmt");
+    agilent::write_mosaic(&dmt, &cube, 32).unwrap();
+    let mut reader =
+        AgilentReader::open_mosaic(&dmt, &ReadOptions { batch_rows: 64, sample: "m".into(), window: None, bands: None }).unwrap();
+    assert!(reader.next().unwrap().is_ok());
+    // The next tile in reading order after the top-left one: top row (y counted from the bottom).
+    let tile = dir.path().join("m_0001_0001.dmd");
+    let full = std::fs::metadata(&tile).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&tile).unwrap().set_len(8192).unwrap();
+    let items: Vec<_> = reader.by_ref().collect();
+    let err = items.last().expect("an error item").as_ref().unwrap_err();
+    assert!(matches!(err, ReadError::Truncated { expected, actual: 8192, path } if *expected == full && *path == tile), "{err:?}");
+    assert!(reader.next().is_none(), "the stream ends after the error");
+}
+
 #[test]
 fn reader_is_bounded_by_batch_rows() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use arrow::datatypes::UInt32Type;
 use ftirflow::io::envi::{
     data_file_for, header_for, parse_header, write_cube, ByteOrder, EnviReader, EnviWriteOptions, Interleave, ValueType, WavelengthUnits,
 };
-use ftirflow::io::{Format, ImageCube, ReadError, ReadOptions, SpectraReader};
+use ftirflow::io::{Format, ImageCube, ReadError, ReadOptions, SpectraReader, Window};
 use ftirflow::operators::schema::{sample_column, SpectraLayout};
 use proptest::prelude::*;
 
@@ -682,6 +682,32 @@ fn file_shrinking_while_reading_ends_with_an_error_item() {
         assert!(matches!(err, ReadError::Truncated { expected: 192, actual: 20, .. }), "{interleave:?}: {err:?}");
         assert!(items.iter().all(Result::is_ok), "only the last item is an error");
         assert!(reader.next().is_none(), "the stream ends after the error");
+    }
+}
+
+/// A file cut by pages while being read (the band-sequential layouts read it through a mapping,
+/// where the cut raises a bus error): the reader ends with a `Truncated` item, whole image or
+/// window, and the process lives on.
+#[test]
+fn file_cut_by_pages_while_reading_is_truncated_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cube(64, 64, 24, ValueType::F32, 9);
+    for interleave in Interleave::ALL {
+        for window in [None, Some(Window::new(5, 3, 40, 50))] {
+            let hdr = dir.path().join(format!("p_{}.hdr", interleave.name()));
+            let data = write_cube(&hdr, &c, &EnviWriteOptions { interleave, ..Default::default() }).unwrap();
+            let full = fs::metadata(&data).unwrap().len();
+            let mut reader = EnviReader::open(&hdr, &ReadOptions { batch_rows: 100, sample: "x".into(), window, bands: None }).unwrap();
+            assert!(reader.next().unwrap().is_ok());
+            fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(3 * 4096).unwrap();
+            let items: Vec<_> = reader.by_ref().collect();
+            let err = items.last().expect("an error item").as_ref().unwrap_err();
+            assert!(
+                matches!(err, ReadError::Truncated { expected, actual: 12288, .. } if *expected == full),
+                "{interleave:?} {window:?}: {err:?}"
+            );
+            assert!(reader.next().is_none(), "the stream ends after the error");
+        }
     }
 }
 

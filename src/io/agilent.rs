@@ -26,7 +26,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use super::atomic::write_atomic;
-use super::layout::{transpose_append, ROW_PAD};
+use super::layout::transpose_ptr_append;
+use super::mapped::MappedFile;
 use super::window::clip_to_image;
 use super::{band_range, Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader, Window};
 use crate::operators::schema::{image_batch, spectra_schema};
@@ -197,10 +198,9 @@ pub struct AgilentReader {
     tile: usize,
     row: u32,
     file: Option<File>,
+    /// The current tile's data, mapped.
+    mapped: Option<MappedFile>,
     failed: bool,
-    raw: Vec<u8>,
-    /// Decoded band-major block awaiting the transpose.
-    planes: Vec<f32>,
     batch_rows: usize,
     /// Slices of the last block still to be yielded (a block is at least one tile row).
     queue: VecDeque<RecordBatch>,
@@ -326,9 +326,8 @@ impl AgilentReader {
             tile: 0,
             row,
             file: None,
+            mapped: None,
             failed: false,
-            raw: Vec::new(),
-            planes: Vec::new(),
             batch_rows: opts.batch_rows,
             queue: VecDeque::new(),
         })
@@ -343,6 +342,8 @@ impl AgilentReader {
             self.file = Some(File::open(&tile.path).map_err(|e| ReadError::io(&tile.path, e))?);
         }
         let file = self.file.as_ref().expect("opened above");
+        let expected = (PREAMBLE_FLOATS as usize + self.points * self.fpa as usize * self.fpa as usize) as u64 * 4;
+        let map = self.mapped.get_or_insert_with(|| MappedFile::new(&tile.path, expected, PREAMBLE_FLOATS * 4, expected));
         let fpa = self.fpa as usize;
         let (c0, c1) = (tile.cols.0 as usize, tile.cols.1 as usize);
         let width = c1 - c0;
@@ -353,35 +354,31 @@ impl AgilentReader {
         // Per band, the span from the block's first window pixel to its last (contiguous rows when
         // the window spans the tile's width).
         let span = (rows - 1) * fpa + width;
-        let n = self.points;
-        let nb = self.bands.len();
-        self.raw.resize(span * 4, 0);
-        // Band-major block (one padded span per band), then one tiled transpose to pixel-major.
-        let stride = span + ROW_PAD;
-        self.planes.clear();
-        self.planes.reserve(nb * stride);
-        for band in self.bands.clone() {
-            let offset = (PREAMBLE_FLOATS as usize + band * plane + self.row as usize * fpa + c0) as u64 * 4;
-            file.read_exact_at(&mut self.raw, offset).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    let actual = file.metadata().map(|m| m.len()).unwrap_or(0);
-                    ReadError::Truncated { path: tile.path.clone(), expected: (PREAMBLE_FLOATS as usize + n * plane) as u64 * 4, actual }
-                } else {
-                    ReadError::io(&tile.path, e)
-                }
-            })?;
-            let (chunks, _) = self.raw.as_chunks::<4>();
-            self.planes.extend(chunks.iter().map(|c| f32::from_le_bytes(*c)));
-            self.planes.resize(self.planes.len() + ROW_PAD, 0.0);
-        }
+        let (nb, b0) = (self.bands.len(), self.bands.start);
         let count = rows * width;
         let mut values = Vec::with_capacity(count * nb);
-        if width == fpa {
-            transpose_append(&self.planes, 0, stride, count, nb, &mut values);
-        } else {
-            for r in 0..rows {
-                transpose_append(&self.planes, r * fpa, stride, width, nb, &mut values);
-            }
+        // The block's span in every band plane read, mapped; each row (or the whole block, when
+        // the window spans the tile's width) is one transpose from the page cache.
+        let at = |band: usize| (PREAMBLE_FLOATS as usize + band * plane + self.row as usize * fpa + c0) as u64 * 4;
+        let (lo, hi) = (at(b0), at(self.bands.end - 1) + span as u64 * 4);
+        // SAFETY: row r reads band b (b0 ≤ b < b0 + nb) at `at(b) + (r × fpa + i) × 4`,
+        // i < width, all within `lo .. hi`, inside the tile's data; no address is kept. Tile
+        // files are little-endian f32, which is this platform's order (the crate builds only for
+        // little-endian targets).
+        unsafe {
+            map.read(file, lo, hi, |base| {
+                let base = base.cast::<f32>();
+                if width == fpa {
+                    transpose_ptr_append(base, plane, count, nb, &mut values);
+                } else {
+                    for r in 0..rows {
+                        transpose_ptr_append(base.add(r * fpa), plane, width, nb, &mut values);
+                    }
+                }
+            })?;
+        }
+        for r in 0..rows {
+            map.touched(at(b0) + (r * fpa * 4) as u64, width as u64 * 4, plane as u64 * 4, nb);
         }
         let mut xs = Vec::with_capacity(count);
         let mut ys = Vec::with_capacity(count);
@@ -396,6 +393,7 @@ impl AgilentReader {
             self.tile += 1;
             self.row = self.tiles.get(self.tile).map_or(0, |t| t.rows.0);
             self.file = None;
+            self.mapped = None;
         }
         image_batch(Arc::clone(&self.schema), &self.sample, xs, ys, values).map(Some).map_err(|e| ReadError::schema(&tile.path, e))
     }
@@ -424,6 +422,7 @@ impl Iterator for AgilentReader {
             }
             Err(e) => {
                 self.failed = true;
+                self.mapped = None;
                 Some(Err(e))
             }
         }

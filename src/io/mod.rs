@@ -5,6 +5,7 @@
 mod bands;
 mod error;
 mod layout;
+mod mapped;
 
 pub mod agilent;
 pub mod archive;

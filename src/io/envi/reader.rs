@@ -8,7 +8,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use super::header::{data_file_for, header_candidates, header_for, is_hdr, parse_header, ByteOrder, EnviHeader, Interleave, ValueType};
-use crate::io::layout::{transpose_append, ROW_PAD};
+use crate::io::layout::{transpose_append, transpose_ptr_append, ROW_PAD};
+use crate::io::mapped::MappedFile;
 use crate::io::window::clip_to_image;
 use crate::io::{band_range, Format, ImageInfo, ReadError, ReadOptions, SpectraReader, Window};
 use crate::operators::schema::{image_batch, spectra_schema};
@@ -130,6 +131,9 @@ pub struct EnviReader {
     decoded: Vec<f32>,
     /// The line held in `decoded` (bil).
     cached_line: Option<u64>,
+    /// The data file mapped (native-order f32: bsq, bil, and bip when only some bands are read),
+    /// made at the first batch.
+    mapped: Option<MappedFile>,
     done: bool,
 }
 
@@ -212,6 +216,7 @@ impl EnviReader {
             raw: Vec::new(),
             decoded: Vec::new(),
             cached_line: None,
+            mapped: None,
             done: false,
         })
     }
@@ -267,18 +272,40 @@ impl EnviReader {
         let n_vals = count * nb;
         let mut values: Vec<f32> = Vec::with_capacity(n_vals);
         match h.interleave {
-            Interleave::Bip if dt == ValueType::F32 && order == ByteOrder::NATIVE => {
+            Interleave::Bip if dt == ValueType::F32 && order == ByteOrder::NATIVE && whole => {
                 // The common instrument layout: read straight into the output values, no copy
-                // and no zeroing first (that memset cost 15 % of the read). One read per run, or
-                // per pixel when only some bands are read.
+                // and no zeroing first (that memset cost 15 % of the read). One read per run.
                 for &(p, len) in runs {
-                    if whole {
-                        self.src.read_into_spare(&mut values, len * bands, offset + p * (bands * size) as u64)?;
-                    } else {
-                        for i in p..p + len as u64 {
-                            self.src.read_into_spare(&mut values, nb, offset + (i * bands as u64 + b0 as u64) * size as u64)?;
+                    self.src.read_into_spare(&mut values, len * bands, offset + p * (bands * size) as u64)?;
+                }
+            }
+            Interleave::Bip if dt == ValueType::F32 && order == ByteOrder::NATIVE => {
+                // Some bands of each spectrum: the runs mapped, one copy per pixel (a read per
+                // pixel cost more than reading whole spectra).
+                let px = (bands * 4) as u64;
+                let (first, _) = runs[0];
+                let (last, last_len) = runs[runs.len() - 1];
+                let lo = offset + first * px + b0 as u64 * 4;
+                let hi = offset + (last + last_len as u64 - 1) * px + (b0 + nb) as u64 * 4;
+                let map = self.mapped.get_or_insert_with(|| MappedFile::new(&self.src.path, self.src.expected, offset, self.src.expected));
+                // SAFETY: pixel i's points are bytes `offset + i × px + b0 × 4 ..` `+ nb × 4`,
+                // within `lo .. hi` for every pixel of the runs; they are copied into the `n_vals`
+                // values of capacity, all written before `set_len`; no address is kept.
+                unsafe {
+                    map.read(&self.src.file, lo, hi, |base| {
+                        let dst = values.as_mut_ptr().cast::<u8>();
+                        let mut k = 0;
+                        for &(p, len) in runs {
+                            for i in p..p + len as u64 {
+                                std::ptr::copy_nonoverlapping(base.add(((i - first) * px) as usize), dst.add(k * nb * 4), nb * 4);
+                                k += 1;
+                            }
                         }
-                    }
+                    })?;
+                    values.set_len(n_vals);
+                }
+                for &(p, len) in runs {
+                    map.touched(offset + p * px + b0 as u64 * 4, (len as u64 - 1) * px + nb as u64 * 4, 0, 1);
                 }
             }
             Interleave::Bip => {
@@ -289,6 +316,30 @@ impl EnviReader {
                     for px in self.raw[..bytes].chunks_exact(bands * size) {
                         decode(&px[b0 * size..(b0 + nb) * size], dt, order, &mut values);
                     }
+                }
+            }
+            Interleave::Bsq if dt == ValueType::F32 && order == ByteOrder::NATIVE => {
+                // The planes' segments of this batch's runs, mapped: each run is one transpose
+                // straight from the page cache, no system call per band (ARCHITECTURE.md, "Readers").
+                let (first, _) = runs[0];
+                let (last, last_len) = runs[runs.len() - 1];
+                let lo = offset + (b0 as u64 * plane + first) * 4;
+                let hi = offset + ((self.bands.end - 1) as u64 * plane + last + last_len as u64) * 4;
+                let stride = plane as usize;
+                let map = self.mapped.get_or_insert_with(|| MappedFile::new(&self.src.path, self.src.expected, offset, self.src.expected));
+                // SAFETY: each run reads band b (b0 ≤ b < b0 + nb) at pixels p .. p + len, bytes
+                // `offset + (b × plane + i) × 4`, all within `lo .. hi`, inside the data; no
+                // address is kept.
+                unsafe {
+                    map.read(&self.src.file, lo, hi, |base| {
+                        for &(p, len) in runs {
+                            let at = base.add(((p - first) * 4) as usize).cast::<f32>();
+                            transpose_ptr_append(at, stride, len, nb, &mut values);
+                        }
+                    })?;
+                }
+                for &(p, len) in runs {
+                    map.touched(offset + (b0 as u64 * plane + p) * 4, len as u64 * 4, plane * 4, nb);
                 }
             }
             Interleave::Bsq => {
@@ -306,6 +357,44 @@ impl EnviReader {
                     self.decoded.resize(self.decoded.len() + ROW_PAD, 0.0);
                 }
                 transpose_append(&self.decoded, 0, count + ROW_PAD, count, nb, &mut values);
+            }
+            Interleave::Bil if dt == ValueType::F32 && order == ByteOrder::NATIVE => {
+                // The lines of this batch mapped; each line's part of a run is one transpose of
+                // its band rows.
+                let line_bytes = samples * (bands * 4) as u64;
+                let row_bytes = samples * 4;
+                let (first, _) = runs[0];
+                let (last, last_len) = runs[runs.len() - 1];
+                let (y0, end) = (first / samples, last + last_len as u64 - 1);
+                let lo = offset + y0 * line_bytes + b0 as u64 * row_bytes + (first % samples) * 4;
+                let hi = offset + (end / samples) * line_bytes + (self.bands.end - 1) as u64 * row_bytes + (end % samples + 1) * 4;
+                let stride = samples as usize;
+                // The parts of lines the runs cover: (file byte of band b0 at the part's first
+                // pixel, pixels).
+                let mut parts = Vec::with_capacity(runs.len());
+                for &(p0, len) in runs {
+                    let (mut p, end) = (p0, p0 + len as u64);
+                    while p < end {
+                        let (y, x0) = (p / samples, p % samples);
+                        let n = (samples - x0).min(end - p);
+                        parts.push((offset + y * line_bytes + b0 as u64 * row_bytes + x0 * 4, n as usize));
+                        p += n;
+                    }
+                }
+                let map = self.mapped.get_or_insert_with(|| MappedFile::new(&self.src.path, self.src.expected, offset, self.src.expected));
+                // SAFETY: a part reads band b (b0 ≤ b < b0 + nb) at bytes `at + (b − b0) ×
+                // row_bytes + i × 4`, i < n, all within `lo .. hi`, inside the data; no address
+                // is kept.
+                unsafe {
+                    map.read(&self.src.file, lo, hi, |base| {
+                        for &(at, n) in &parts {
+                            transpose_ptr_append(base.add((at - lo) as usize).cast::<f32>(), stride, n, nb, &mut values);
+                        }
+                    })?;
+                }
+                for &(at, n) in &parts {
+                    map.touched(at, n as u64 * 4, row_bytes, nb);
+                }
             }
             Interleave::Bil => {
                 // The window's columns of one line, decoded band-major and cached: the whole line
@@ -397,11 +486,13 @@ impl Iterator for EnviReader {
                     // Release the buffers as soon as the image is done.
                     self.raw = Vec::new();
                     self.decoded = Vec::new();
+                    self.mapped = None;
                 }
                 Some(Ok(batch))
             }
             Err(e) => {
                 self.done = true;
+                self.mapped = None;
                 Some(Err(e))
             }
         }
