@@ -26,7 +26,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use super::atomic::write_atomic;
-use super::layout::transpose_ptr_append;
+use super::layout::{transpose_append, transpose_ptr_append, ROW_PAD};
 use super::mapped::MappedFile;
 use super::window::clip_to_image;
 use super::{band_range, Format, ImageCube, ImageInfo, ReadError, ReadOptions, SpectraReader, Window};
@@ -198,8 +198,10 @@ pub struct AgilentReader {
     tile: usize,
     row: u32,
     file: Option<File>,
-    /// The current tile's data, mapped.
+    /// The current tile's data, mapped (`None` where tiles cannot be mapped: then `pread`).
     mapped: Option<MappedFile>,
+    /// Whether to map tiles: false once one could not be mapped.
+    map_files: bool,
     failed: bool,
     batch_rows: usize,
     /// Slices of the last block still to be yielded (a block is at least one tile row).
@@ -327,6 +329,7 @@ impl AgilentReader {
             row,
             file: None,
             mapped: None,
+            map_files: true,
             failed: false,
             batch_rows: opts.batch_rows,
             queue: VecDeque::new(),
@@ -338,12 +341,15 @@ impl AgilentReader {
             return Ok(None);
         }
         let tile = self.tiles[self.tile].clone();
+        let expected = (PREAMBLE_FLOATS as usize + self.points * self.fpa as usize * self.fpa as usize) as u64 * 4;
         if self.file.is_none() {
-            self.file = Some(File::open(&tile.path).map_err(|e| ReadError::io(&tile.path, e))?);
+            let file = File::open(&tile.path).map_err(|e| ReadError::io(&tile.path, e))?;
+            self.mapped = if self.map_files { MappedFile::new(&file, &tile.path, expected, PREAMBLE_FLOATS * 4, expected) } else { None };
+            // A file system that cannot map one tile cannot map the next: read them all.
+            self.map_files = self.mapped.is_some();
+            self.file = Some(file);
         }
         let file = self.file.as_ref().expect("opened above");
-        let expected = (PREAMBLE_FLOATS as usize + self.points * self.fpa as usize * self.fpa as usize) as u64 * 4;
-        let map = self.mapped.get_or_insert_with(|| MappedFile::new(&tile.path, expected, PREAMBLE_FLOATS * 4, expected));
         let fpa = self.fpa as usize;
         let (c0, c1) = (tile.cols.0 as usize, tile.cols.1 as usize);
         let width = c1 - c0;
@@ -357,28 +363,53 @@ impl AgilentReader {
         let (nb, b0) = (self.bands.len(), self.bands.start);
         let count = rows * width;
         let mut values = Vec::with_capacity(count * nb);
-        // The block's span in every band plane read, mapped; each row (or the whole block, when
-        // the window spans the tile's width) is one transpose from the page cache.
         let at = |band: usize| (PREAMBLE_FLOATS as usize + band * plane + self.row as usize * fpa + c0) as u64 * 4;
-        let (lo, hi) = (at(b0), at(self.bands.end - 1) + span as u64 * 4);
-        // SAFETY: row r reads band b (b0 ≤ b < b0 + nb) at `at(b) + (r × fpa + i) × 4`,
-        // i < width, all within `lo .. hi`, inside the tile's data; no address is kept. Tile
-        // files are little-endian f32, which is this platform's order (the crate builds only for
-        // little-endian targets).
-        unsafe {
-            map.read(file, lo, hi, |base| {
-                let base = base.cast::<f32>();
-                if width == fpa {
-                    transpose_ptr_append(base, plane, count, nb, &mut values);
-                } else {
-                    for r in 0..rows {
-                        transpose_ptr_append(base.add(r * fpa), plane, width, nb, &mut values);
+        if let Some(map) = self.mapped.as_mut() {
+            // The block's span in every band plane read, mapped; each row (or the whole block,
+            // when the window spans the tile's width) is one transpose from the page cache.
+            let (lo, hi) = (at(b0), at(self.bands.end - 1) + span as u64 * 4);
+            // SAFETY: row r reads band b (b0 ≤ b < b0 + nb) at `at(b) + (r × fpa + i) × 4`,
+            // i < width, all within `lo .. hi`, inside the tile's data; no address is kept. Tile
+            // files are little-endian f32, which is this platform's order (the crate builds only
+            // for little-endian targets).
+            unsafe {
+                map.read(file, lo, hi, |base| {
+                    let base = base.cast::<f32>();
+                    if width == fpa {
+                        transpose_ptr_append(base, plane, count, nb, &mut values);
+                    } else {
+                        for r in 0..rows {
+                            transpose_ptr_append(base.add(r * fpa), plane, width, nb, &mut values);
+                        }
                     }
-                }
-            })?;
-        }
-        for r in 0..rows {
-            map.touched(at(b0) + (r * fpa * 4) as u64, width as u64 * 4, plane as u64 * 4, nb);
+                })?;
+            }
+            for r in 0..rows {
+                map.touched(at(b0) + (r * fpa * 4) as u64, width as u64 * 4, plane as u64 * 4, nb);
+            }
+        } else {
+            // Without a mapping: one read per band of the span, decoded into a band-major block
+            // (one padded span per band), then the same transpose.
+            let stride = span + ROW_PAD;
+            let mut raw = vec![0u8; span * 4];
+            let mut planes = Vec::with_capacity(nb * stride);
+            for band in self.bands.clone() {
+                file.read_exact_at(&mut raw, at(band)).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        let actual = file.metadata().map(|m| m.len()).unwrap_or(0);
+                        ReadError::Truncated { path: tile.path.clone(), expected, actual }
+                    } else {
+                        ReadError::io(&tile.path, e)
+                    }
+                })?;
+                let (chunks, _) = raw.as_chunks::<4>();
+                planes.extend(chunks.iter().map(|c| f32::from_le_bytes(*c)));
+                planes.resize(planes.len() + ROW_PAD, 0.0);
+            }
+            for r in 0..if width == fpa { 1 } else { rows } {
+                let n = if width == fpa { count } else { width };
+                transpose_append(&planes, r * fpa, stride, n, nb, &mut values);
+            }
         }
         let mut xs = Vec::with_capacity(count);
         let mut ys = Vec::with_capacity(count);
@@ -521,4 +552,40 @@ pub fn write_tile(dat_path: &Path, cube: &ImageCube) -> std::io::Result<()> {
     let header = header_for_axis(&cube.wavenumbers)?;
     write_atomic(&dat_path.with_extension("bsp"), &header_bytes(&header))?;
     write_atomic(dat_path, &tile_bytes(cube, 0, 0, cube.width))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operators::axis::Band;
+    use crate::operators::schema::SpectraLayout;
+
+    fn values(reader: AgilentReader) -> Vec<f32> {
+        reader.flat_map(|b| SpectraLayout::values(&b.unwrap()).unwrap().to_vec()).collect()
+    }
+
+    /// Where tiles cannot be mapped, the `pread` path gives what the mapped one gives.
+    #[test]
+    fn reads_without_a_mapping_equal_mapped_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (side, n) = (32u32, 200usize);
+        let wavenumbers: Vec<f64> = (0..n).map(|i| 1.9285 * (467 + i) as f64).collect();
+        let values_in = (0..side as usize * side as usize * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let cube = ImageCube { width: side, height: side, wavenumbers, values: values_in };
+        let dmt = dir.path().join("m.dmt");
+        write_mosaic(&dmt, &cube, 16).unwrap();
+        for window in [None, Some(Window::new(5, 9, 20, 17))] {
+            for bands in [None, Some(Band::new(1000.0, 1200.0))] {
+                let opts = ReadOptions { batch_rows: 40, sample: "m".into(), window, bands };
+                let mapped = AgilentReader::open_mosaic(&dmt, &opts).unwrap();
+                let mut plain = AgilentReader::open_mosaic(&dmt, &opts).unwrap();
+                plain.map_files = false;
+                let points = mapped.info().wavenumbers.len();
+                assert_eq!(points < n, bands.is_some());
+                let (a, b) = (values(mapped), values(plain));
+                assert!(!a.is_empty());
+                assert_eq!(a, b, "{window:?} {bands:?}");
+            }
+        }
+    }
 }

@@ -40,10 +40,10 @@ const BLOCK_SHIFT: u32 = 16;
 /// plane, and a budget below that would drop the mapping after every batch.
 const MAPPED_BUDGET: usize = 32 << 20;
 
-/// File bytes `start .. end` mapped read-only, made at the first read and kept across reads (one
+/// File bytes `start .. end` mapped read-only, kept across reads (one
 /// mapping per image or tile: mapping per batch costs more in faults and unmapping than the
 /// system calls it saves), and dropped and made again whenever the pages it may hold pass
-/// [`MAPPED_BUDGET`].
+/// [`MAPPED_BUDGET`] (or two blocks per stream, if that is more).
 #[derive(Debug)]
 pub(crate) struct MappedFile {
     path: PathBuf,
@@ -66,10 +66,13 @@ pub(crate) struct MappedFile {
 unsafe impl Send for MappedFile {}
 
 impl MappedFile {
-    /// `path`'s bytes `start .. end`, which the file held when it was `expected` bytes long.
-    pub(crate) fn new(path: &Path, expected: u64, start: u64, end: u64) -> Self {
+    /// `file`'s bytes `start .. end` (`file` is `path`, which held them when it was `expected`
+    /// bytes long), mapped now; `None` where the file cannot be mapped (a file system without
+    /// mappings, such as a FUSE mount in direct-I/O mode): the caller then reads with `pread`.
+    pub(crate) fn new(file: &File, path: &Path, expected: u64, start: u64, end: u64) -> Option<Self> {
+        PREVIOUS.get_or_init(install).as_ref()?;
         let page = page_size() as u64;
-        Self {
+        let mut map = Self {
             path: path.to_path_buf(),
             expected,
             from: start - start % page,
@@ -78,7 +81,27 @@ impl MappedFile {
             span: 0,
             last_block: Vec::new(),
             held: 0,
+        };
+        map.map(file).ok()?;
+        Some(map)
+    }
+
+    fn map(&mut self, file: &File) -> std::io::Result<()> {
+        let span = usize::try_from(self.end - self.from)
+            .map_err(|_| std::io::Error::other("the data does not fit this platform's address space"))?
+            .max(1);
+        // SAFETY: a fresh shared read-only mapping of `file`; the kernel picks the address.
+        let base = unsafe {
+            libc::mmap(std::ptr::null_mut(), span, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), self.from as libc::off_t)
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
         }
+        // Page by page, never a huge page at once, so that the budget's count holds.
+        // SAFETY: advice on the mapping just made.
+        unsafe { libc::madvise(base, span, libc::MADV_NOHUGEPAGE) };
+        (self.base, self.span) = (base, span);
+        Ok(())
     }
 
     /// Calls `f` with the address of byte `lo` of `file` (the file this was made for), with bytes
@@ -91,27 +114,8 @@ impl MappedFile {
     /// mapping may be dropped after the call). The bytes change if another process writes the file.
     pub(crate) unsafe fn read<R>(&mut self, file: &File, lo: u64, hi: u64, f: impl FnOnce(*const u8) -> R) -> Result<R, ReadError> {
         debug_assert!(self.from <= lo && lo <= hi && hi <= self.end);
-        if PREVIOUS.get_or_init(install).is_none() {
-            return Err(ReadError::io(
-                &self.path,
-                std::io::Error::other("could not install the bus-error handler that guards mapped reads"),
-            ));
-        }
         if self.base.is_null() {
-            let span = usize::try_from(self.end - self.from)
-                .map_err(|_| ReadError::io(&self.path, std::io::Error::other("the data does not fit this platform's address space")))?
-                .max(1);
-            // SAFETY: a fresh shared read-only mapping of `file`; the kernel picks the address.
-            let base = unsafe {
-                libc::mmap(std::ptr::null_mut(), span, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), self.from as libc::off_t)
-            };
-            if base == libc::MAP_FAILED {
-                return Err(ReadError::io(&self.path, std::io::Error::last_os_error()));
-            }
-            // Page by page, never a huge page at once, so that the budget's count holds.
-            // SAFETY: advice on the mapping just made.
-            unsafe { libc::madvise(base, span, libc::MADV_NOHUGEPAGE) };
-            (self.base, self.span) = (base, span);
+            self.map(file).map_err(|e| ReadError::io(&self.path, e))?;
         }
         /// Disarms the guard however `f` ends.
         struct Disarm;
@@ -265,7 +269,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let file = File::open(&path).unwrap();
         let expected = bytes.len() as u64;
-        let mut map = MappedFile::new(&path, expected, 7, expected);
+        let mut map = MappedFile::new(&file, &path, expected, 7, expected).unwrap();
         // An unaligned span crossing pages, read twice through the same mapping.
         let (lo, len) = (4093u64, 8200usize);
         for _ in 0..2 {
@@ -296,13 +300,25 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_cannot_be_mapped_gives_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.bin");
+        std::fs::write(&path, [1u8; 8192]).unwrap();
+        // A descriptor without read access cannot be mapped for reading (EACCES), as a file
+        // system without mappings refuses (ENODEV).
+        let write_only = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        assert!(MappedFile::new(&write_only, &path, 8192, 0, 8192).is_none());
+        assert!(MappedFile::new(&File::open(&path).unwrap(), &path, 8192, 0, 8192).is_some());
+    }
+
+    #[test]
     fn touched_blocks_are_counted_once_and_the_budget_drops_the_mapping() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data.bin");
         let len = 64 << 20;
         std::fs::File::create(&path).unwrap().set_len(len).unwrap();
         let file = File::open(&path).unwrap();
-        let mut map = MappedFile::new(&path, len, 0, len);
+        let mut map = MappedFile::new(&file, &path, len, 0, len).unwrap();
         // SAFETY: reads one byte inside the span.
         unsafe { map.read(&file, 0, 1, |p| p.read()) }.unwrap();
         // 8 planes of 1 MiB, 4 KiB of each: 8 blocks (or 16 where the mapping's address splits a

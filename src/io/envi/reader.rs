@@ -131,8 +131,9 @@ pub struct EnviReader {
     decoded: Vec<f32>,
     /// The line held in `decoded` (bil).
     cached_line: Option<u64>,
-    /// The data file mapped (native-order f32: bsq, bil, and bip when only some bands are read),
-    /// made at the first batch.
+    /// The data file mapped, for native-order f32 in bsq, bil, and bip when only some bands are
+    /// read (`None` otherwise, or where the file cannot be mapped: then `pread`, as for other
+    /// types).
     mapped: Option<MappedFile>,
     done: bool,
 }
@@ -200,6 +201,10 @@ impl EnviReader {
         let schema = spectra_schema(&wavenumbers).map_err(|e| ReadError::schema(&hdr_path, e))?;
         let info =
             ImageInfo { format: Format::Envi, width: Some(header.samples), height: Some(header.lines), n_spectra, wavenumbers, data_bytes };
+        let mappable = header.data_type == ValueType::F32
+            && header.byte_order == ByteOrder::NATIVE
+            && (header.interleave != Interleave::Bip || bands.len() < header.wavenumbers.len());
+        let mapped = if mappable { MappedFile::new(&file, &data_path, expected, header.header_offset, expected) } else { None };
         Ok(Self {
             header,
             hdr_path,
@@ -216,7 +221,7 @@ impl EnviReader {
             raw: Vec::new(),
             decoded: Vec::new(),
             cached_line: None,
-            mapped: None,
+            mapped,
             done: false,
         })
     }
@@ -271,15 +276,15 @@ impl EnviReader {
         // Every offset below is at most `expected`, which was checked to fit u64 (and usize).
         let n_vals = count * nb;
         let mut values: Vec<f32> = Vec::with_capacity(n_vals);
-        match h.interleave {
-            Interleave::Bip if dt == ValueType::F32 && order == ByteOrder::NATIVE && whole => {
+        match (h.interleave, self.mapped.as_mut()) {
+            (Interleave::Bip, _) if dt == ValueType::F32 && order == ByteOrder::NATIVE && whole => {
                 // The common instrument layout: read straight into the output values, no copy
                 // and no zeroing first (that memset cost 15 % of the read). One read per run.
                 for &(p, len) in runs {
                     self.src.read_into_spare(&mut values, len * bands, offset + p * (bands * size) as u64)?;
                 }
             }
-            Interleave::Bip if dt == ValueType::F32 && order == ByteOrder::NATIVE => {
+            (Interleave::Bip, Some(map)) => {
                 // Some bands of each spectrum: the runs mapped, one copy per pixel (a read per
                 // pixel cost more than reading whole spectra).
                 let px = (bands * 4) as u64;
@@ -287,7 +292,6 @@ impl EnviReader {
                 let (last, last_len) = runs[runs.len() - 1];
                 let lo = offset + first * px + b0 as u64 * 4;
                 let hi = offset + (last + last_len as u64 - 1) * px + (b0 + nb) as u64 * 4;
-                let map = self.mapped.get_or_insert_with(|| MappedFile::new(&self.src.path, self.src.expected, offset, self.src.expected));
                 // SAFETY: pixel i's points are bytes `offset + i × px + b0 × 4 ..` `+ nb × 4`,
                 // within `lo .. hi` for every pixel of the runs; they are copied into the `n_vals`
                 // values of capacity, all written before `set_len`; no address is kept.
@@ -308,7 +312,7 @@ impl EnviReader {
                     map.touched(offset + p * px + b0 as u64 * 4, (len as u64 - 1) * px + nb as u64 * 4, 0, 1);
                 }
             }
-            Interleave::Bip => {
+            (Interleave::Bip, None) => {
                 for &(p, len) in runs {
                     let bytes = len * bands * size;
                     self.raw.resize(bytes, 0);
@@ -318,7 +322,7 @@ impl EnviReader {
                     }
                 }
             }
-            Interleave::Bsq if dt == ValueType::F32 && order == ByteOrder::NATIVE => {
+            (Interleave::Bsq, Some(map)) => {
                 // The planes' segments of this batch's runs, mapped: each run is one transpose
                 // straight from the page cache, no system call per band (ARCHITECTURE.md, "Readers").
                 let (first, _) = runs[0];
@@ -326,7 +330,6 @@ impl EnviReader {
                 let lo = offset + (b0 as u64 * plane + first) * 4;
                 let hi = offset + ((self.bands.end - 1) as u64 * plane + last + last_len as u64) * 4;
                 let stride = plane as usize;
-                let map = self.mapped.get_or_insert_with(|| MappedFile::new(&self.src.path, self.src.expected, offset, self.src.expected));
                 // SAFETY: each run reads band b (b0 ≤ b < b0 + nb) at pixels p .. p + len, bytes
                 // `offset + (b × plane + i) × 4`, all within `lo .. hi`, inside the data; no
                 // address is kept.
@@ -342,7 +345,7 @@ impl EnviReader {
                     map.touched(offset + (b0 as u64 * plane + p) * 4, len as u64 * 4, plane * 4, nb);
                 }
             }
-            Interleave::Bsq => {
+            (Interleave::Bsq, None) => {
                 // One contiguous segment per band plane and run, decoded band-major, then
                 // transposed.
                 self.decoded.clear();
@@ -358,7 +361,7 @@ impl EnviReader {
                 }
                 transpose_append(&self.decoded, 0, count + ROW_PAD, count, nb, &mut values);
             }
-            Interleave::Bil if dt == ValueType::F32 && order == ByteOrder::NATIVE => {
+            (Interleave::Bil, Some(map)) => {
                 // The lines of this batch mapped; each line's part of a run is one transpose of
                 // its band rows.
                 let line_bytes = samples * (bands * 4) as u64;
@@ -381,7 +384,6 @@ impl EnviReader {
                         p += n;
                     }
                 }
-                let map = self.mapped.get_or_insert_with(|| MappedFile::new(&self.src.path, self.src.expected, offset, self.src.expected));
                 // SAFETY: a part reads band b (b0 ≤ b < b0 + nb) at bytes `at + (b − b0) ×
                 // row_bytes + i × 4`, i < n, all within `lo .. hi`, inside the data; no address
                 // is kept.
@@ -396,7 +398,7 @@ impl EnviReader {
                     map.touched(at, n as u64 * 4, row_bytes, nb);
                 }
             }
-            Interleave::Bil => {
+            (Interleave::Bil, None) => {
                 // The window's columns of one line, decoded band-major and cached: the whole line
                 // in one read when the window spans the width, else one read per band.
                 let line_bytes = samples as usize * bands * size;
@@ -516,5 +518,43 @@ impl SpectraReader for EnviReader {
 
     fn info(&self) -> &ImageInfo {
         &self.info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::envi::{write_cube, EnviWriteOptions};
+    use crate::io::ImageCube;
+    use crate::operators::axis::Band;
+    use crate::operators::schema::SpectraLayout;
+
+    fn values(reader: EnviReader) -> Vec<f32> {
+        reader.flat_map(|b| SpectraLayout::values(&b.unwrap()).unwrap().to_vec()).collect()
+    }
+
+    /// Where a file cannot be mapped, the `pread` paths give what the mapped ones give.
+    #[test]
+    fn reads_without_a_mapping_equal_mapped_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, h, n) = (37u32, 29u32, 40usize);
+        let wavenumbers: Vec<f64> = (0..n).map(|i| 900.0 + 25.0 * i as f64).collect();
+        let values_in = (0..w as usize * h as usize * n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let cube = ImageCube { width: w, height: h, wavenumbers, values: values_in };
+        for interleave in Interleave::ALL {
+            let hdr = dir.path().join(format!("c_{}.hdr", interleave.name()));
+            write_cube(&hdr, &cube, &EnviWriteOptions { interleave, ..Default::default() }).unwrap();
+            for window in [None, Some(Window::new(3, 2, 20, 25))] {
+                for bands in [None, Some(Band::new(1000.0, 1500.0))] {
+                    let opts = ReadOptions { batch_rows: 64, sample: "x".into(), window, bands };
+                    let mapped = EnviReader::open(&hdr, &opts).unwrap();
+                    let whole_bip = interleave == Interleave::Bip && bands.is_none();
+                    assert_eq!(mapped.mapped.is_some(), !whole_bip, "{interleave:?} {bands:?}");
+                    let mut plain = EnviReader::open(&hdr, &opts).unwrap();
+                    plain.mapped = None;
+                    assert_eq!(values(mapped), values(plain), "{interleave:?} {window:?} {bands:?}");
+                }
+            }
+        }
     }
 }
