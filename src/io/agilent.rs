@@ -364,28 +364,26 @@ impl AgilentReader {
         let count = rows * width;
         let mut values = Vec::with_capacity(count * nb);
         let at = |band: usize| (PREAMBLE_FLOATS as usize + band * plane + self.row as usize * fpa + c0) as u64 * 4;
+        // The block's pixels as runs contiguous in each plane, `fpa` values apart: one run when
+        // the window spans the tile's width, else one per row.
+        let (runs, run) = if width == fpa { (1, count) } else { (rows, width) };
         if let Some(map) = self.mapped.as_mut() {
-            // The block's span in every band plane read, mapped; each row (or the whole block,
-            // when the window spans the tile's width) is one transpose from the page cache.
+            // The block's span in every band plane read, mapped; each run is one transpose from
+            // the page cache.
             let (lo, hi) = (at(b0), at(self.bands.end - 1) + span as u64 * 4);
-            // SAFETY: row r reads band b (b0 ≤ b < b0 + nb) at `at(b) + (r × fpa + i) × 4`,
-            // i < width, all within `lo .. hi`, inside the tile's data; no address is kept. Tile
+            // SAFETY: run r reads band b (b0 ≤ b < b0 + nb) at `at(b) + (r × fpa + i) × 4`,
+            // i < run, all within `lo .. hi`, inside the tile's data; no address is kept. Tile
             // files are little-endian f32, which is this platform's order (the crate builds only
             // for little-endian targets).
             unsafe {
                 map.read(file, lo, hi, |base| {
-                    let base = base.cast::<f32>();
-                    if width == fpa {
-                        transpose_ptr_append(base, plane, count, nb, &mut values);
-                    } else {
-                        for r in 0..rows {
-                            transpose_ptr_append(base.add(r * fpa), plane, width, nb, &mut values);
-                        }
+                    for r in 0..runs {
+                        transpose_ptr_append(base.cast::<f32>().add(r * fpa), plane, run, nb, &mut values);
                     }
                 })?;
             }
-            for r in 0..rows {
-                map.touched(at(b0) + (r * fpa * 4) as u64, width as u64 * 4, plane as u64 * 4, nb);
+            for r in 0..runs {
+                map.touched(lo + (r * fpa * 4) as u64, run as u64 * 4, plane as u64 * 4, nb);
             }
         } else {
             // Without a mapping: one read per band of the span, decoded into a band-major block
@@ -406,9 +404,8 @@ impl AgilentReader {
                 planes.extend(chunks.iter().map(|c| f32::from_le_bytes(*c)));
                 planes.resize(planes.len() + ROW_PAD, 0.0);
             }
-            for r in 0..if width == fpa { 1 } else { rows } {
-                let n = if width == fpa { count } else { width };
-                transpose_append(&planes, r * fpa, stride, n, nb, &mut values);
+            for r in 0..runs {
+                transpose_append(&planes, r * fpa, stride, run, nb, &mut values);
             }
         }
         let mut xs = Vec::with_capacity(count);

@@ -366,11 +366,6 @@ impl EnviReader {
                 // its band rows.
                 let line_bytes = samples * (bands * 4) as u64;
                 let row_bytes = samples * 4;
-                let (first, _) = runs[0];
-                let (last, last_len) = runs[runs.len() - 1];
-                let (y0, end) = (first / samples, last + last_len as u64 - 1);
-                let lo = offset + y0 * line_bytes + b0 as u64 * row_bytes + (first % samples) * 4;
-                let hi = offset + (end / samples) * line_bytes + (self.bands.end - 1) as u64 * row_bytes + (end % samples + 1) * 4;
                 let stride = samples as usize;
                 // The parts of lines the runs cover: (file byte of band b0 at the part's first
                 // pixel, pixels).
@@ -384,6 +379,10 @@ impl EnviReader {
                         p += n;
                     }
                 }
+                // From the first part's first value to the last part's last band's end.
+                let (lo, _) = parts[0];
+                let (last, last_n) = parts[parts.len() - 1];
+                let hi = last + (nb - 1) as u64 * row_bytes + last_n as u64 * 4;
                 // SAFETY: a part reads band b (b0 ≤ b < b0 + nb) at bytes `at + (b − b0) ×
                 // row_bytes + i × 4`, i < n, all within `lo .. hi`, inside the data; no address
                 // is kept.
