@@ -420,11 +420,16 @@ fn parse_fields(path: &Path, text: &str) -> Result<BTreeMap<String, String>, Rea
             None => v.to_string(),
             Some(rest) => {
                 let mut body = rest.to_string();
-                while !body.contains('}') {
+                // Only the line just added is searched for the `}` (searching the whole body
+                // each time made a list of one value per line quadratic).
+                let mut closed = rest.contains('}');
+                while !closed {
                     match lines.next() {
                         Some(more) => {
+                            let more = more.trim();
+                            closed = more.contains('}');
                             body.push('\n');
-                            body.push_str(more.trim());
+                            body.push_str(more);
                         }
                         None => return Err(ReadError::header(path, key, "the `{` list is never closed by `}`")),
                     }
