@@ -35,15 +35,16 @@ static PREVIOUS: OnceLock<Option<libc::sigaction>> = OnceLock::new();
 const BLOCK_SHIFT: u32 = 16;
 
 /// Pages a mapping may hold before it is dropped and made again, bounding the resident memory that
-/// mapped file pages add to a reader (ARCHITECTURE.md, "Readers"): 32 MiB, or two fault-around
-/// blocks per stream read (band plane), whichever is more — a batch touches a block in every
-/// plane, and a budget below that would drop the mapping after every batch.
+/// mapped file pages add to a reader (ARCHITECTURE.md, "Readers"): 32 MiB, or twice the blocks
+/// that one read's segments touched, whichever is more — a batch of a band-sequential file
+/// touches a block in every band plane, and a budget below that would drop the mapping after
+/// every batch.
 const MAPPED_BUDGET: usize = 32 << 20;
 
 /// File bytes `start .. end` mapped read-only, kept across reads (one
 /// mapping per image or tile: mapping per batch costs more in faults and unmapping than the
 /// system calls it saves), and dropped and made again whenever the pages it may hold pass
-/// [`MAPPED_BUDGET`] (or two blocks per stream, if that is more).
+/// [`MAPPED_BUDGET`] (or twice one read's blocks, if that is more).
 #[derive(Debug)]
 pub(crate) struct MappedFile {
     path: PathBuf,
@@ -60,6 +61,9 @@ pub(crate) struct MappedFile {
     last_block: Vec<usize>,
     /// Bytes the touched blocks may hold (at most one fault-around block each).
     held: usize,
+    /// The most bytes of blocks one [`touched`](Self::touched) call added: half the floor of the
+    /// budget.
+    per_read: usize,
 }
 
 // SAFETY: the mapping is this value's own and is only read, by whoever holds the value.
@@ -81,6 +85,7 @@ impl MappedFile {
             span: 0,
             last_block: Vec::new(),
             held: 0,
+            per_read: 0,
         };
         map.map(file).ok()?;
         Some(map)
@@ -154,8 +159,10 @@ impl MappedFile {
 
     /// Records that the last [`read`](Self::read) touched `count` streams' segments of `len`
     /// bytes, stream `k`'s starting at file byte `first + k × stride`; drops the mapping when the
-    /// pages its touched blocks may hold pass [`MAPPED_BUDGET`] or two blocks per stream (the
-    /// next read maps it again).
+    /// pages its touched blocks may hold pass [`MAPPED_BUDGET`] or twice the blocks of the
+    /// largest such call (the next read maps it again). A block is counted once however many
+    /// segments lie in it: those of one call (band rows of one ENVI bil line, or Agilent planes
+    /// smaller than a block, share blocks) and a stream's consecutive segments.
     pub(crate) fn touched(&mut self, first: u64, len: u64, stride: u64, count: usize) {
         if self.base.is_null() || len == 0 {
             return;
@@ -164,14 +171,23 @@ impl MappedFile {
             self.last_block.resize(count, usize::MAX);
         }
         let base = self.base as usize;
+        // Segments come in increasing address order: the last block counted in this call.
+        let mut counted: Option<usize> = None;
+        let mut added = 0;
         for (k, last) in self.last_block.iter_mut().enumerate().take(count) {
             let at = base + (first + k as u64 * stride - self.from) as usize;
             let (b0, b1) = (at >> BLOCK_SHIFT, (at + len as usize - 1) >> BLOCK_SHIFT);
-            let new = b1 - b0 + 1 - usize::from(*last == b0);
-            self.held += new << BLOCK_SHIFT;
+            let mut from = if *last == b0 { b0 + 1 } else { b0 };
+            if let Some(c) = counted {
+                from = from.max(c + 1);
+            }
+            added += (b1 + 1).saturating_sub(from) << BLOCK_SHIFT;
+            counted = Some(counted.map_or(b1, |c| c.max(b1)));
             *last = b1;
         }
-        if self.held > MAPPED_BUDGET.max(self.last_block.len() << (BLOCK_SHIFT + 1)) {
+        self.held += added;
+        self.per_read = self.per_read.max(added);
+        if self.held > MAPPED_BUDGET.max(2 * self.per_read) {
             self.unmap();
         }
     }
@@ -328,8 +344,37 @@ mod tests {
         assert!((8 << 16..=16 << 16).contains(&first), "{first}");
         map.touched(4096, 4096, 1 << 20, 8);
         assert!(map.held <= first + (8 << 16), "{}", map.held);
-        // Far more than the budget: the mapping is dropped.
-        map.touched(0, 1 << 20, 1 << 20, 40);
-        assert!(map.base.is_null() && map.held == 0);
+        // Whole planes, 8 MiB a read: past the 32 MiB budget (more than twice one read's blocks)
+        // on the fourth read, the mapping is dropped.
+        let mut reads = 0;
+        while !map.base.is_null() {
+            map.touched((reads + 1) * (8 << 20), 1 << 20, 1 << 20, 8);
+            reads += 1;
+        }
+        assert!(reads == 4 && map.held == 0, "{reads}");
+    }
+
+    #[test]
+    fn segments_sharing_a_block_count_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.bin");
+        let len = 256 << 20;
+        std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+        let file = File::open(&path).unwrap();
+        let mut map = MappedFile::new(&file, &path, len, 0, len).unwrap();
+        // SAFETY: reads one byte inside the span.
+        unsafe { map.read(&file, 0, 1, |p| p.read()) }.unwrap();
+        // An ENVI bil line of 1504 band rows of 512 bytes: 752 KiB, 12 or 13 blocks, not 1504.
+        let line = 1504 * 512;
+        map.touched(0, 512, 512, 1504);
+        assert!((12 << 16..=13 << 16).contains(&map.held), "{}", map.held);
+        // Further lines stay mapped up to the 32 MiB budget (about 41 lines; counted per band row
+        // it was passed at the second line); the call past it drops the mapping.
+        let mut y = 1;
+        while !map.base.is_null() {
+            map.touched(y * line, 512, 512, 1504);
+            y += 1;
+        }
+        assert!((40..=44).contains(&y), "dropped after line {y}");
     }
 }
