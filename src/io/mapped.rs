@@ -35,16 +35,15 @@ static PREVIOUS: OnceLock<Option<libc::sigaction>> = OnceLock::new();
 const BLOCK_SHIFT: u32 = 16;
 
 /// Pages a mapping may hold before it is dropped and made again, bounding the resident memory that
-/// mapped file pages add to a reader (ARCHITECTURE.md, "Readers"): 32 MiB, or twice the blocks
-/// that one read's segments touched, whichever is more — a batch of a band-sequential file
-/// touches a block in every band plane, and a budget below that would drop the mapping after
-/// every batch.
+/// mapped file pages add to a reader (ARCHITECTURE.md, "Readers"): 32 MiB, or two fault-around
+/// blocks per stream read (band plane), whichever is more — a batch touches a block in every
+/// plane, and a budget below that would drop the mapping after every batch.
 const MAPPED_BUDGET: usize = 32 << 20;
 
 /// File bytes `start .. end` mapped read-only, kept across reads (one
 /// mapping per image or tile: mapping per batch costs more in faults and unmapping than the
 /// system calls it saves), and dropped and made again whenever the pages it may hold pass
-/// [`MAPPED_BUDGET`] (or twice one read's blocks, if that is more).
+/// [`MAPPED_BUDGET`] (or two blocks per stream, if that is more).
 #[derive(Debug)]
 pub(crate) struct MappedFile {
     path: PathBuf,
@@ -61,9 +60,6 @@ pub(crate) struct MappedFile {
     last_block: Vec<usize>,
     /// Bytes the touched blocks may hold (at most one fault-around block each).
     held: usize,
-    /// The most bytes of blocks one [`touched`](Self::touched) call added: half the floor of the
-    /// budget.
-    per_read: usize,
 }
 
 // SAFETY: the mapping is this value's own and is only read, by whoever holds the value.
@@ -85,7 +81,6 @@ impl MappedFile {
             span: 0,
             last_block: Vec::new(),
             held: 0,
-            per_read: 0,
         };
         map.map(file).ok()?;
         Some(map)
@@ -159,8 +154,8 @@ impl MappedFile {
 
     /// Records that the last [`read`](Self::read) touched `count` streams' segments of `len`
     /// bytes, stream `k`'s starting at file byte `first + k × stride`; drops the mapping when the
-    /// pages its touched blocks may hold pass [`MAPPED_BUDGET`] or twice the blocks of the
-    /// largest such call (the next read maps it again). A block is counted once however many
+    /// pages its touched blocks may hold pass [`MAPPED_BUDGET`] or two blocks per stream (the
+    /// next read maps it again). A block is counted once however many
     /// segments lie in it: those of one call (band rows of one ENVI bil line, or Agilent planes
     /// smaller than a block, share blocks) and a stream's consecutive segments.
     pub(crate) fn touched(&mut self, first: u64, len: u64, stride: u64, count: usize) {
@@ -186,8 +181,7 @@ impl MappedFile {
             *last = b1;
         }
         self.held += added;
-        self.per_read = self.per_read.max(added);
-        if self.held > MAPPED_BUDGET.max(2 * self.per_read) {
+        if self.held > MAPPED_BUDGET.max(self.last_block.len() << (BLOCK_SHIFT + 1)) {
             self.unmap();
         }
     }
@@ -344,8 +338,8 @@ mod tests {
         assert!((8 << 16..=16 << 16).contains(&first), "{first}");
         map.touched(4096, 4096, 1 << 20, 8);
         assert!(map.held <= first + (8 << 16), "{}", map.held);
-        // Whole planes, 8 MiB a read: past the 32 MiB budget (more than twice one read's blocks)
-        // on the fourth read, the mapping is dropped.
+        // Whole planes, 8 MiB a read: past the 32 MiB budget (more than two blocks per plane) on
+        // the fourth read, the mapping is dropped.
         let mut reads = 0;
         while !map.base.is_null() {
             map.touched((reads + 1) * (8 << 20), 1 << 20, 1 << 20, 8);
@@ -368,13 +362,14 @@ mod tests {
         let line = 1504 * 512;
         map.touched(0, 512, 512, 1504);
         assert!((12 << 16..=13 << 16).contains(&map.held), "{}", map.held);
-        // Further lines stay mapped up to the 32 MiB budget (about 41 lines; counted per band row
-        // it was passed at the second line); the call past it drops the mapping.
+        // Further lines stay mapped up to the budget, two blocks per band row (188 MiB: about 240
+        // lines; counted per band row it was passed at the third line); the call past it drops
+        // the mapping.
         let mut y = 1;
         while !map.base.is_null() {
             map.touched(y * line, 512, 512, 1504);
             y += 1;
         }
-        assert!((40..=44).contains(&y), "dropped after line {y}");
+        assert!((236..=246).contains(&y), "dropped after line {y}");
     }
 }
