@@ -5,7 +5,8 @@
 //! Agilent mosaic) beside the whole read of the same file and a plain read of as many bytes as the
 //! window holds. A third reads only 900–1800 cm⁻¹ (what `run` reads, `ReadOptions::bands`) of the
 //! 128 × 128 × 1504 image beside its whole read, per layout, and a plain read of as many bytes: 469
-//! of 1504 points, 0.31 of the bytes.
+//! of 1504 points, 0.31 of the bytes. A fourth reads what `run` reads of a core inside a slide: a
+//! 256 × 256 window of a 384 × 384 × 1504 image, 900–1800 cm⁻¹ only, per layout.
 // The allocator the `ftirflow` binary uses (see src/main.rs): batches are allocated as in a run.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -127,6 +128,41 @@ fn windows(c: &mut Criterion) {
     g.finish();
 }
 
+/// Side of the image that [`core_windows`] cuts a core from (384 × 384 × 1504 float32: 887 MB per
+/// layout).
+const SLIDE_SIDE: u32 = 384;
+
+/// What `run` reads of a core inside a slide: a 256 × 256 window, 900–1800 cm⁻¹ only (469 of 1504
+/// points), at batch 1024, per layout, beside a plain read of as many bytes. The window is off
+/// the 128-pixel tile grid (it touches all 9 tiles of the mosaic, 5 in part).
+fn core_windows(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let cube = cube_of(SLIDE_SIDE, POINTS);
+    let mut files = Vec::new();
+    for interleave in Interleave::ALL {
+        let hdr = dir.path().join(format!("{}.hdr", interleave.name()));
+        envi::write_cube(&hdr, &cube, &EnviWriteOptions { interleave, ..Default::default() }).unwrap();
+        files.push((format!("envi_{}", interleave.name()), hdr));
+    }
+    let dmt = dir.path().join("mosaic.dmt");
+    agilent::write_mosaic(&dmt, &cube, 128).unwrap();
+    files.push(("agilent_mosaic_128px_tiles".into(), dmt));
+    let band = Some(Band::new(900.0, 1800.0));
+    let range = ftirflow::io::band_range(&cube.wavenumbers, band);
+    drop(cube);
+    let window = Window::new(70, 70, 256, 256);
+    let bytes = 256 * 256 * range.len() as u64 * 4;
+    let mut g = c.benchmark_group("core_256_bands_900_1800_of_384x384x1504");
+    g.sample_size(10);
+    let mut buf = vec![0u8; 8 << 20];
+    let data = files[0].1.with_extension("img");
+    g.bench_function("plain_read_as_many_bytes", |b| b.iter(|| plain_read(&data, &mut buf, bytes)));
+    for (name, path) in &files {
+        g.bench_function(name.as_str(), |b| b.iter(|| read_bands(path, 1024, Some(window), band)));
+    }
+    g.finish();
+}
+
 fn readers(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let cube = cube();
@@ -154,5 +190,5 @@ fn readers(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, readers, windows, band_ranges);
+criterion_group!(benches, readers, windows, band_ranges, core_windows);
 criterion_main!(benches);
