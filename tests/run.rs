@@ -139,6 +139,12 @@ fn the_outputs_are_the_same_for_any_worker_layout_and_batch_size() {
     // the service did.
     let cfg = f.root.join("shared.toml");
     std::fs::write(&cfg, "[run]\ninference = \"shared\"\n").unwrap();
+    // One worker, whose classify operator is woken by the service while it reads its next image
+    // (and at the end, when nothing else is left to do), and three.
+    let one = f.root.join("shared_one");
+    let o = run(&f.root, &one, &["--workers", "1", "--config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_same(&reference, &outputs(&one), "shared inference thread, one worker");
     let out = f.root.join("shared");
     let o = run(&f.root, &out, &["--workers", "3", "--config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));

@@ -7,7 +7,10 @@
 //! order, so the predictions do not depend on how the reader or the preprocessing split the
 //! image. The kernel holds the image until [`ClassifyKernel::finish`] (the core's majority decides
 //! whether the subtype model runs), then returns the prediction batches without the spectra and
-//! the image's [`ImageSummary`], which travel on down the stream to the part writer.
+//! the image's [`ImageSummary`], which travel on down the stream to the part writer. With a
+//! shared inference service, `finish` sends the spectra and returns at once
+//! ([`Outcome::Waiting`]): the worker reads and preprocesses its next image while they are scored,
+//! and [`ClassifyKernel::poll`] completes the image once the service woke it.
 mod models;
 
 use std::collections::HashMap;
@@ -17,7 +20,9 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, AsArray, BooleanArray, Float32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-pub use models::{spawn_service, Engine, Models, Scored, Service, ServiceUsage, Which, SHAPE_QUANTUM};
+pub use models::{spawn_service, Engine, Models, Scored, Service, ServiceUsage, Wake, Which, SHAPE_QUANTUM};
+
+use models::Scoring;
 
 use crate::operators::grad_cam::CamStats;
 use crate::operators::outliers::OUTLIER;
@@ -78,12 +83,24 @@ pub struct ClassifyKernel {
     models: Rc<Models>,
     labels: Arc<HashMap<String, Truth>>,
     held: Vec<RecordBatch>,
+    /// The image being scored, after `finish`.
+    scoring: Option<Box<Image>>,
+}
+
+/// Where an image's classification stands.
+pub enum Outcome {
+    /// The inference service is scoring it: call [`ClassifyKernel::poll`] when woken.
+    Waiting,
+    /// The image held no rows.
+    Empty,
+    /// Its prediction batches (one per input batch, in order) and its summary.
+    Done(Vec<RecordBatch>, Box<ImageSummary>),
 }
 
 impl ClassifyKernel {
     /// A kernel using the worker's `models`, with truth `labels` by sample id or file stem.
     pub fn new(models: Rc<Models>, labels: Arc<HashMap<String, Truth>>) -> Self {
-        Self { models, labels, held: Vec::new() }
+        Self { models, labels, held: Vec::new(), scoring: None }
     }
 
     /// Holds one batch of the current image.
@@ -93,12 +110,72 @@ impl ClassifyKernel {
         }
     }
 
-    /// Classifies the held image: its prediction batches (one per input batch, in order) and its
-    /// summary; `None` when the image held no rows.
-    pub fn finish(&mut self) -> Result<Option<(Vec<RecordBatch>, ImageSummary)>, OpError> {
+    /// Classifies the held image. With the worker's own networks it is done on return; with a
+    /// shared inference service its spectra are sent and `wake` is called when a reply came (then
+    /// [`poll`](Self::poll)).
+    pub fn finish(&mut self, wake: Option<&Wake>) -> Result<Outcome, OpError> {
         let held = std::mem::take(&mut self.held);
-        self.classify(held)
+        let Some(mut image) = Image::prepare(&self.models, &self.labels, held)? else { return Ok(Outcome::Empty) };
+        image.pending = Some((Which::Type, self.models.submit(Which::Type, &image.values, image.rows, wake)?));
+        self.scoring = Some(Box::new(image));
+        self.poll(wake)
     }
+
+    /// Takes what the inference service replied and goes on (the subtype model after the type
+    /// model, in a core called cancer), until the image is done.
+    pub fn poll(&mut self, wake: Option<&Wake>) -> Result<Outcome, OpError> {
+        let Some(image) = self.scoring.as_mut() else { return Err(OpError::internal(OP, "nothing is being classified")) };
+        let m = &self.models;
+        while let Some((which, scoring)) = image.pending.as_mut() {
+            let scored = match scoring.poll() {
+                None => return Ok(Outcome::Waiting),
+                Some(s) => s?,
+            };
+            let which = *which;
+            image.pending = None;
+            match which {
+                Which::Type => {
+                    let row = &mut image.summary.row;
+                    (row.type_counts, row.type_prob_sums, row.majority) =
+                        record(m, &mut image.summary.cams, &image.values, image.rows, &scored, &m.types, image.truth.kind.as_ref())?;
+                    image.types = Some(scored);
+                    if m.subtypes.is_some() && image.summary.row.majority.as_deref() == Some(CANCER) {
+                        image.pending = Some((Which::Subtype, m.submit(Which::Subtype, &image.values, image.rows, wake)?));
+                    }
+                }
+                Which::Subtype => {
+                    let classes = m.subtypes.as_deref().ok_or_else(|| OpError::internal(OP, "no subtype model"))?;
+                    let row = &mut image.summary.row;
+                    (row.subtype_counts, row.subtype_prob_sums, row.subtype_majority) =
+                        record(m, &mut image.summary.cams, &image.values, image.rows, &scored, classes, image.truth.subtype.as_ref())?;
+                    image.subtypes = Some(scored);
+                }
+            }
+        }
+        let image = self.scoring.take().expect("present above");
+        let batches = image.predictions(m)?;
+        Ok(Outcome::Done(batches, Box::new(image.summary)))
+    }
+}
+
+/// An image on its way through the models: its batches (without their spectra, which are copied
+/// once into `values`, so an image waiting for the service holds one copy of its classified
+/// spectra), the rows classified, their spectra, its summary so far, and the scores that came
+/// back.
+struct Image {
+    held: Vec<RecordBatch>,
+    /// Per held batch, which rows are classified.
+    selected: Vec<Vec<bool>>,
+    /// The classified rows' spectra, row after row (shared with the inference service while it
+    /// scores them).
+    values: Arc<[f32]>,
+    rows: usize,
+    truth: Truth,
+    summary: ImageSummary,
+    types: Option<Scored>,
+    subtypes: Option<Scored>,
+    /// The model being waited for.
+    pending: Option<(Which, Scoring)>,
 }
 
 fn majority(counts: &[u64], classes: &[String]) -> Option<String> {
@@ -110,19 +187,16 @@ fn bool_col(b: &RecordBatch, name: &str) -> Option<BooleanArray> {
     b.column_by_name(name).and_then(|c| c.as_boolean_opt().cloned())
 }
 
-impl ClassifyKernel {
-    fn classify(&self, held: Vec<RecordBatch>) -> Result<Option<(Vec<RecordBatch>, ImageSummary)>, OpError> {
+impl Image {
+    /// The rows of `held` to classify (tissue, not outliers, finite), in row order, and the
+    /// image's counts; `None` for an image without rows.
+    fn prepare(m: &Models, labels: &HashMap<String, Truth>, held: Vec<RecordBatch>) -> Result<Option<Self>, OpError> {
         let Some(first) = held.first() else { return Ok(None) };
-        let mut out = Vec::with_capacity(held.len());
-        let m = &self.models;
-        let types = m.types.clone();
-        let subtypes = m.subtypes.clone();
         let sample = sample_column(first).map_err(|e| OpError::schema(OP, e))?.value(0).to_string();
         // Labels name samples by id or by file stem (`images/P01_CA` is `P01_CA` in labels.csv).
         let stem = sample.rsplit('/').next().unwrap_or(&sample);
-        let truth = self.labels.get(&sample).or_else(|| self.labels.get(stem)).cloned().unwrap_or_default();
+        let truth = labels.get(&sample).or_else(|| labels.get(stem)).cloned().unwrap_or_default();
 
-        // The rows to classify, in row order.
         let n = m.grid.len();
         let mut values = Vec::new();
         let mut selected: Vec<Vec<bool>> = Vec::with_capacity(held.len());
@@ -168,73 +242,31 @@ impl ClassifyKernel {
             selected.push(sel);
         }
         let rows = values.len() / n;
-        let points = n;
-        let mut cams = ImageCams::default();
-        // Sums under (scope, class); the sums are integers, so merging is exact and order-free.
-        let merge_into = |cams: &mut ImageCams, scope: &'static str, class: &str, st: &CamStats| {
-            CamStats::merge_into(&mut cams.stats, (scope, class.to_string()), st)
-        };
+        // The batches' other columns go on into the prediction rows; their spectra are in
+        // `values` where classified, and dropped here.
+        let held = held
+            .iter()
+            .map(|b| match b.schema().index_of(SPECTRUM) {
+                Ok(i) => {
+                    let mut b = b.clone();
+                    b.remove_column(i);
+                    b
+                }
+                Err(_) => b.clone(),
+            })
+            .collect();
+        Ok(Some(Self { held, selected, values: values.into(), rows, truth, summary, types: None, subtypes: None, pending: None }))
+    }
 
-        // One model's predictions of this core: counts, probability sums and majority; and, in
-        // one pass over the rows, each row's spectrum and Grad-CAM map summed under its predicted
-        // class. The class's sums go to the scopes `spectrum` (the mean preprocessed spectrum per
-        // predicted class, what the report draws each class's Grad-CAM profile over),
-        // `predicted` and `core`; with truth labels, their total to `spectrum_true` and `true`
-        // under the true class (which way a band of a true class points is read from these).
-        let mut record = |s: &Scored, classes: &[String], truth: Option<&String>| -> Result<ModelTally, OpError> {
-            let mut counts = vec![0u64; classes.len()];
-            let mut prob_sums = vec![0i64; classes.len()];
-            for (i, &p) in s.predicted.iter().enumerate() {
-                counts[p as usize] += 1;
-                for (c, acc) in prob_sums.iter_mut().enumerate() {
-                    *acc += prob_fixed(s.probs[i * classes.len() + c]);
-                }
-            }
-            if rows > 0 {
-                let mut spectra = vec![CamStats::new(points); classes.len()];
-                let mut maps = vec![CamStats::new(points); if m.gradcam { classes.len() } else { 0 }];
-                for (i, &p) in s.predicted.iter().enumerate() {
-                    spectra[p as usize].push_values(&values[i * points..(i + 1) * points])?;
-                    if let Some(st) = maps.get_mut(p as usize) {
-                        st.push_map(m.explain, &s.maps[i * points..(i + 1) * points])?;
-                    }
-                }
-                let (mut all_spectra, mut all_maps) = (CamStats::new(points), CamStats::new(points));
-                for (c, class) in classes.iter().enumerate().filter(|&(c, _)| counts[c] > 0) {
-                    merge_into(&mut cams, SPECTRUM_SCOPE, class, &spectra[c])?;
-                    all_spectra.merge(&spectra[c])?;
-                    if let Some(st) = maps.get(c) {
-                        merge_into(&mut cams, "predicted", class, st)?;
-                        merge_into(&mut cams, "core", class, st)?;
-                        all_maps.merge(st)?;
-                    }
-                }
-                if let Some(k) = truth {
-                    merge_into(&mut cams, SPECTRUM_TRUE_SCOPE, k, &all_spectra)?;
-                    if m.gradcam {
-                        merge_into(&mut cams, "true", k, &all_maps)?;
-                    }
-                }
-            }
-            let majority = majority(&counts, classes);
-            Ok((counts, prob_sums, majority))
-        };
-        let t = m.score(Which::Type, &values, rows)?;
-        (row.type_counts, row.type_prob_sums, row.majority) = record(&t, &types, truth.kind.as_ref())?;
-        let sub = match &subtypes {
-            Some(classes) if row.majority.as_deref() == Some(CANCER) => {
-                let s = m.score(Which::Subtype, &values, rows)?;
-                (row.subtype_counts, row.subtype_prob_sums, row.subtype_majority) = record(&s, classes, truth.subtype.as_ref())?;
-                Some(s)
-            }
-            _ => None,
-        };
-        summary.cams = cams;
-
-        // Prediction rows.
+    /// The prediction rows: each held batch without its spectra, with the type (and subtype)
+    /// prediction of its classified rows.
+    fn predictions(&self, m: &Models) -> Result<Vec<RecordBatch>, OpError> {
+        let t = self.types.as_ref().ok_or_else(|| OpError::internal(OP, "the type model's scores are missing"))?;
+        let (types, subtypes) = (&m.types, m.subtypes.as_deref());
+        let mut out = Vec::with_capacity(self.held.len());
         let mut next = 0usize;
-        for (b, sel) in held.iter().zip(&selected) {
-            let schema = prediction_schema(&b.schema(), &types, subtypes.as_deref());
+        for (b, sel) in self.held.iter().zip(&self.selected) {
+            let schema = prediction_schema(&b.schema(), types, subtypes);
             let mut cols: Vec<ArrayRef> = b
                 .schema()
                 .fields()
@@ -256,9 +288,9 @@ impl ClassifyKernel {
             for c in 0..types.len() {
                 cols.push(Arc::new(idx.iter().map(|i| i.map(|r| t.probs[r * types.len() + c])).collect::<Float32Array>()));
             }
-            if let Some(classes) = &subtypes {
+            if let Some(classes) = subtypes {
                 let k = classes.len();
-                let s = sub.as_ref();
+                let s = self.subtypes.as_ref();
                 cols.push(Arc::new(
                     idx.iter().map(|i| i.and_then(|r| s.map(|s| classes[s.predicted[r] as usize].as_str()))).collect::<StringArray>(),
                 ));
@@ -270,6 +302,64 @@ impl ClassifyKernel {
             debug_assert_eq!(batch.num_rows(), b.num_rows());
             out.push(batch);
         }
-        Ok(Some((out, summary)))
+        Ok(out)
     }
+}
+
+/// One model's predictions of a core (`rows` spectra `values`, scored `s`): counts, probability
+/// sums and majority; and, in one pass over the rows, each row's spectrum and Grad-CAM map summed
+/// into `cams` under its predicted class. The class's sums go to the scopes `spectrum` (the mean
+/// preprocessed spectrum per predicted class, what the report draws each class's Grad-CAM profile
+/// over), `predicted` and `core`; with truth labels, their total to `spectrum_true` and `true`
+/// under the true class (which way a band of a true class points is read from these). Sums are
+/// integers, so merging is exact and order-free.
+fn record(
+    m: &Models,
+    cams: &mut ImageCams,
+    values: &[f32],
+    rows: usize,
+    s: &Scored,
+    classes: &[String],
+    truth: Option<&String>,
+) -> Result<ModelTally, OpError> {
+    let points = m.grid.len();
+    let merge_into = |cams: &mut ImageCams, scope: &'static str, class: &str, st: &CamStats| {
+        CamStats::merge_into(&mut cams.stats, (scope, class.to_string()), st)
+    };
+    let mut counts = vec![0u64; classes.len()];
+    let mut prob_sums = vec![0i64; classes.len()];
+    for (i, &p) in s.predicted.iter().enumerate() {
+        counts[p as usize] += 1;
+        for (c, acc) in prob_sums.iter_mut().enumerate() {
+            *acc += prob_fixed(s.probs[i * classes.len() + c]);
+        }
+    }
+    if rows > 0 {
+        let mut spectra = vec![CamStats::new(points); classes.len()];
+        let mut maps = vec![CamStats::new(points); if m.gradcam { classes.len() } else { 0 }];
+        for (i, &p) in s.predicted.iter().enumerate() {
+            spectra[p as usize].push_values(&values[i * points..(i + 1) * points])?;
+            if let Some(st) = maps.get_mut(p as usize) {
+                st.push_map(m.explain, &s.maps[i * points..(i + 1) * points])?;
+            }
+        }
+        let (mut all_spectra, mut all_maps) = (CamStats::new(points), CamStats::new(points));
+        for (c, class) in classes.iter().enumerate().filter(|&(c, _)| counts[c] > 0) {
+            merge_into(cams, SPECTRUM_SCOPE, class, &spectra[c])?;
+            all_spectra.merge(&spectra[c])?;
+            if let Some(st) = maps.get(c) {
+                merge_into(cams, "predicted", class, st)?;
+                merge_into(cams, "core", class, st)?;
+                all_maps.merge(st)?;
+            }
+        }
+        if let Some(k) = truth {
+            merge_into(cams, SPECTRUM_TRUE_SCOPE, k, &all_spectra)?;
+            if m.gradcam {
+                merge_into(cams, "true", k, &all_maps)?;
+            }
+        }
+    }
+    let majority = majority(&counts, classes);
+    Ok((counts, prob_sums, majority))
 }

@@ -23,12 +23,18 @@ pub enum Which {
     Subtype,
 }
 
+/// Called by an inference service thread after it replied to a request, from that thread: wakes
+/// the worker that sent it (whose classify operator then takes the reply).
+pub type Wake = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// One scoring request to a shared inference service.
 pub struct Request {
     which: Which,
-    values: Vec<f32>,
+    /// The worker's own spectra of the image, shared (not copied) while they are scored.
+    values: std::sync::Arc<[f32]>,
     rows: usize,
     reply: crossbeam_channel::Sender<Result<RawScored, OpError>>,
+    wake: Option<Wake>,
 }
 
 /// A process's inference service as its users hold it: the queue to its threads and the tally of
@@ -39,11 +45,10 @@ pub struct Service {
     tally: std::sync::Arc<Tally>,
 }
 
-/// Nanoseconds and counts of an inference service, the wait summed over its callers.
+/// Nanoseconds and counts of an inference service.
 #[derive(Default, Debug)]
 struct Tally {
     busy_ns: AtomicU64,
-    wait_ns: AtomicU64,
     requests: AtomicU64,
     spectra: AtomicU64,
 }
@@ -55,7 +60,10 @@ struct Tally {
 pub struct ServiceUsage {
     /// Seconds the service threads spent scoring, summed over them.
     pub busy_seconds: f64,
-    /// Seconds the workers spent waiting for replies, summed over the workers.
+    /// Seconds the workers of this process spent waiting for the service, summed over them: a
+    /// worker sends an image's spectra and reads and preprocesses its next image meanwhile, and
+    /// waits only when that one is read and its previous one is still being scored (filled in
+    /// by the run from its workers; 0 in [`Service::usage`]).
     pub worker_wait_seconds: f64,
     /// Requests scored (one per image and model).
     pub requests: u64,
@@ -70,7 +78,7 @@ impl Service {
         let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 * 1e-9;
         ServiceUsage {
             busy_seconds: s(&t.busy_ns),
-            worker_wait_seconds: s(&t.wait_ns),
+            worker_wait_seconds: 0.0,
             requests: t.requests.load(Ordering::Relaxed),
             spectra: t.spectra.load(Ordering::Relaxed),
         }
@@ -142,26 +150,57 @@ impl Models {
         }
     }
 
-    /// Scores `rows` spectra with one model (see [`score`]).
-    pub(super) fn score(&self, which: Which, values: &[f32], rows: usize) -> Result<Scored, OpError> {
+    /// Starts scoring `rows` spectra with one model (see [`score`]): in the worker at once
+    /// ([`Engine::Local`]), or by sending them to the inference service, which calls `wake` once
+    /// it replied ([`Engine::Shared`]). [`Scoring::poll`] gives the scores.
+    pub(super) fn submit(
+        &self,
+        which: Which,
+        values: &std::sync::Arc<[f32]>,
+        rows: usize,
+        wake: Option<&Wake>,
+    ) -> Result<Scoring, OpError> {
         match &self.engine {
             Engine::Local { types, subtypes } => {
                 let bundle: &Bundle = match which {
                     Which::Type => types,
                     Which::Subtype => subtypes.as_deref().ok_or_else(|| OpError::internal(OP, "no subtype model"))?,
                 };
-                score(bundle, values, rows, self.batch, self.gradcam).map(|r| r.finish(self.explain))
+                let scored = score(bundle, values, rows, self.batch, self.gradcam)?.finish(self.explain);
+                Ok(Scoring(Pending::Ready(Some(scored))))
             }
             Engine::Shared(service) => {
                 let (reply, rx) = crossbeam_channel::bounded(1);
-                let request = Request { which, values: values.to_vec(), rows, reply };
-                let start = Instant::now();
+                let request = Request { which, values: std::sync::Arc::clone(values), rows, reply, wake: wake.cloned() };
                 service.tx.send(request).map_err(|_| OpError::internal(OP, "the inference service stopped"))?;
-                let raw = rx.recv().map_err(|_| OpError::internal(OP, "the inference service stopped"))?;
-                service.tally.wait_ns.fetch_add(nanos(start), Ordering::Relaxed);
-                // The maps' host-side finish runs here, in the worker, not in the service thread.
-                raw.map(|r| r.finish(self.explain))
+                Ok(Scoring(Pending::Sent { rx, explain: self.explain }))
             }
+        }
+    }
+}
+
+/// One model's scores of one image, as [`Models::submit`] started them.
+pub(super) struct Scoring(Pending);
+
+enum Pending {
+    /// Scored in the worker (taken by the first poll).
+    Ready(Option<Scored>),
+    /// Sent to the inference service.
+    Sent { rx: crossbeam_channel::Receiver<Result<RawScored, OpError>>, explain: MapKind },
+}
+
+impl Scoring {
+    /// The scores, once there; `None` while the service is still at them (it wakes the worker
+    /// when it replies). Called again after it gave the scores, it is an error.
+    pub(super) fn poll(&mut self) -> Option<Result<Scored, OpError>> {
+        match &mut self.0 {
+            Pending::Ready(s) => Some(s.take().ok_or_else(|| OpError::internal(OP, "the scores were taken already"))),
+            Pending::Sent { rx, explain } => match rx.try_recv() {
+                // The maps' host-side finish runs here, in the worker, not in the service thread.
+                Ok(raw) => Some(raw.map(|r| r.finish(*explain))),
+                Err(crossbeam_channel::TryRecvError::Empty) => None,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => Some(Err(OpError::internal(OP, "the inference service stopped"))),
+            },
         }
     }
 }
@@ -215,6 +254,9 @@ pub fn spawn_service(
                     busy.requests.fetch_add(1, Ordering::Relaxed);
                     busy.spectra.fetch_add(r.rows as u64, Ordering::Relaxed);
                     let _ = r.reply.send(result);
+                    if let Some(wake) = &r.wake {
+                        wake();
+                    }
                 }
             })
             .map_err(|e| Error::invalid(format!("cannot start the inference service: {e}")))?;

@@ -6,6 +6,9 @@
 //! batches to the stage as they arrive and calls `finish` at the image's end marker, so an image
 //! goes through its worker's operators without waiting for any other worker's progress (the
 //! input frontier passing the timestamp ends an image too, should a marker ever be missing). A
+//! stage whose work goes on elsewhere after `finish` (classification by a shared inference
+//! service) keeps its image open: the service wakes the operator when it replied, the adapter
+//! polls the stage then, and meanwhile the worker reads and preprocesses its next image. A
 //! stage error does not stop the run: the image's data is dropped and an
 //! [`Item::Failed`] naming the stage flows on in its place (timely's `ok_err` idea), which ends
 //! up in `rejects.parquet`.
@@ -19,7 +22,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use crate::classify::ClassifyKernel;
+use crate::classify::{ClassifyKernel, Outcome, Wake};
 use crate::job::RunJob;
 use crate::operators::{Kernel, OpError};
 use crate::outputs::records::{Diff, ImageSummary, Record};
@@ -50,8 +53,15 @@ pub trait Stage {
     fn name(&self) -> &'static str;
     /// Consumes one batch of the image, appending finished items to `out`.
     fn push_batch(&mut self, batch: &RecordBatch, out: &mut Vec<Item>) -> Result<(), OpError>;
-    /// Ends the image, appending what was held back to `out`.
-    fn finish(&mut self, out: &mut Vec<Item>) -> Result<(), OpError>;
+    /// Ends the image, appending what was held back to `out`: `Ok(true)` when all of it was,
+    /// `Ok(false)` when the stage goes on elsewhere and calls `wake` (from any thread) when
+    /// [`poll`](Stage::poll) has news.
+    fn finish(&mut self, out: &mut Vec<Item>, wake: &Wake) -> Result<bool, OpError>;
+    /// After a `finish` that returned `Ok(false)`: appends what came meanwhile, `Ok(true)` once the
+    /// image is complete.
+    fn poll(&mut self, _out: &mut Vec<Item>, _wake: &Wake) -> Result<bool, OpError> {
+        Ok(true)
+    }
 }
 
 impl Stage for Box<dyn Kernel> {
@@ -66,11 +76,11 @@ impl Stage for Box<dyn Kernel> {
         Ok(())
     }
 
-    fn finish(&mut self, out: &mut Vec<Item>) -> Result<(), OpError> {
+    fn finish(&mut self, out: &mut Vec<Item>, _wake: &Wake) -> Result<bool, OpError> {
         let mut batches = Vec::new();
         self.as_mut().finish(&mut batches)?;
         out.extend(batches.into_iter().map(Item::Batch));
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -84,29 +94,57 @@ impl Stage for ClassifyKernel {
         Ok(())
     }
 
-    fn finish(&mut self, out: &mut Vec<Item>) -> Result<(), OpError> {
-        if let Some((batches, summary)) = ClassifyKernel::finish(self)? {
+    fn finish(&mut self, out: &mut Vec<Item>, wake: &Wake) -> Result<bool, OpError> {
+        let outcome = ClassifyKernel::finish(self, Some(wake))?;
+        Ok(emit(outcome, out))
+    }
+
+    fn poll(&mut self, out: &mut Vec<Item>, wake: &Wake) -> Result<bool, OpError> {
+        let outcome = ClassifyKernel::poll(self, Some(wake))?;
+        Ok(emit(outcome, out))
+    }
+}
+
+/// Appends a classified image's items to `out`; whether it is complete.
+fn emit(outcome: Outcome, out: &mut Vec<Item>) -> bool {
+    match outcome {
+        Outcome::Waiting => false,
+        Outcome::Empty => true,
+        Outcome::Done(batches, summary) => {
             out.extend(batches.into_iter().map(Item::Batch));
-            out.push(Item::Summary(Box::new(summary)));
+            out.push(Item::Summary(summary));
+            true
         }
-        Ok(())
     }
 }
 
 /// Makes a fresh stage for an image (on the worker's thread: stages need not be `Send`).
 pub type StageFactory = Box<dyn Fn() -> Result<Box<dyn Stage>, OpError>>;
 
-/// Ends image `t` at a stage: its finished items (or the reject of a failing `finish`), then the
-/// end marker.
-fn close(t: u64, state: State, items: &mut Vec<Item>, reject: &dyn Fn(u64, &str, OpError) -> Item) {
-    if let State::Running(mut k) = state {
-        let mut out = Vec::new();
-        match k.finish(&mut out) {
-            Ok(()) => items.append(&mut out),
-            Err(e) => items.push(reject(t, k.name(), e)),
+/// Ends image `t` at a stage (`finish`, or `poll` once it was finished): appends its finished
+/// items, or the reject of a failing stage, and the end marker; or returns the stage when it
+/// still works on the image elsewhere.
+fn close(t: u64, state: State, items: &mut Vec<Item>, wake: &Wake, reject: &dyn Fn(u64, &str, OpError) -> Item) -> Option<State> {
+    let (mut k, finished) = match state {
+        State::Running(k) => (k, false),
+        State::Finishing(k) => (k, true),
+        State::Fresh | State::Done => {
+            items.push(Item::End);
+            return None;
         }
+    };
+    let mut out = Vec::new();
+    let step = if finished { k.poll(&mut out, wake) } else { k.finish(&mut out, wake) };
+    match step {
+        Ok(false) => {
+            items.append(&mut out);
+            return Some(State::Finishing(k));
+        }
+        Ok(true) => items.append(&mut out),
+        Err(e) => items.push(reject(t, k.name(), e)),
     }
     items.push(Item::End);
+    None
 }
 
 /// Runs stages inside timely.
@@ -121,6 +159,8 @@ enum State {
     Fresh,
     /// Running.
     Running(Box<dyn Stage>),
+    /// Finished, its results still on their way (see [`Stage::poll`]).
+    Finishing(Box<dyn Stage>),
     /// The image failed (or was reused): its batches are dropped.
     Done,
 }
@@ -129,8 +169,15 @@ impl<'scope> ApplyStage<'scope> for Items<'scope> {
     fn apply_stage(self, name: &'static str, factory: StageFactory, job: &Arc<RunJob>) -> Items<'scope> {
         let job = Arc::clone(job);
         let reject = move |t: u64, stage: &str, e: OpError| Item::Failed(job.images[t as usize].reject(stage, job.plan.explain(e)));
-        self.unary_frontier::<CapacityContainerBuilder<Vec<Item>>, _, _, _>(Pipeline, name, move |_cap, _info| {
+        let worker = self.scope().worker();
+        self.unary_frontier::<CapacityContainerBuilder<Vec<Item>>, _, _, _>(Pipeline, name, move |_cap, info| {
             let mut open: BTreeMap<u64, (Capability<u64>, State)> = BTreeMap::new();
+            // Schedules this operator again (and unparks its worker) from any thread.
+            let activator = worker.sync_activator_for(info.address.to_vec());
+            let wake: Wake = Arc::new(move || {
+                // An error means the worker is gone (the run is ending): nothing to wake.
+                let _ = activator.activate();
+            });
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     let Some(c) = cap.retain_least(output.output_index()) else { return };
@@ -172,20 +219,32 @@ impl<'scope> ApplyStage<'scope> for Items<'scope> {
                     }
                     if ended {
                         let (cap, state) = open.remove(&t).expect("present");
-                        close(t, state, &mut emitted, &reject);
+                        let rest = close(t, state, &mut emitted, &wake, &reject);
                         output.session(&cap).give_iterator(emitted.into_iter());
+                        if let Some(state) = rest {
+                            open.insert(t, (cap, state));
+                        }
                     } else if !emitted.is_empty() {
                         output.session(&entry.0).give_iterator(emitted.into_iter());
                     }
                 });
-                while let Some((&t, _)) = open.first_key_value() {
-                    if frontier.less_equal(&t) {
-                        break;
-                    }
+                // Images whose end marker was seen (their stage finishing elsewhere) or whose
+                // timestamp the input frontier passed: finish or poll them, in timestamp order.
+                let ready: Vec<u64> = open
+                    .iter()
+                    .filter(|(t, (_, state))| matches!(state, State::Finishing(_)) || !frontier.less_equal(t))
+                    .map(|(&t, _)| t)
+                    .collect();
+                for t in ready {
                     let (cap, state) = open.remove(&t).expect("present");
                     let mut items = Vec::new();
-                    close(t, state, &mut items, &reject);
-                    output.session(&cap).give_iterator(items.into_iter());
+                    let rest = close(t, state, &mut items, &wake, &reject);
+                    if !items.is_empty() {
+                        output.session(&cap).give_iterator(items.into_iter());
+                    }
+                    if let Some(state) = rest {
+                        open.insert(t, (cap, state));
+                    }
                 }
             }
         })

@@ -14,7 +14,9 @@
 //! an image goes through its worker's operators without waiting for the other workers. A worker
 //! finishes its previous image in the first steps of reading the next and waits for it to be
 //! written before reading another, so it holds one image (and, briefly, the previous one's last
-//! stages) whatever the archive's size. Batches never leave their worker; only the summary records
+//! stages) whatever the archive's size. With a shared inference service, classify sends an
+//! image's spectra and returns; the service wakes it when the scores are there, while the worker
+//! reads its next image. Batches never leave their worker; only the summary records
 //! (integers, see [`crate::outputs::records`]) are exchanged, so the run's rows and totals are the
 //! same for any layout of workers and processes.
 pub mod adapter;
@@ -76,6 +78,9 @@ impl<'scope> Classify<'scope> for Items<'scope> {
 pub struct WorkerOutput {
     /// The consolidated summary records (only worker 0 of process 0 receives any).
     pub records: Vec<(Record, Diff)>,
+    /// How long the worker waited, with its next image not yet read, for its previous one to be
+    /// classified and written: the time a shared inference service kept it from reading.
+    pub waited: std::time::Duration,
 }
 
 /// How the workers of a run talk to each other, set up by the caller: timely's allocator
@@ -119,14 +124,15 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
     let collected: Rc<RefCell<Vec<(Record, Diff)>>> = Rc::new(RefCell::new(Vec::new()));
     let mut input: InputHandle<u64, CapacityContainerBuilder<Vec<Item>>> = InputHandle::new();
     let finished = Rc::new(Cell::new(0usize));
-    let last_own = job.images_of(index).last().map(|(i, _)| i as u64);
+    let own = job.images_of(index).count();
+    let mut waited = std::time::Duration::ZERO;
     {
         let (job, collected, finished) = (Arc::clone(&job), Rc::clone(&collected), Rc::clone(&finished));
         worker.dataflow::<u64, _, _>(|scope| {
             let records = timely::dataflow::operators::core::input::Input::input_from(&scope, &mut input)
                 .preprocess(&job)
                 .classify(&job, models)
-                .write_parts(&job, last_own, finished);
+                .write_parts(&job, own, finished);
             records.as_collection().consolidate().inner.sink(
                 Exchange::new(|_: &(Record, u64, Diff)| 0u64),
                 "collect",
@@ -169,11 +175,13 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
         // image is held instead (waiting for this one to be written) cost the kernel 3× the time
         // faulting them in again for the next image (a 4 × 5 slide, 2 workers: 15 s against 5 s).
         if fed > 0 {
+            let waiting = std::time::Instant::now();
             while finished.get() < fed {
                 // Parked, not spinning, when there is nothing to do: a spinning worker took a
                 // core from the inference service threads and the other workers.
                 worker.step_or_park(Some(PARK));
             }
+            waited += waiting.elapsed();
             // SAFETY: plain FFI call without arguments that point anywhere.
             unsafe { libmimalloc_sys::mi_collect(true) };
             crate::operators::model::release_freed_tensor_memory();
@@ -182,7 +190,7 @@ fn run_worker(worker: &mut timely::worker::Worker, job: Arc<RunJob>) -> Result<W
     drop(input);
     while worker.step_or_park(None) {}
     let records = std::mem::take(&mut *collected.borrow_mut());
-    Ok(WorkerOutput { records })
+    Ok(WorkerOutput { records, waited })
 }
 
 /// Longest a waiting worker parks before it looks again (news from other threads wakes it

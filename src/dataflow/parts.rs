@@ -25,25 +25,17 @@ use crate::reject::Reject;
 /// Writing each image's outputs.
 pub trait WriteParts<'scope> {
     /// Writes each finished image's prediction part and summary part, records it in the
-    /// manifest, and emits its summary records (or its reject). `last_own` is the timestamp of
-    /// this worker's last image, with which the worker's added-up Grad-CAM sums are sent.
+    /// manifest, and emits its summary records (or its reject). `own` is the number of this
+    /// worker's images: with the last of them to be written (not necessarily the last in the
+    /// archive's order — a shared inference service may return a later image's scores first),
+    /// the worker's added-up Grad-CAM sums are sent.
     /// `finished` counts the worker's images written so far (the worker reads its next image
     /// when the previous one is done).
-    fn write_parts(
-        self,
-        job: &Arc<RunJob>,
-        last_own: Option<u64>,
-        finished: Rc<Cell<usize>>,
-    ) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>>;
+    fn write_parts(self, job: &Arc<RunJob>, own: usize, finished: Rc<Cell<usize>>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>>;
 }
 
 impl<'scope> WriteParts<'scope> for Items<'scope> {
-    fn write_parts(
-        self,
-        job: &Arc<RunJob>,
-        last_own: Option<u64>,
-        finished: Rc<Cell<usize>>,
-    ) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>> {
+    fn write_parts(self, job: &Arc<RunJob>, own: usize, finished: Rc<Cell<usize>>) -> Stream<'scope, u64, Vec<(Record, u64, Diff)>> {
         let job = Arc::clone(job);
         self.unary_frontier::<CapacityContainerBuilder<Vec<(Record, u64, Diff)>>, _, _, _>(Pipeline, "write_parts", move |_c, _info| {
             let mut open: BTreeMap<u64, (Capability<u64>, Vec<Item>)> = BTreeMap::new();
@@ -82,7 +74,7 @@ impl<'scope> WriteParts<'scope> for Items<'scope> {
                             now.push((r, t, d));
                         }
                     }
-                    if Some(t) == last_own {
+                    if finished.get() + 1 == own {
                         now.extend(std::mem::take(&mut cams).into_iter().map(|(r, d)| (r, t, d)));
                     }
                     output.session(&cap).give_iterator(now.into_iter());
