@@ -40,10 +40,7 @@ impl<'scope> WriteParts<'scope> for Items<'scope> {
         self.unary_frontier::<CapacityContainerBuilder<Vec<(Record, u64, Diff)>>, _, _, _>(Pipeline, "write_parts", move |_c, _info| {
             let mut open: BTreeMap<u64, (Capability<u64>, Vec<Item>)> = BTreeMap::new();
             let mut manifest: Option<ManifestWriter> = None;
-            // Per-class Grad-CAM sums of this worker's images, added up here (exact integers) and
-            // sent once with the worker's last image: per-image updates would pile up in the
-            // consolidation's trace as the archive grows.
-            let mut cams: BTreeMap<Record, Diff> = BTreeMap::new();
+            let mut sums = WorkerSums::new(own);
             move |(input, frontier), output| {
                 // Images whose end marker came, and then (should one be missing) those the
                 // frontier has passed.
@@ -63,25 +60,49 @@ impl<'scope> WriteParts<'scope> for Items<'scope> {
                     let image = &job.images[t as usize];
                     let records = finish_image(&job, image, items, &mut manifest);
                     job.progress.images.fetch_add(1, Ordering::Relaxed);
-                    let mut now = Vec::new();
-                    for (r, d) in records {
-                        if matches!(r, Record::Cam { .. }) {
-                            let e = cams.entry(r).or_insert((0, 0, 0));
-                            e.0 += d.0;
-                            e.1 += d.1;
-                            e.2 += d.2;
-                        } else {
-                            now.push((r, t, d));
-                        }
-                    }
-                    if finished.get() + 1 == own {
-                        now.extend(std::mem::take(&mut cams).into_iter().map(|(r, d)| (r, t, d)));
-                    }
-                    output.session(&cap).give_iterator(now.into_iter());
-                    finished.set(finished.get() + 1);
+                    output.session(&cap).give_iterator(sums.image(t, records).into_iter());
+                    finished.set(sums.written);
                 }
             }
         })
+    }
+}
+
+/// A worker's per-class Grad-CAM sums, added up over its images (exact integers) and sent once,
+/// with the last of its `own` images to be written — not necessarily its last in the archive's
+/// order: with a shared inference service a later image's scores may come back first. Per-image
+/// updates would pile up in the consolidation's trace as the archive grows.
+struct WorkerSums {
+    own: usize,
+    /// Images written so far.
+    written: usize,
+    cams: BTreeMap<Record, Diff>,
+}
+
+impl WorkerSums {
+    fn new(own: usize) -> Self {
+        Self { own, written: 0, cams: BTreeMap::new() }
+    }
+
+    /// The records of image `t` to send now: all but its per-class Grad-CAM sums, which are
+    /// added up, and with the worker's last image the sums of all.
+    fn image(&mut self, t: u64, records: Vec<(Record, Diff)>) -> Vec<(Record, u64, Diff)> {
+        let mut now = Vec::new();
+        for (r, d) in records {
+            if matches!(r, Record::Cam { .. }) {
+                let e = self.cams.entry(r).or_insert((0, 0, 0));
+                e.0 += d.0;
+                e.1 += d.1;
+                e.2 += d.2;
+            } else {
+                now.push((r, t, d));
+            }
+        }
+        self.written += 1;
+        if self.written == self.own {
+            now.extend(std::mem::take(&mut self.cams).into_iter().map(|(r, d)| (r, t, d)));
+        }
+        now
     }
 }
 
@@ -187,4 +208,27 @@ fn write_image(
     }
     manifest.as_mut().expect("opened").append(&entry).map_err(|e| Error::io("cannot append to", &manifest_path, e))?;
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cam(class: &str) -> Record {
+        Record::Cam { scope: "predicted".into(), class: class.into(), point: 0 }
+    }
+
+    #[test]
+    fn the_sums_go_out_once_with_the_last_image_written_whatever_its_timestamp() {
+        let mut sums = WorkerSums::new(3);
+        let reject = |n: &str| Record::Reject(Reject::new(std::path::PathBuf::from(n), "read", "bad"));
+        // Images 2 and 9 are written first; image 5 (a cancer core waiting for its subtype
+        // scores) last, after the worker's last image in the archive's order.
+        let first = sums.image(2, vec![(cam("CA"), (1, 10, 100)), (reject("a"), (1, 0, 0))]);
+        assert_eq!(first, vec![(reject("a"), 2, (1, 0, 0))]);
+        assert!(sums.image(9, vec![(cam("CA"), (2, 20, 200)), (cam("AT"), (1, 1, 1))]).is_empty());
+        let last = sums.image(5, vec![(cam("CA"), (4, 40, 400))]);
+        assert_eq!(last, vec![(cam("AT"), 5, (1, 1, 1)), (cam("CA"), 5, (7, 70, 700))]);
+        assert_eq!(sums.written, 3);
+    }
 }
