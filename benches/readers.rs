@@ -71,20 +71,27 @@ fn read_bands(path: &Path, batch_rows: usize, window: Option<Window>, bands: Opt
     reader.map(|b| b.unwrap().num_rows()).sum()
 }
 
+/// `cube` written in `dir` in every layout: ENVI in each interleave and an Agilent mosaic of
+/// `fpa`-pixel tiles, each with its bench name.
+fn write_layouts(dir: &Path, cube: &ImageCube, fpa: u32) -> Vec<(String, std::path::PathBuf)> {
+    let mut files = Vec::new();
+    for interleave in Interleave::ALL {
+        let hdr = dir.join(format!("{}.hdr", interleave.name()));
+        envi::write_cube(&hdr, cube, &EnviWriteOptions { interleave, ..Default::default() }).unwrap();
+        files.push((format!("envi_{}", interleave.name()), hdr));
+    }
+    let dmt = dir.join("mosaic.dmt");
+    agilent::write_mosaic(&dmt, cube, fpa).unwrap();
+    files.push((format!("agilent_mosaic_{fpa}px_tiles"), dmt));
+    files
+}
+
 /// 900–1800 cm⁻¹ of the 128 × 128 × 1504 image beside its whole read, in each layout (batch 1024,
 /// as `run` reads).
 fn band_ranges(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let cube = cube();
-    let mut files = Vec::new();
-    for interleave in Interleave::ALL {
-        let hdr = dir.path().join(format!("{}.hdr", interleave.name()));
-        envi::write_cube(&hdr, &cube, &EnviWriteOptions { interleave, ..Default::default() }).unwrap();
-        files.push((format!("envi_{}", interleave.name()), hdr));
-    }
-    let dmt = dir.path().join("mosaic.dmt");
-    agilent::write_mosaic(&dmt, &cube, 64).unwrap();
-    files.push(("agilent_mosaic_64px_tiles".into(), dmt));
+    let files = write_layouts(dir.path(), &cube, 64);
     let band = Some(Band::new(900.0, 1800.0));
     let axis: Vec<f64> = cube.wavenumbers.clone();
     let range = ftirflow::io::band_range(&axis, band);
@@ -138,15 +145,7 @@ const SLIDE_SIDE: u32 = 384;
 fn core_windows(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let cube = cube_of(SLIDE_SIDE, POINTS);
-    let mut files = Vec::new();
-    for interleave in Interleave::ALL {
-        let hdr = dir.path().join(format!("{}.hdr", interleave.name()));
-        envi::write_cube(&hdr, &cube, &EnviWriteOptions { interleave, ..Default::default() }).unwrap();
-        files.push((format!("envi_{}", interleave.name()), hdr));
-    }
-    let dmt = dir.path().join("mosaic.dmt");
-    agilent::write_mosaic(&dmt, &cube, 128).unwrap();
-    files.push(("agilent_mosaic_128px_tiles".into(), dmt));
+    let files = write_layouts(dir.path(), &cube, 128);
     let band = Some(Band::new(900.0, 1800.0));
     let range = ftirflow::io::band_range(&cube.wavenumbers, band);
     drop(cube);

@@ -113,7 +113,7 @@ impl ClassifyKernel {
     /// Classifies the held image. With the worker's own networks it is done on return; with a
     /// shared inference service its spectra are sent and `wake` is called when a reply came (then
     /// [`poll`](Self::poll)).
-    pub fn finish(&mut self, wake: Option<&Wake>) -> Result<Outcome, OpError> {
+    pub fn finish(&mut self, wake: &Wake) -> Result<Outcome, OpError> {
         let held = std::mem::take(&mut self.held);
         let Some(mut image) = Image::prepare(&self.models, &self.labels, held)? else { return Ok(Outcome::Empty) };
         image.pending = Some((Which::Type, self.models.submit(Which::Type, &image.values, image.rows, wake)?));
@@ -123,7 +123,7 @@ impl ClassifyKernel {
 
     /// Takes what the inference service replied and goes on (the subtype model after the type
     /// model, in a core called cancer), until the image is done.
-    pub fn poll(&mut self, wake: Option<&Wake>) -> Result<Outcome, OpError> {
+    pub fn poll(&mut self, wake: &Wake) -> Result<Outcome, OpError> {
         let Some(image) = self.scoring.as_mut() else { return Err(OpError::internal(OP, "nothing is being classified")) };
         let m = &self.models;
         while let Some((which, scoring)) = image.pending.as_mut() {
@@ -245,14 +245,12 @@ impl Image {
         // The batches' other columns go on into the prediction rows; their spectra are in
         // `values` where classified, and dropped here.
         let held = held
-            .iter()
-            .map(|b| match b.schema().index_of(SPECTRUM) {
-                Ok(i) => {
-                    let mut b = b.clone();
+            .into_iter()
+            .map(|mut b| {
+                if let Ok(i) = b.schema().index_of(SPECTRUM) {
                     b.remove_column(i);
-                    b
                 }
-                Err(_) => b.clone(),
+                b
             })
             .collect();
         Ok(Some(Self { held, selected, values: values.into(), rows, truth, summary, types: None, subtypes: None, pending: None }))

@@ -34,7 +34,7 @@ pub struct Request {
     values: std::sync::Arc<[f32]>,
     rows: usize,
     reply: crossbeam_channel::Sender<Result<RawScored, OpError>>,
-    wake: Option<Wake>,
+    wake: Wake,
 }
 
 /// A process's inference service as its users hold it: the queue to its threads and the tally of
@@ -62,8 +62,8 @@ pub struct ServiceUsage {
     pub busy_seconds: f64,
     /// Seconds the workers of this process spent waiting for the service, summed over them: a
     /// worker sends an image's spectra and reads and preprocesses its next image meanwhile, and
-    /// waits only when that one is read and its previous one is still being scored (filled in
-    /// by the run from its workers; 0 in [`Service::usage`]).
+    /// waits only when that one is read and its previous one is still being scored (measured
+    /// by the workers, see [`Service::usage`]).
     pub worker_wait_seconds: f64,
     /// Requests scored (one per image and model).
     pub requests: u64,
@@ -72,13 +72,14 @@ pub struct ServiceUsage {
 }
 
 impl Service {
-    /// The tally so far.
-    pub fn usage(&self) -> ServiceUsage {
+    /// The tally so far, with the time the workers waited for replies (`worker_wait`, summed
+    /// over them).
+    pub fn usage(&self, worker_wait: std::time::Duration) -> ServiceUsage {
         let t = &*self.tally;
         let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 * 1e-9;
         ServiceUsage {
             busy_seconds: s(&t.busy_ns),
-            worker_wait_seconds: 0.0,
+            worker_wait_seconds: worker_wait.as_secs_f64(),
             requests: t.requests.load(Ordering::Relaxed),
             spectra: t.spectra.load(Ordering::Relaxed),
         }
@@ -153,13 +154,7 @@ impl Models {
     /// Starts scoring `rows` spectra with one model (see [`score`]): in the worker at once
     /// ([`Engine::Local`]), or by sending them to the inference service, which calls `wake` once
     /// it replied ([`Engine::Shared`]). [`Scoring::poll`] gives the scores.
-    pub(super) fn submit(
-        &self,
-        which: Which,
-        values: &std::sync::Arc<[f32]>,
-        rows: usize,
-        wake: Option<&Wake>,
-    ) -> Result<Scoring, OpError> {
+    pub(super) fn submit(&self, which: Which, values: &std::sync::Arc<[f32]>, rows: usize, wake: &Wake) -> Result<Scoring, OpError> {
         match &self.engine {
             Engine::Local { types, subtypes } => {
                 let bundle: &Bundle = match which {
@@ -167,22 +162,20 @@ impl Models {
                     Which::Subtype => subtypes.as_deref().ok_or_else(|| OpError::internal(OP, "no subtype model"))?,
                 };
                 let scored = score(bundle, values, rows, self.batch, self.gradcam)?.finish(self.explain);
-                Ok(Scoring(Pending::Ready(Some(scored))))
+                Ok(Scoring::Ready(Some(scored)))
             }
             Engine::Shared(service) => {
                 let (reply, rx) = crossbeam_channel::bounded(1);
-                let request = Request { which, values: std::sync::Arc::clone(values), rows, reply, wake: wake.cloned() };
+                let request = Request { which, values: std::sync::Arc::clone(values), rows, reply, wake: std::sync::Arc::clone(wake) };
                 service.tx.send(request).map_err(|_| OpError::internal(OP, "the inference service stopped"))?;
-                Ok(Scoring(Pending::Sent { rx, explain: self.explain }))
+                Ok(Scoring::Sent { rx, explain: self.explain })
             }
         }
     }
 }
 
 /// One model's scores of one image, as [`Models::submit`] started them.
-pub(super) struct Scoring(Pending);
-
-enum Pending {
+pub(super) enum Scoring {
     /// Scored in the worker (taken by the first poll).
     Ready(Option<Scored>),
     /// Sent to the inference service.
@@ -193,9 +186,9 @@ impl Scoring {
     /// The scores, once there; `None` while the service is still at them (it wakes the worker
     /// when it replies). Called again after it gave the scores, it is an error.
     pub(super) fn poll(&mut self) -> Option<Result<Scored, OpError>> {
-        match &mut self.0 {
-            Pending::Ready(s) => Some(s.take().ok_or_else(|| OpError::internal(OP, "the scores were taken already"))),
-            Pending::Sent { rx, explain } => match rx.try_recv() {
+        match self {
+            Scoring::Ready(s) => Some(s.take().ok_or_else(|| OpError::internal(OP, "the scores were taken already"))),
+            Scoring::Sent { rx, explain } => match rx.try_recv() {
                 // The maps' host-side finish runs here, in the worker, not in the service thread.
                 Ok(raw) => Some(raw.map(|r| r.finish(*explain))),
                 Err(crossbeam_channel::TryRecvError::Empty) => None,
@@ -254,9 +247,7 @@ pub fn spawn_service(
                     busy.requests.fetch_add(1, Ordering::Relaxed);
                     busy.spectra.fetch_add(r.rows as u64, Ordering::Relaxed);
                     let _ = r.reply.send(result);
-                    if let Some(wake) = &r.wake {
-                        wake();
-                    }
+                    (r.wake)();
                 }
             })
             .map_err(|e| Error::invalid(format!("cannot start the inference service: {e}")))?;

@@ -95,12 +95,12 @@ impl Stage for ClassifyKernel {
     }
 
     fn finish(&mut self, out: &mut Vec<Item>, wake: &Wake) -> Result<bool, OpError> {
-        let outcome = ClassifyKernel::finish(self, Some(wake))?;
+        let outcome = ClassifyKernel::finish(self, wake)?;
         Ok(emit(outcome, out))
     }
 
     fn poll(&mut self, out: &mut Vec<Item>, wake: &Wake) -> Result<bool, OpError> {
-        let outcome = ClassifyKernel::poll(self, Some(wake))?;
+        let outcome = ClassifyKernel::poll(self, wake)?;
         Ok(emit(outcome, out))
     }
 }

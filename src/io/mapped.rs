@@ -321,16 +321,22 @@ mod tests {
         assert!(MappedFile::new(&File::open(&path).unwrap(), &path, 8192, 0, 8192).is_some());
     }
 
-    #[test]
-    fn touched_blocks_are_counted_once_and_the_budget_drops_the_mapping() {
+    /// A sparse file of `len` bytes in a fresh directory (kept alive by the first value), mapped
+    /// whole, with one byte read.
+    fn mapped_sparse_file(len: u64) -> (tempfile::TempDir, MappedFile) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data.bin");
-        let len = 64 << 20;
         std::fs::File::create(&path).unwrap().set_len(len).unwrap();
         let file = File::open(&path).unwrap();
         let mut map = MappedFile::new(&file, &path, len, 0, len).unwrap();
         // SAFETY: reads one byte inside the span.
         unsafe { map.read(&file, 0, 1, |p| p.read()) }.unwrap();
+        (dir, map)
+    }
+
+    #[test]
+    fn touched_blocks_are_counted_once_and_the_budget_drops_the_mapping() {
+        let (_dir, mut map) = mapped_sparse_file(64 << 20);
         // 8 planes of 1 MiB, 4 KiB of each: 8 blocks (or 16 where the mapping's address splits a
         // segment over two blocks), then the next 4 KiB again mostly in the same blocks.
         map.touched(0, 4096, 1 << 20, 8);
@@ -350,14 +356,7 @@ mod tests {
 
     #[test]
     fn segments_sharing_a_block_count_it_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data.bin");
-        let len = 256 << 20;
-        std::fs::File::create(&path).unwrap().set_len(len).unwrap();
-        let file = File::open(&path).unwrap();
-        let mut map = MappedFile::new(&file, &path, len, 0, len).unwrap();
-        // SAFETY: reads one byte inside the span.
-        unsafe { map.read(&file, 0, 1, |p| p.read()) }.unwrap();
+        let (_dir, mut map) = mapped_sparse_file(256 << 20);
         // An ENVI bil line of 1504 band rows of 512 bytes: 752 KiB, 12 or 13 blocks, not 1504.
         let line = 1504 * 512;
         map.touched(0, 512, 512, 1504);

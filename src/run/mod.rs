@@ -279,10 +279,8 @@ fn run_job(
     let mine = crate::job::images_of_process(&job.workers, workers, opts.process) as u64;
     let outputs =
         layout.connect(Duration::from_secs(cfg.run.connect_timeout)).and_then(|comm| execute_with_progress(&job, comm, mine, progress));
-    let mut service_usage = service.as_ref().map(|(s, _)| s.usage());
-    if let (Some(u), Ok(outputs)) = (service_usage.as_mut(), outputs.as_ref()) {
-        u.worker_wait_seconds = outputs.iter().map(|o| o.waited.as_secs_f64()).sum();
-    }
+    let waited = outputs.as_ref().map(|o| o.iter().map(|w| w.waited).sum()).unwrap_or_default();
+    let service_usage = service.as_ref().map(|(s, _)| s.usage(waited));
     if let Some(u) = &service_usage {
         tracing::info!(
             "inference service: busy {:.1} s scoring {} spectra ({} requests); this process's workers waited {:.1} s in all",
