@@ -7,11 +7,20 @@
 //! 128 × 128 × 1504 image beside its whole read, per layout, and a plain read of as many bytes: 469
 //! of 1504 points, 0.31 of the bytes. A fourth reads what `run` reads of a core inside a slide: a
 //! 256 × 256 window of a 384 × 384 × 1504 image, 900–1800 cm⁻¹ only, per layout.
+//!
+//! Every file, the plain read's too, is measured in one page-cache state: written, synced, dropped
+//! from the cache and read in once in 128 KiB pieces, as `cat` or `cp` leave a file and as a file
+//! read from disk sits there ([`settle_page_cache`]). How a file came into the cache decides the size
+//! of its cached pieces (folios), and mapping a file, and even a plain read, cost per piece: the
+//! writers' 16–64 KiB writes leave pieces that map up to 8× slower than the large ones readahead
+//! makes (docs/performance.md, "Page-cache state"). `FTIRFLOW_BENCH_CACHE=as-written` measures the
+//! files as the writers left them instead.
 // The allocator the `ftirflow` binary uses (see src/main.rs): batches are allocated as in a run.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -71,6 +80,30 @@ fn read_bands(path: &Path, batch_rows: usize, window: Option<Window>, bands: Opt
     reader.map(|b| b.unwrap().num_rows()).sum()
 }
 
+/// Every file in `dir` put in the page cache as a file read from disk is: synced, dropped from the
+/// cache and read once in 128 KiB pieces (the kernel's readahead then caches it, after its first
+/// few hundred KiB, in pieces of up to 2 MiB). Not done with `FTIRFLOW_BENCH_CACHE=as-written`.
+fn settle_page_cache(dir: &Path) {
+    match std::env::var("FTIRFLOW_BENCH_CACHE").as_deref() {
+        Err(_) => {}
+        Ok("as-written") => return,
+        Ok(other) => panic!("FTIRFLOW_BENCH_CACHE={other}: the one other state is `as-written`"),
+    }
+    let mut buf = vec![0u8; 128 << 10];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        let file = std::fs::File::open(&path).unwrap();
+        file.sync_data().unwrap();
+        // SAFETY: advice on an open file descriptor; no memory is involved.
+        let dropped = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(dropped, 0, "posix_fadvise on {}", path.display());
+        plain_read(&path, &mut buf, u64::MAX);
+    }
+}
+
 /// `cube` written in `dir` in every layout: ENVI in each interleave and an Agilent mosaic of
 /// `fpa`-pixel tiles, each with its bench name.
 fn write_layouts(dir: &Path, cube: &ImageCube, fpa: u32) -> Vec<(String, std::path::PathBuf)> {
@@ -83,6 +116,7 @@ fn write_layouts(dir: &Path, cube: &ImageCube, fpa: u32) -> Vec<(String, std::pa
     let dmt = dir.join("mosaic.dmt");
     agilent::write_mosaic(&dmt, cube, fpa).unwrap();
     files.push((format!("agilent_mosaic_{fpa}px_tiles"), dmt));
+    settle_page_cache(dir);
     files
 }
 
@@ -121,6 +155,7 @@ fn windows(c: &mut Criterion) {
     let dmt = dir.path().join("mosaic.dmt");
     agilent::write_mosaic(&dmt, &cube, 128).unwrap();
     drop(cube);
+    settle_page_cache(dir.path());
     let window = Window::new(300, 300, 256, 256);
     let mut g = c.benchmark_group("window_256_of_1024x1024x96");
     g.sample_size(10);
@@ -174,6 +209,7 @@ fn readers(c: &mut Criterion) {
     envi::write_cube(&bil, &cube, &EnviWriteOptions { interleave: Interleave::Bil, ..Default::default() }).unwrap();
     let dmt = dir.path().join("mosaic.dmt");
     agilent::write_mosaic(&dmt, &cube, 64).unwrap();
+    settle_page_cache(dir.path());
 
     let mut g = c.benchmark_group("read_128x128x1504");
     g.throughput(Throughput::Bytes(bytes));
