@@ -187,6 +187,11 @@ fn bool_col(b: &RecordBatch, name: &str) -> Option<BooleanArray> {
     b.column_by_name(name).and_then(|c| c.as_boolean_opt().cloned())
 }
 
+/// Row `i` of a flag column, `absent` where the batch has no such column.
+fn flag(c: &Option<BooleanArray>, i: usize, absent: bool) -> bool {
+    c.as_ref().map_or(absent, |c| c.value(i))
+}
+
 impl Image {
     /// The rows of `held` to classify (tissue, not outliers, finite), in row order, and the
     /// image's counts; `None` for an image without rows.
@@ -198,7 +203,16 @@ impl Image {
         let truth = labels.get(&sample).or_else(|| labels.get(stem)).cloned().unwrap_or_default();
 
         let n = m.grid.len();
-        let mut values = Vec::new();
+        // Room for every tissue row that is not an outlier (the rows kept, unless some are not
+        // finite), so that the image's spectra are not copied again as the buffer grows.
+        let candidates: usize = held
+            .iter()
+            .map(|b| {
+                let (tissue, outlier) = (bool_col(b, TISSUE), bool_col(b, OUTLIER));
+                (0..b.num_rows()).filter(|&i| flag(&tissue, i, true) && !flag(&outlier, i, false)).count()
+            })
+            .sum();
+        let mut values = Vec::with_capacity(candidates * n);
         let mut selected: Vec<Vec<bool>> = Vec::with_capacity(held.len());
         let mut summary = ImageSummary::default();
         let row = &mut summary.row;
@@ -226,11 +240,10 @@ impl Image {
             let paraffin = bool_col(b, crate::operators::segment::PARAFFIN);
             let mut sel = Vec::with_capacity(b.num_rows());
             for i in 0..b.num_rows() {
-                let t = tissue.as_ref().map(|c| c.value(i)).unwrap_or(true);
-                let o = outlier.as_ref().map(|c| c.value(i)).unwrap_or(false);
+                let (t, o) = (flag(&tissue, i, true), flag(&outlier, i, false));
                 row.tissue += t as u64;
                 row.outliers += o as u64;
-                row.paraffin += paraffin.as_ref().map(|c| c.value(i) as u64).unwrap_or(0);
+                row.paraffin += flag(&paraffin, i, false) as u64;
                 let row = &v[i * n..(i + 1) * n];
                 let ok = t && !o && crate::operators::finite::all_finite(row);
                 if ok {

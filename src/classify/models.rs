@@ -295,7 +295,11 @@ impl RawScored {
 fn score(bundle: &Bundle, values: &[f32], rows: usize, batch: usize, gradcam: bool) -> Result<RawScored, OpError> {
     let n = bundle.classifier.grid().len();
     let k = bundle.classifier.classes().len();
-    let mut s = RawScored { probs: Vec::new(), predicted: Vec::new(), raw: RawCams { length: 0, points: n, values: Vec::new() } };
+    let mut s = RawScored {
+        probs: Vec::with_capacity(rows * k),
+        predicted: Vec::with_capacity(rows),
+        raw: RawCams { length: 0, points: n, values: Vec::new() },
+    };
     let mut padded = Vec::new();
     let mut start = 0;
     while start < rows {
@@ -315,6 +319,8 @@ fn score(bundle: &Bundle, values: &[f32], rows: usize, batch: usize, gradcam: bo
             s.probs.extend_from_slice(&p.probs[..len * k]);
             s.predicted.extend_from_slice(&p.predicted[..len]);
             s.raw.length = r.length;
+            // Every chunk's maps have the first one's length: room for all of them at once.
+            s.raw.values.reserve_exact((rows - start) * r.length);
             s.raw.values.extend_from_slice(&r.values[..len * r.length]);
         } else {
             let p = bundle.classifier.predict_values(chunk, shape)?;
