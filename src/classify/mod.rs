@@ -203,25 +203,35 @@ impl Image {
         let truth = labels.get(&sample).or_else(|| labels.get(stem)).cloned().unwrap_or_default();
 
         let n = m.grid.len();
-        // Room for every tissue row that is not an outlier (the rows kept, unless some are not
-        // finite), so that the image's spectra are not copied again as the buffer grows.
-        let candidates: usize = held
-            .iter()
-            .map(|b| {
-                let (tissue, outlier) = (bool_col(b, TISSUE), bool_col(b, OUTLIER));
-                (0..b.num_rows()).filter(|&i| flag(&tissue, i, true) && !flag(&outlier, i, false)).count()
-            })
-            .sum();
-        let mut values = Vec::with_capacity(candidates * n);
-        let mut selected: Vec<Vec<bool>> = Vec::with_capacity(held.len());
         let mut summary = ImageSummary::default();
         let row = &mut summary.row;
         row.sample = sample.clone();
         row.truth_type = truth.kind.clone();
         row.patient = truth.patient.clone();
         row.truth_subtype = truth.subtype.clone();
-        let mut checked: Option<arrow::datatypes::SchemaRef> = None;
+        // First the flags: the image's counts, and per batch the tissue rows that are not
+        // outliers (kept below unless not finite), whose number sizes `values` once, so the
+        // image's spectra are not copied again as the buffer grows.
+        let mut selected: Vec<Vec<bool>> = Vec::with_capacity(held.len());
+        let mut candidates = 0;
         for b in &held {
+            let (tissue, outlier) = (bool_col(b, TISSUE), bool_col(b, OUTLIER));
+            let paraffin = bool_col(b, crate::operators::segment::PARAFFIN);
+            let mut sel = Vec::with_capacity(b.num_rows());
+            for i in 0..b.num_rows() {
+                let (t, o) = (flag(&tissue, i, true), flag(&outlier, i, false));
+                row.tissue += t as u64;
+                row.outliers += o as u64;
+                row.paraffin += flag(&paraffin, i, false) as u64;
+                sel.push(t && !o);
+            }
+            candidates += sel.iter().filter(|&&c| c).count();
+            row.spectra += b.num_rows() as u64;
+            selected.push(sel);
+        }
+        let mut values = Vec::with_capacity(candidates * n);
+        let mut checked: Option<arrow::datatypes::SchemaRef> = None;
+        for (b, sel) in held.iter().zip(&mut selected) {
             // The grid check parses the schema's axis: once per schema (an image's batches share one).
             if !checked.as_ref().is_some_and(|c| Arc::ptr_eq(c, &b.schema())) {
                 let layout = SpectraLayout::of(&b.schema()).map_err(|e| OpError::schema(OP, e))?;
@@ -236,23 +246,13 @@ impl Image {
                 checked = Some(b.schema());
             }
             let v = SpectraLayout::values(b).map_err(|e| OpError::schema(OP, e))?;
-            let (tissue, outlier) = (bool_col(b, TISSUE), bool_col(b, OUTLIER));
-            let paraffin = bool_col(b, crate::operators::segment::PARAFFIN);
-            let mut sel = Vec::with_capacity(b.num_rows());
-            for i in 0..b.num_rows() {
-                let (t, o) = (flag(&tissue, i, true), flag(&outlier, i, false));
-                row.tissue += t as u64;
-                row.outliers += o as u64;
-                row.paraffin += flag(&paraffin, i, false) as u64;
-                let row = &v[i * n..(i + 1) * n];
-                let ok = t && !o && crate::operators::finite::all_finite(row);
-                if ok {
-                    values.extend_from_slice(row);
+            for (i, keep) in sel.iter_mut().enumerate().filter(|(_, keep)| **keep) {
+                let spectrum = &v[i * n..(i + 1) * n];
+                *keep = crate::operators::finite::all_finite(spectrum);
+                if *keep {
+                    values.extend_from_slice(spectrum);
                 }
-                sel.push(ok);
             }
-            row.spectra += b.num_rows() as u64;
-            selected.push(sel);
         }
         let rows = values.len() / n;
         // The batches' other columns go on into the prediction rows; their spectra are in
